@@ -1,1 +1,208 @@
-fn main(){}
+//! millrace-bench: exactly-once throughput of millrace next to a raw rdkafka transactional
+//! consume→produce copy, on the same broker, in the same run, at the same commit interval.
+//! Prints commands/s for both, their ratio, and millrace's peak RSS. A benchmark, never a
+//! test: it prints figures and asserts nothing about time.
+//!
+//! Usage: millrace-bench [COMMANDS] [KEYS]   (bootstrap from KAFKA_BOOTSTRAP)
+
+use millrace::runtime::topics::{self, TopicNeed};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: i32 = 4;
+const COMMIT_MS: u64 = 100;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let keys: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let run = format!("bench-{}", std::process::id());
+    let input = format!("{run}-commands");
+    let copy_out = format!("{run}-copy");
+    topics::ensure(&bootstrap, &[
+        TopicNeed { name: input.clone(), partitions: PARTITIONS, replication: 1, compacted: false },
+        TopicNeed { name: copy_out.clone(), partitions: PARTITIONS, replication: 1, compacted: false },
+    ])
+    .expect("create bench topics");
+
+    eprintln!("loading {n} commands of ~1 KB over {keys} keys into {input}");
+    load(&bootstrap, &input, n, keys);
+
+    let copy_group = format!("{run}-copy");
+    let done = Arc::new(AtomicBool::new(false));
+    let (b, i, o, g, d) = (bootstrap.clone(), input.clone(), copy_out.clone(), copy_group.clone(), done.clone());
+    let started = Instant::now();
+    let copier = std::thread::spawn(move || raw_copy(&b, &i, &o, &g, &d));
+    wait_committed(&bootstrap, &copy_group, &input, n as i64);
+    let copy_secs = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::SeqCst);
+    copier.join().unwrap();
+
+    let (millrace_secs, peak_rss_kib) = run_millrace(&bootstrap, &run, &input, n);
+    let copy_rate = n as f64 / copy_secs;
+    let millrace_rate = n as f64 / millrace_secs;
+    println!("commands                 {n} (1 KB, {keys} keys, {PARTITIONS} partitions, commit every {COMMIT_MS} ms)");
+    println!("raw transactional copy   {copy_rate:>10.0} records/s  ({copy_secs:.2} s)");
+    println!("millrace exactly-once    {millrace_rate:>10.0} commands/s ({millrace_secs:.2} s)");
+    println!("ratio millrace/copy      {:>10.2}", millrace_rate / copy_rate);
+    println!("millrace peak RSS        {:>10.1} MiB", peak_rss_kib as f64 / 1024.0);
+}
+
+fn load(bootstrap: &str, topic: &str, n: usize, keys: usize) {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .expect("producer");
+    let pad = "x".repeat(900);
+    for i in 0..n {
+        let key = format!("cust-{}", i % keys);
+        let ty = if i < keys { "CreateCustomer" } else { "UpdateCustomer" };
+        let value = format!(
+            r#"{{"command_id":"b-{i}","aggregate_id":"{key}","expected_version":null,"type":"{ty}","payload":{{"name":"n{i}-{pad}","email":"e{i}@example.org"}}}}"#
+        );
+        let mut rec = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// The baseline: consume, produce one record per input, commit every COMMIT_MS with the
+/// offsets in the transaction. What millrace does minus decoding, state and the extra outputs.
+fn raw_copy(bootstrap: &str, input: &str, output: &str, group: &str, done: &AtomicBool) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", group)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    producer.init_transactions(Duration::from_secs(30)).expect("init");
+    consumer.subscribe(&[input]).expect("subscribe");
+    let mut open = false;
+    let mut since = Instant::now();
+    let mut next: std::collections::BTreeMap<i32, i64> = Default::default();
+    while !done.load(Ordering::SeqCst) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+            if !open {
+                producer.begin_transaction().expect("begin");
+                open = true;
+                since = Instant::now();
+            }
+            let mut rec = BaseRecord::to(output).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            while let Err((_, r)) = producer.send(rec) {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            next.insert(m.partition(), m.offset() + 1);
+        }
+        if open && since.elapsed() >= Duration::from_millis(COMMIT_MS) {
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in &next {
+                tpl.add_partition_offset(input, *p, Offset::Offset(*o)).unwrap();
+            }
+            producer
+                .send_offsets_to_transaction(&tpl, &consumer.group_metadata().unwrap(), Duration::from_secs(30))
+                .expect("send offsets");
+            producer.commit_transaction(Duration::from_secs(30)).expect("commit");
+            open = false;
+        }
+    }
+}
+
+/// Waits until `group` has committed `total` offsets on `topic`.
+fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i64) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    loop {
+        if let Ok(committed) = c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            let sum: i64 = committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum();
+            if sum >= total {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_millrace(bootstrap: &str, run: &str, input: &str, n: usize) -> (f64, u64) {
+    let dir = std::env::temp_dir().join(format!("{run}-millrace"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = format!("{run}-app");
+    let topology = dir.join("topology.yaml");
+    std::fs::write(&topology, format!(
+"version: 1
+application_id: {app}
+topics:
+  {input}: {{ partitions: {PARTITIONS}, codec: json }}
+  {app}-events: {{ partitions: {PARTITIONS}, codec: json }}
+  {app}-replies: {{ partitions: {PARTITIONS}, codec: json }}
+aggregates:
+  customers:
+    aggregate: customer
+    commands: {input}
+    events: {app}-events
+    replies: {app}-replies
+    store: customers
+processing:
+  commit_interval_ms: {COMMIT_MS}
+")).unwrap();
+    let exe = std::env::current_exe().unwrap().with_file_name("millrace");
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["run", "--topology"]).arg(&topology)
+        .args(["--bootstrap-servers", bootstrap, "--http", "127.0.0.1:0", "--instance-id", "bench"])
+        .arg("--state-dir").arg(dir.join("state"))
+        .env("MILLRACE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start millrace");
+    wait_committed(bootstrap, &app, input, n as i64);
+    let secs = started.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    (secs, peak)
+}

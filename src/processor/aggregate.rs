@@ -1,0 +1,58 @@
+//! The user's side of event sourcing: an `Aggregate` is a pure `decide` and a pure `evolve`.
+//! No I/O happens here, which is what lets the core be property-tested and run under the
+//! broker-free driver. The engine never names a domain type; it only sees this trait.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Why `decide` refused a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// A business rule says no ("customer already exists"). The caller gets a normal
+    /// `rejected` reply.
+    Rule(String),
+    /// The command itself is malformed (an empty name, say). It goes to the dead-letter
+    /// topic with this reason, like undecodable bytes.
+    Malformed(String),
+}
+
+/// An event-sourced aggregate.
+///
+/// JSON support comes from serde: commands and events are adjacently tagged enums
+/// (`#[serde(tag = "type", content = "payload")]`), which gives the documented
+/// `{"type": "...", "payload": {...}}` shapes. Protobuf support is optional: override the
+/// `*_proto` hooks and `supports_protobuf`.
+pub trait Aggregate: Send + Sync + 'static {
+    type Command: DeserializeOwned + Send;
+    type Event: Serialize + DeserializeOwned + Clone + Send;
+    type State: Serialize + DeserializeOwned + Default + Clone + Send;
+
+    /// Decide which events a command causes, given the current state. Pure.
+    fn decide(state: &Self::State, command: &Self::Command) -> Result<Vec<Self::Event>, Rejection>;
+
+    /// Apply one event to the state. Pure and total: every stored event must apply.
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+
+    /// The event's type name, as in its JSON `type` (used by the protobuf envelope).
+    fn event_type(event: &Self::Event) -> &'static str;
+
+    fn supports_protobuf() -> bool {
+        false
+    }
+    fn command_from_proto(type_name: &str, _payload: &[u8]) -> Result<Self::Command, String> {
+        Err(format!("no protobuf schema for command type {type_name}"))
+    }
+    fn event_to_proto(_event: &Self::Event) -> Vec<u8> {
+        Vec::new()
+    }
+    fn state_to_proto(_state: &Self::State) -> Vec<u8> {
+        Vec::new()
+    }
+    fn state_from_proto(_bytes: &[u8]) -> Result<Self::State, String> {
+        Err("no protobuf schema for the state".into())
+    }
+}
+
+/// Fold events into a state, as the engine does: `evolve` over each, in order.
+pub fn fold<A: Aggregate>(state: A::State, events: &[A::Event]) -> A::State {
+    events.iter().fold(state, A::evolve)
+}

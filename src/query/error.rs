@@ -1,0 +1,53 @@
+//! Every way a query can fail, and the one place that maps them to HTTP status codes and
+//! JSON bodies. Internals (paths, RocksDB messages) go to the log, never to the client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("unknown store {0:?}")]
+    UnknownStore(String),
+    #[error("no key {key:?} in store {store:?}")]
+    UnknownKey { store: String, key: String },
+    #[error("key {key:?} of store {store:?} lives in partition {partition}, which this instance does not own")]
+    NotOwner { store: String, key: String, partition: i32 },
+    #[error("bad parameter {name}: {reason}")]
+    BadParameter { name: String, reason: String },
+    #[error("no such route")]
+    NoRoute,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("metrics are not enabled")]
+    NoMetrics,
+    #[error("internal error")]
+    Internal,
+}
+
+impl QueryError {
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            QueryError::UnknownStore(_) => (StatusCode::NOT_FOUND, "unknown_store"),
+            QueryError::UnknownKey { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            QueryError::NotOwner { .. } => (StatusCode::MISDIRECTED_REQUEST, "not_owner"),
+            QueryError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            QueryError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            QueryError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            QueryError::NoMetrics => (StatusCode::NOT_FOUND, "no_metrics"),
+            QueryError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status();
+        let mut body = json!({"error": code, "message": self.to_string()});
+        if let QueryError::NotOwner { partition, .. } = &self {
+            body["partition"] = json!(partition);
+        }
+        (status, Json(body)).into_response()
+    }
+}

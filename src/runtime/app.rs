@@ -1,0 +1,264 @@
+//! `App`: a topology, the registered aggregates and the resources they run with. The
+//! library never reads argv or the environment; the binary (or a test) passes in the
+//! broker address, the state directory, an HTTP listener and a shutdown signal.
+
+use super::catalog::{Catalog, StoreView};
+use super::engine::{Engine, EngineSettings, RebalanceHandler, Route};
+use super::registry::Registry;
+use super::topics::{self, TopicNeed};
+use super::RuntimeError;
+use crate::codec::Format;
+use crate::processor::AggregateSettings;
+use crate::record::{Headers, InRecord};
+use crate::store::StoreResources;
+use crate::topology::Topology;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::{ClientConfig, Message};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where and as whom an instance runs.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub bootstrap_servers: String,
+    /// Parent of every store directory of this instance.
+    pub state_dir: PathBuf,
+    /// Stable id of this instance: names its transactional id and static group membership.
+    pub instance_id: String,
+    /// Extra librdkafka settings for the consumer, e.g. `session.timeout.ms`.
+    pub consumer_overrides: Vec<(String, String)>,
+    /// Extra librdkafka settings for the transactional producer.
+    pub producer_overrides: Vec<(String, String)>,
+}
+
+pub struct App {
+    topology: Topology,
+    config: AppConfig,
+    routes: BTreeMap<String, Route>,
+    catalog: Arc<Catalog>,
+}
+
+impl App {
+    /// Checks the topology against what this binary registered.
+    pub fn new(topology: Topology, registry: &Registry, config: AppConfig) -> Result<Self, RuntimeError> {
+        let mut routes = BTreeMap::new();
+        let catalog = Catalog::new();
+        for (node, a) in &topology.aggregates {
+            let registered = registry.get(&a.aggregate).ok_or_else(|| RuntimeError::UnknownAggregate {
+                node: node.clone(),
+                name: a.aggregate.clone(),
+                known: registry.names().map(str::to_string).collect(),
+            })?;
+            let codec = |t: &str| topology.topics[t].codec;
+            let settings = AggregateSettings {
+                store: a.store.clone(),
+                command_format: codec(&a.commands),
+                event_format: codec(&a.events),
+                reply_format: codec(&a.replies),
+                store_format: a.store_codec,
+                events_topic: a.events.clone(),
+                reply_topic: a.replies.clone(),
+                dead_letter_topic: topology.dead_letter_topic(),
+                dedup_window: a.dedup_window,
+            };
+            if !registered.supports_protobuf {
+                for t in [&a.commands, &a.events, &a.replies] {
+                    if codec(t) == Format::Protobuf {
+                        return Err(RuntimeError::NoProtobuf { name: a.aggregate.clone(), topic: t.clone() });
+                    }
+                }
+            }
+            catalog.define(&a.store, StoreView {
+                partitions: topology.topics[&a.commands].partitions,
+                renderer: (registered.renderer)(a.store_codec),
+            });
+            routes.insert(a.commands.clone(), Route {
+                registered: registered.clone(),
+                changelog: topology.changelog_topic(&a.store),
+                settings,
+            });
+        }
+        Ok(Self { topology, config, routes, catalog })
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone()
+    }
+
+    /// Every topic this application needs, internal ones included.
+    pub fn topic_needs(&self) -> Vec<TopicNeed> {
+        let mut needs: Vec<TopicNeed> = self
+            .topology
+            .topics
+            .iter()
+            .map(|(name, t)| TopicNeed { name: name.clone(), partitions: t.partitions, replication: t.replication, compacted: false })
+            .collect();
+        for (commands, route) in &self.routes {
+            let t = &self.topology.topics[commands];
+            // The changelog is co-partitioned with the command topic: task p writes
+            // changelog partition p.
+            needs.push(TopicNeed { name: route.changelog.clone(), partitions: t.partitions, replication: t.replication, compacted: true });
+        }
+        needs.push(TopicNeed {
+            name: self.topology.dead_letter_topic(),
+            partitions: self.topology.dead_letter.partitions,
+            replication: 1,
+            compacted: false,
+        });
+        needs
+    }
+
+    /// Runs until `shutdown` resolves: creates missing topics, joins the group, processes,
+    /// and serves queries on `listener`. On shutdown it commits or aborts, flushes and
+    /// closes every store.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        metrics: Option<PrometheusHandle>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RuntimeError> {
+        let needs = self.topic_needs();
+        let bootstrap = self.config.bootstrap_servers.clone();
+        tokio::task::spawn_blocking(move || topics::ensure(&bootstrap, &needs))
+            .await
+            .expect("topic check does not panic")?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let settings = EngineSettings {
+            bootstrap_servers: self.config.bootstrap_servers.clone(),
+            transactional_id: format!("{}-{}", self.topology.application_id, self.config.instance_id),
+            producer_overrides: self.config.producer_overrides.clone(),
+            state_dir: self.config.state_dir.join(&self.topology.application_id),
+            commit_interval: Duration::from_millis(self.topology.processing.commit_interval_ms),
+            max_batch_records: self.topology.processing.max_batch_records.max(1),
+            routes: self.routes.clone(),
+        };
+        let consumer_cfg = self.consumer_config();
+        let resources = StoreResources::new(&self.topology.stores);
+        let catalog = self.catalog.clone();
+        let stop_loop = stop.clone();
+        let processing = std::thread::Builder::new()
+            .name("millrace-processing".into())
+            .spawn(move || poll_loop(consumer_cfg, settings, resources, catalog, stop_loop))
+            .expect("spawn processing thread");
+
+        let router = crate::query::router(self.catalog.clone(), metrics);
+        let stop_http = stop.clone();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            stop_http.store(true, Ordering::SeqCst);
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let watcher = std::thread::spawn(move || {
+            let r = processing.join().expect("processing thread does not panic");
+            let _ = tx.send(());
+            r
+        });
+        // Serve until shutdown, or stop serving when processing failed by itself.
+        tokio::select! {
+            r = server => r.map_err(RuntimeError::Http)?,
+            _ = rx => {}
+        }
+        stop.store(true, Ordering::SeqCst);
+        tokio::task::spawn_blocking(move || watcher.join().expect("watcher does not panic"))
+            .await
+            .expect("join does not panic")
+    }
+
+    fn consumer_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.config.bootstrap_servers)
+            .set("group.id", &self.topology.application_id)
+            // Static membership: a restarted instance takes its partitions back without a
+            // rebalance, and a zombie with the same id is fenced.
+            .set("group.instance.id", format!("{}-{}", self.topology.application_id, self.config.instance_id))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            // Equal partition numbers of every subscribed topic on one member: the base of
+            // co-partitioning (ARCHITECTURE.md, invariant 4).
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000");
+        for (k, v) in &self.config.consumer_overrides {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+}
+
+fn poll_loop(
+    cfg: ClientConfig,
+    settings: EngineSettings,
+    resources: StoreResources,
+    catalog: Arc<Catalog>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), RuntimeError> {
+    let kafka = |op, source| RuntimeError::Kafka { op, topic: String::new(), source };
+    let topics: Vec<String> = settings.routes.keys().cloned().collect();
+    let shared = Arc::new(Mutex::new(None));
+    let consumer: BaseConsumer<RebalanceHandler> = cfg
+        .create_with_context(RebalanceHandler { engine: shared.clone() })
+        .map_err(|e| kafka("create consumer", e))?;
+    // init_transactions (inside Engine::new) comes before any restore: it aborts whatever
+    // a crashed predecessor left open, so read_committed restore is not held at its LSO.
+    *shared.lock().expect("engine lock") = Some(Engine::new(settings, resources, catalog)?);
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).map_err(|e| kafka("subscribe", e))?;
+
+    let result = (|| {
+        while !stop.load(Ordering::SeqCst) {
+            let wait = {
+                let g = shared.lock().expect("engine lock");
+                g.as_ref().map_or(Duration::from_millis(100), |e| e.until_commit_due()).min(Duration::from_millis(100))
+            };
+            let record = match consumer.poll(wait) {
+                Some(Ok(m)) => Some(in_record(&m)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    None
+                }
+                None => None,
+            };
+            let mut g = shared.lock().expect("engine lock");
+            let engine = g.as_mut().expect("engine is set before subscribe");
+            if let Some(f) = engine.failure.take() {
+                return Err(f);
+            }
+            if let Some(r) = record {
+                engine.process(&consumer, r)?;
+            }
+            engine.maybe_commit(&consumer)?;
+        }
+        Ok(())
+    })();
+    let mut engine = shared.lock().expect("engine lock").take().expect("engine present");
+    let closed = engine.shutdown(&consumer);
+    drop(engine);
+    drop(consumer);
+    result.and(closed)
+}
+
+fn in_record(m: &BorrowedMessage<'_>) -> InRecord {
+    let headers = m
+        .headers()
+        .map(|h| {
+            Headers(h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+        })
+        .unwrap_or_default();
+    InRecord {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}

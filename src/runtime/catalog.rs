@@ -1,0 +1,81 @@
+//! What the query server may see of the runtime: the committed stores this instance holds,
+//! per partition, how to render their values, and whether restore is done. Read-only for
+//! the query side; the processing thread updates it on assignment and revocation.
+
+use crate::processor::ValueRenderer;
+use crate::store::RocksStore;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// One store as the query server sees it.
+#[derive(Clone)]
+pub struct StoreView {
+    /// Partitions of the input topic the store is sharded by.
+    pub partitions: i32,
+    pub renderer: Arc<dyn ValueRenderer>,
+}
+
+#[derive(Default)]
+pub struct Catalog {
+    views: RwLock<BTreeMap<String, StoreView>>,
+    open: RwLock<BTreeMap<(String, i32), Arc<RocksStore>>>,
+    ready: AtomicBool,
+    assigned_once: AtomicBool,
+}
+
+impl Catalog {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn define(&self, store: &str, view: StoreView) {
+        self.views.write().expect("catalog lock").insert(store.to_string(), view);
+    }
+
+    pub fn view(&self, store: &str) -> Option<StoreView> {
+        self.views.read().expect("catalog lock").get(store).cloned()
+    }
+
+    pub fn store_names(&self) -> Vec<String> {
+        self.views.read().expect("catalog lock").keys().cloned().collect()
+    }
+
+    pub fn attach(&self, store: &Arc<RocksStore>) {
+        self.open
+            .write()
+            .expect("catalog lock")
+            .insert((store.name().to_string(), store.partition()), store.clone());
+    }
+
+    pub fn detach(&self, store: &str, partition: i32) {
+        self.open.write().expect("catalog lock").remove(&(store.to_string(), partition));
+    }
+
+    pub fn local(&self, store: &str, partition: i32) -> Option<Arc<RocksStore>> {
+        self.open.read().expect("catalog lock").get(&(store.to_string(), partition)).cloned()
+    }
+
+    pub fn local_partitions(&self, store: &str) -> Vec<Arc<RocksStore>> {
+        self.open
+            .read()
+            .expect("catalog lock")
+            .iter()
+            .filter(|((s, _), _)| s == store)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Ready means: the group assigned us partitions at least once, and every assigned task
+    /// has finished restoring.
+    pub fn set_ready(&self, ready: bool) {
+        if ready {
+            self.assigned_once.store(true, Ordering::SeqCst);
+        }
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && self.assigned_once.load(Ordering::SeqCst)
+    }
+}

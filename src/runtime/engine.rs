@@ -1,0 +1,352 @@
+//! The processing side of an instance: its tasks, the transactional sink, and the commit
+//! cycle. It is shared between the poll loop and the consumer's rebalance callback, which
+//! run on the same thread (the callback fires inside `poll`), behind one mutex.
+//!
+//! Invariants protected here:
+//! - A commit covers a batch: every `commit_interval` or `max_batch_records`, never per
+//!   record.
+//! - Local state never runs ahead of the committed changelog: tasks hear `committed` only
+//!   after `commit_transaction` returned Ok.
+//! - On revoke, the open transaction commits (or aborts, if the assignment was lost)
+//!   before the partitions go.
+
+use super::catalog::Catalog;
+use super::registry::Registered;
+use super::restore::restore;
+use super::task::{Task, TaskState};
+use super::RuntimeError;
+use crate::error::Recovery;
+use crate::processor::AggregateSettings;
+use crate::record::{InRecord, OutRecord, TopicPartition};
+use crate::sink::{SinkError, TransactionalSink};
+use crate::store::{ChangeloggedStore, RocksStore, StoreError, StoreResources};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the records of one command topic are processed.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub registered: Registered,
+    pub settings: AggregateSettings,
+    pub changelog: String,
+}
+
+/// What the engine needs to build and commit tasks.
+pub(crate) struct EngineSettings {
+    pub bootstrap_servers: String,
+    pub transactional_id: String,
+    pub producer_overrides: Vec<(String, String)>,
+    pub state_dir: PathBuf,
+    pub commit_interval: Duration,
+    pub max_batch_records: usize,
+    pub routes: BTreeMap<String, Route>,
+}
+
+pub(crate) struct Engine {
+    settings: EngineSettings,
+    sink: TransactionalSink,
+    tasks: BTreeMap<TopicPartition, Task>,
+    resources: StoreResources,
+    catalog: Arc<Catalog>,
+    out: Vec<OutRecord>,
+    txn_records: usize,
+    txn_started: Instant,
+    /// A failure inside the rebalance callback, where it cannot be returned; the poll loop
+    /// picks it up.
+    pub failure: Option<RuntimeError>,
+}
+
+impl Engine {
+    pub fn new(
+        settings: EngineSettings,
+        resources: StoreResources,
+        catalog: Arc<Catalog>,
+    ) -> Result<Self, RuntimeError> {
+        let sink = TransactionalSink::new(
+            &settings.bootstrap_servers,
+            &settings.transactional_id,
+            &settings.producer_overrides,
+        )?;
+        Ok(Self {
+            settings,
+            sink,
+            tasks: BTreeMap::new(),
+            resources,
+            catalog,
+            out: Vec::with_capacity(16),
+            txn_records: 0,
+            txn_started: Instant::now(),
+            failure: None,
+        })
+    }
+
+    pub fn commit_interval(&self) -> Duration {
+        self.settings.commit_interval
+    }
+
+    /// Time left until the open transaction is due; the poll loop waits at most this long.
+    pub fn until_commit_due(&self) -> Duration {
+        if !self.sink.is_open() {
+            return self.settings.commit_interval;
+        }
+        self.settings.commit_interval.saturating_sub(self.txn_started.elapsed())
+    }
+
+    pub fn process<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        record: InRecord,
+    ) -> Result<(), RuntimeError> {
+        let tp = TopicPartition::new(record.topic.as_str(), record.partition);
+        let Some(task) = self.tasks.get_mut(&tp) else {
+            // A record fetched before its partition was revoked: its new owner handles it.
+            return Ok(());
+        };
+        if !self.sink.is_open() {
+            if let Err(e) = self.sink.begin() {
+                return self.recover(consumer, e);
+            }
+            self.txn_started = Instant::now();
+            self.txn_records = 0;
+        }
+        if let Err(e) = task.process(&record, &mut self.out) {
+            tracing::error!(task = %tp, error = %e, "processing failed");
+            return match e.recovery() {
+                Recovery::RestoreTask => {
+                    self.abort_and_rewind(consumer)?;
+                    self.reopen(&tp)
+                }
+                _ => Err(e.into()),
+            };
+        }
+        for r in self.out.drain(..) {
+            if let Err(e) = self.sink.send(&r) {
+                self.out.clear();
+                return self.recover(consumer, e);
+            }
+        }
+        self.txn_records += 1;
+        if self.txn_records >= self.settings.max_batch_records {
+            self.commit(consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction when it is due.
+    pub fn maybe_commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        if self.sink.is_open() && self.txn_started.elapsed() >= self.settings.commit_interval {
+            self.commit(consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Commits outputs and input offsets in one transaction, then (only then) lets each
+    /// task write its overlay and changelog offset to RocksDB.
+    pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        if !self.sink.is_open() {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (tp, task) in &self.tasks {
+            if let Some(o) = task.offset_to_commit() {
+                offsets
+                    .add_partition_offset(&tp.topic, tp.partition, Offset::Offset(o))
+                    .expect("offsets are valid");
+            }
+        }
+        let Some(group) = consumer.group_metadata() else {
+            return Err(RuntimeError::Kafka {
+                op: "group metadata",
+                topic: String::new(),
+                source: rdkafka::error::KafkaError::NoMessageReceived,
+            });
+        };
+        match self.sink.commit(&offsets, &group) {
+            Ok(delivered) => {
+                for (tp, task) in self.tasks.iter_mut() {
+                    let route = &self.settings.routes[&tp.topic];
+                    let changelog = TopicPartition::new(route.changelog.as_str(), tp.partition);
+                    task.committed(delivered.get(&changelog).copied())?;
+                }
+                self.txn_records = 0;
+                Ok(())
+            }
+            Err(e) => self.recover(consumer, e),
+        }
+    }
+
+    fn recover<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, e: SinkError) -> Result<(), RuntimeError> {
+        tracing::warn!(error = %e, recovery = ?e.recovery(), "transaction failed");
+        match e.recovery() {
+            Recovery::GiveUpPartitions => self.give_up(consumer),
+            _ => self.abort_and_rewind(consumer),
+        }
+    }
+
+    /// Aborts the open transaction and rewinds every task's input to its first record in
+    /// it, so those records are processed again in a new transaction.
+    fn abort_and_rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        if let Err(e) = self.sink.abort() {
+            if e.recovery() == Recovery::GiveUpPartitions {
+                return self.give_up(consumer);
+            }
+            return Err(e.into());
+        }
+        for (tp, task) in self.tasks.iter_mut() {
+            if let Some(o) = task.aborted() {
+                consumer
+                    .seek(&tp.topic, tp.partition, Offset::Offset(o), Duration::from_secs(10))
+                    .map_err(|source| RuntimeError::Kafka { op: "seek", topic: tp.to_string(), source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fenced: another instance owns our partitions. Drop every task without retrying its
+    /// writes, start a new producer, and take up whatever the group still gives us, from
+    /// the committed offsets.
+    fn give_up<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        metrics::counter!("millrace_fenced_total").increment(1);
+        self.close_all();
+        self.sink = TransactionalSink::new(
+            &self.settings.bootstrap_servers,
+            &self.settings.transactional_id,
+            &self.settings.producer_overrides,
+        )?;
+        let assignment = consumer.assignment().map_err(|source| RuntimeError::Kafka {
+            op: "assignment",
+            topic: String::new(),
+            source,
+        })?;
+        let committed = consumer.committed_offsets(assignment, Duration::from_secs(30)).map_err(|source| {
+            RuntimeError::Kafka { op: "committed offsets", topic: String::new(), source }
+        })?;
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            consumer
+                .seek(e.topic(), e.partition(), offset, Duration::from_secs(10))
+                .map_err(|source| RuntimeError::Kafka { op: "seek", topic: e.topic().into(), source })?;
+        }
+        self.open_tasks(&committed)
+    }
+
+    /// Creates and restores a task for every command partition in `tpl`.
+    fn open_tasks(&mut self, tpl: &TopicPartitionList) -> Result<(), RuntimeError> {
+        self.catalog.set_ready(false);
+        for e in tpl.elements() {
+            let tp = TopicPartition::new(e.topic(), e.partition());
+            if self.settings.routes.contains_key(&tp.topic) && !self.tasks.contains_key(&tp) {
+                self.open_task(tp)?;
+            }
+        }
+        self.catalog.set_ready(true);
+        Ok(())
+    }
+
+    fn open_task(&mut self, tp: TopicPartition) -> Result<(), RuntimeError> {
+        let route = self.settings.routes[&tp.topic].clone();
+        let rocks = Arc::new(open_store(&self.settings.state_dir, &route.settings.store, tp.partition, &self.resources)?);
+        let store = ChangeloggedStore::new(rocks.clone(), route.changelog.as_str());
+        let mut task = Task::new(tp.clone(), (route.registered.processor)(route.settings.clone()), store);
+        task.transition(TaskState::Restoring);
+        restore(&rocks, &route.changelog, &self.settings.bootstrap_servers)?;
+        task.transition(TaskState::Running);
+        metrics::gauge!("millrace_store_keys", "store" => route.settings.store.clone(), "partition" => tp.partition.to_string())
+            .set(rocks.estimated_keys() as f64);
+        self.catalog.attach(&rocks);
+        self.tasks.insert(tp, task);
+        Ok(())
+    }
+
+    fn reopen(&mut self, tp: &TopicPartition) -> Result<(), RuntimeError> {
+        if let Some(mut t) = self.tasks.remove(tp) {
+            self.catalog.detach(&self.settings.routes[&tp.topic].settings.store, tp.partition);
+            t.close();
+        }
+        self.open_task(tp.clone())
+    }
+
+    fn close_all(&mut self) {
+        for (tp, mut task) in std::mem::take(&mut self.tasks) {
+            task.aborted();
+            self.catalog.detach(&self.settings.routes[&tp.topic].settings.store, tp.partition);
+            task.close();
+        }
+    }
+
+    /// Partitions are going away: finish the transaction first, then close the tasks.
+    pub fn on_revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        self.catalog.set_ready(false);
+        let result = if consumer.assignment_lost() {
+            self.abort_and_rewind(consumer)
+        } else {
+            self.commit(consumer)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not finish the transaction on revoke");
+            let _ = self.sink.abort();
+        }
+        for (_, task) in self.tasks.iter_mut() {
+            task.aborted();
+        }
+        self.close_all();
+    }
+
+    pub fn on_assign(&mut self, tpl: &TopicPartitionList) {
+        if let Err(e) = self.open_tasks(tpl) {
+            tracing::error!(error = %e, "cannot open assigned tasks");
+            self.failure = Some(e);
+        }
+    }
+
+    /// Clean shutdown: commit what is open, flush and close every store.
+    pub fn shutdown<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        let result = self.commit(consumer);
+        if result.is_err() {
+            let _ = self.sink.abort();
+        }
+        self.close_all();
+        result
+    }
+}
+
+/// Opens a store, waiting a little if its previous owner in this process (a just-closed
+/// task, a query in flight) still holds the RocksDB lock.
+fn open_store(dir: &std::path::Path, name: &str, partition: i32, res: &StoreResources) -> Result<RocksStore, StoreError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RocksStore::open(dir, name, partition, res) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.recovery() == Recovery::Retry && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The consumer context: routes rebalance callbacks into the engine.
+pub(crate) struct RebalanceHandler {
+    pub engine: Arc<Mutex<Option<Engine>>>,
+}
+
+impl ClientContext for RebalanceHandler {}
+
+impl ConsumerContext for RebalanceHandler {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut guard = self.engine.lock().expect("engine lock");
+        let Some(engine) = guard.as_mut() else { return };
+        match rebalance {
+            Rebalance::Revoke(_) => engine.on_revoke(consumer),
+            Rebalance::Assign(tpl) => engine.on_assign(tpl),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Aggregates the binary knows, by the name topology files use. Registering one is one line:
+//! `registry.register::<CustomerAggregate>("customer")`.
+
+use crate::processor::{
+    Aggregate, AggregateProcessor, AggregateSettings, Processor, SnapshotRenderer, ValueRenderer,
+};
+use crate::codec::Format;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+type ProcessorFactory = Arc<dyn Fn(AggregateSettings) -> Box<dyn Processor> + Send + Sync>;
+type RendererFactory = Arc<dyn Fn(Format) -> Arc<dyn ValueRenderer> + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) struct Registered {
+    pub processor: ProcessorFactory,
+    pub renderer: RendererFactory,
+    pub supports_protobuf: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct Registry {
+    aggregates: BTreeMap<String, Registered>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes aggregate `A` available to topology files as `name`.
+    pub fn register<A: Aggregate>(&mut self, name: &str) -> &mut Self {
+        self.aggregates.insert(
+            name.to_string(),
+            Registered {
+                processor: Arc::new(|s| Box::new(AggregateProcessor::<A>::new(s))),
+                renderer: Arc::new(|format| {
+                    Arc::new(SnapshotRenderer::<A> { format, _aggregate: PhantomData })
+                }),
+                supports_protobuf: A::supports_protobuf(),
+            },
+        );
+        self
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.aggregates.keys().map(String::as_str)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Registered> {
+        self.aggregates.get(name)
+    }
+}

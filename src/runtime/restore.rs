@@ -1,0 +1,100 @@
+//! Restore a store from its changelog: from the offset checkpointed in RocksDB to the end
+//! of the changelog (read_committed), before the task processes any input. The store is
+//! never wiped; after a clean shutdown there is nothing to read, after a crash only the
+//! tail of the last transactions.
+
+use super::RuntimeError;
+use crate::store::RocksStore;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 2_000;
+
+type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Replays `changelog`'s partition into `store`; returns the number of records applied.
+pub fn restore(store: &RocksStore, changelog: &str, bootstrap_servers: &str) -> Result<u64, RuntimeError> {
+    let partition = store.partition();
+    let kafka = |source| RuntimeError::Kafka { op: "restore", topic: changelog.to_string(), source };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("group.id", format!("millrace-restore-{changelog}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(kafka)?;
+    let checkpoint = store.checkpoint().map_err(RuntimeError::Store)?;
+    let start = checkpoint.map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(changelog, partition, start).map_err(kafka)?;
+    consumer.assign(&tpl).map_err(kafka)?;
+    let (_, high) = consumer
+        .fetch_watermarks(changelog, partition, Duration::from_secs(30))
+        .map_err(kafka)?;
+
+    let labels = [("store", store.name().to_string()), ("partition", partition.to_string())];
+    let started = Instant::now();
+    let mut restored = 0u64;
+    let mut batch: Batch = Vec::with_capacity(BATCH);
+    let mut last = checkpoint;
+    let mut idle_since = Instant::now();
+    let flush = |batch: &mut Batch, last: Option<i64>| {
+        store
+            .write(batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref())), last)
+            .map_err(RuntimeError::Store)?;
+        batch.clear();
+        Ok::<_, RuntimeError>(())
+    };
+    loop {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                if let Some(k) = m.key() {
+                    batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                }
+                last = Some(m.offset());
+                restored += 1;
+                if batch.len() >= BATCH {
+                    flush(&mut batch, last)?;
+                    metrics::gauge!("millrace_restore_remaining", &labels)
+                        .set((high - m.offset() - 1).max(0) as f64);
+                }
+                idle_since = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka(e)),
+            None => {
+                // No EOF yet. Transaction markers occupy offsets but are never delivered, so
+                // compare the consumer's own position with the end the broker reports, and
+                // stop waiting when nothing has moved for long.
+                let (_, hw) = consumer
+                    .fetch_watermarks(changelog, partition, Duration::from_secs(30))
+                    .map_err(kafka)?;
+                let pos = consumer
+                    .position()
+                    .ok()
+                    .and_then(|p| p.find_partition(changelog, partition).map(|e| e.offset()))
+                    .and_then(|o| o.to_raw())
+                    .unwrap_or(-1);
+                if pos >= hw || idle_since.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+            }
+        }
+    }
+    flush(&mut batch, last)?;
+    metrics::gauge!("millrace_restore_remaining", &labels).set(0.0);
+    metrics::counter!("millrace_restore_records_total", &labels).increment(restored);
+    tracing::info!(
+        store = store.name(),
+        partition,
+        from = ?checkpoint,
+        restored,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "restored changelog tail"
+    );
+    Ok(restored)
+}

@@ -1,0 +1,89 @@
+//! Makes sure every topic the topology needs exists with the expected partition count,
+//! creating what is missing (changelogs compacted). Mismatches stop the start with a
+//! message that names the topics and their counts.
+
+use super::RuntimeError;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A topic the application needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNeed {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub compacted: bool,
+}
+
+/// Partition counts of existing topics, by name (topics that do not exist are absent).
+pub fn partition_counts(bootstrap_servers: &str, names: &[&str]) -> Result<BTreeMap<String, i32>, RuntimeError> {
+    let kafka = |source| RuntimeError::Kafka { op: "fetch metadata", topic: String::new(), source };
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap_servers).create().map_err(kafka)?;
+    let md = consumer.fetch_metadata(None, Duration::from_secs(30)).map_err(kafka)?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && names.contains(&t.name()))
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// Creates missing topics and checks the partition counts of existing ones.
+pub fn ensure(bootstrap_servers: &str, needs: &[TopicNeed]) -> Result<(), RuntimeError> {
+    let names: Vec<&str> = needs.iter().map(|n| n.name.as_str()).collect();
+    let existing = partition_counts(bootstrap_servers, &names)?;
+    for need in needs {
+        if let Some(&found) = existing.get(&need.name) {
+            if found != need.partitions {
+                return Err(RuntimeError::PartitionMismatch {
+                    topic: need.name.clone(),
+                    expected: need.partitions,
+                    found,
+                });
+            }
+        }
+    }
+    let missing: Vec<&TopicNeed> = needs.iter().filter(|n| !existing.contains_key(&n.name)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let kafka = |topic: &str, source| RuntimeError::Kafka { op: "create topic", topic: topic.into(), source };
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .create()
+        .map_err(|e| kafka("", e))?;
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|n| {
+            let t = NewTopic::new(&n.name, n.partitions, TopicReplication::Fixed(n.replication));
+            if n.compacted { t.set("cleanup.policy", "compact") } else { t }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = futures::executor::block_on(admin.create_topics(&new, &opts)).map_err(|e| kafka("", e))?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            // Another instance created it between our check and our request.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(RuntimeError::CreateTopic { topic: name, code });
+            }
+        }
+    }
+    // Creation is asynchronous on the broker: wait until metadata shows every new topic.
+    for _ in 0..100 {
+        let now = partition_counts(bootstrap_servers, &names)?;
+        if needs.iter().all(|n| now.get(&n.name) == Some(&n.partitions)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(RuntimeError::CreateTopic { topic: names.join(","), code: RDKafkaErrorCode::RequestTimedOut })
+}

@@ -1,0 +1,221 @@
+//! The transactional sink: one transactional producer per instance. Everything a batch
+//! produces (events, replies, changelog records, dead letters) and the input offsets commit
+//! together, or not at all.
+//!
+//! Invariant: one writer per partition. The offsets are sent with the consumer's group
+//! metadata (KIP-447), so a zombie from an older generation is fenced by the coordinator.
+//! A fenced producer means our partitions belong to someone else: `SinkError::Fenced`
+//! answers `GiveUpPartitions`, and its writes are never retried.
+//!
+//! May use: record. The rdkafka transactional calls block, so this runs on the processing
+//! thread, never on the async executor.
+
+use crate::error::Recovery;
+use crate::record::{OutRecord, TopicPartition};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("producer {transactional_id} was fenced: another instance owns these partitions now ({source})")]
+    Fenced { transactional_id: String, source: KafkaError },
+    #[error("transaction of {transactional_id} must abort: {source}")]
+    Abortable { transactional_id: String, source: KafkaError },
+    #[error("producer {transactional_id}: {op} failed: {source}")]
+    Failed { transactional_id: String, op: &'static str, source: KafkaError },
+}
+
+impl SinkError {
+    pub fn recovery(&self) -> Recovery {
+        match self {
+            SinkError::Fenced { .. } => Recovery::GiveUpPartitions,
+            SinkError::Abortable { .. } => Recovery::AbortAndRewind,
+            SinkError::Failed { .. } => Recovery::Retry,
+        }
+    }
+}
+
+/// Delivery reports: the highest offset written per partition in the open transaction, so
+/// a store can checkpoint the changelog offset its overlay reaches.
+#[derive(Default)]
+pub struct SinkContext {
+    delivered: Mutex<HashMap<TopicPartition, i64>>,
+    failed: AtomicU64,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) => {
+                let tp = TopicPartition::new(m.topic(), m.partition());
+                let mut d = self.delivered.lock().expect("delivery map lock");
+                let e = d.entry(tp).or_insert(m.offset());
+                *e = (*e).max(m.offset());
+            }
+            Err((e, _)) => {
+                // The commit that covers this record will fail and abort; count it for metrics.
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "delivery failed");
+            }
+        }
+    }
+}
+
+pub struct TransactionalSink {
+    producer: ThreadedProducer<SinkContext>,
+    transactional_id: String,
+    open: bool,
+    timeout: Duration,
+}
+
+impl TransactionalSink {
+    /// Creates the producer and runs `init_transactions`, which also aborts whatever a
+    /// previous incarnation with the same transactional id left open (a SIGKILLed process).
+    pub fn new(
+        bootstrap_servers: &str,
+        transactional_id: &str,
+        overrides: &[(String, String)],
+    ) -> Result<Self, SinkError> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", bootstrap_servers)
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            // Java-compatible partitioning for every keyed record (invariant 3).
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("transaction.timeout.ms", "60000")
+            .set("message.timeout.ms", "60000");
+        for (k, v) in overrides {
+            cfg.set(k, v);
+        }
+        let failed = |op, source| SinkError::Failed { transactional_id: transactional_id.into(), op, source };
+        let producer: ThreadedProducer<SinkContext> =
+            cfg.create_with_context(SinkContext::default()).map_err(|e| failed("create", e))?;
+        let timeout = Duration::from_secs(30);
+        let sink = Self { producer, transactional_id: transactional_id.into(), open: false, timeout };
+        let started = Instant::now();
+        loop {
+            match sink.producer.init_transactions(timeout) {
+                Ok(()) => break,
+                Err(e) if started.elapsed() < Duration::from_secs(120) && is_retriable(&e) => {
+                    tracing::warn!(error = %e, "init_transactions failed; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(sink.classify("init_transactions", e)),
+            }
+        }
+        Ok(sink)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    fn classify(&self, op: &'static str, e: KafkaError) -> SinkError {
+        let transactional_id = self.transactional_id.clone();
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        );
+        match &e {
+            _ if fenced => SinkError::Fenced { transactional_id, source: e },
+            KafkaError::Transaction(t) if t.is_fatal() => SinkError::Fenced { transactional_id, source: e },
+            KafkaError::Transaction(t) if t.txn_requires_abort() => SinkError::Abortable { transactional_id, source: e },
+            _ => SinkError::Failed { transactional_id, op, source: e },
+        }
+    }
+
+    /// Opens a transaction if none is open.
+    pub fn begin(&mut self) -> Result<(), SinkError> {
+        if !self.open {
+            self.producer.context().delivered.lock().expect("delivery map lock").clear();
+            self.producer.begin_transaction().map_err(|e| self.classify("begin_transaction", e))?;
+            self.open = true;
+        }
+        Ok(())
+    }
+
+    /// Queues one record in the open transaction.
+    pub fn send(&mut self, r: &OutRecord) -> Result<(), SinkError> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.0.len());
+        for (k, v) in &r.headers.0 {
+            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&r.topic).headers(headers);
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        if let Some(k) = &r.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &r.value {
+            record = record.payload(v.as_slice());
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                    // Back-pressure: the background thread drains the queue.
+                    record = rec;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(self.classify("send", e)),
+            }
+        }
+    }
+
+    /// Sends the input offsets with the group metadata and commits. Returns the highest
+    /// offset delivered per partition in this transaction.
+    pub fn commit(
+        &mut self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<HashMap<TopicPartition, i64>, SinkError> {
+        if offsets.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, self.timeout)
+                .map_err(|e| self.classify("send_offsets_to_transaction", e))?;
+        }
+        let started = Instant::now();
+        loop {
+            match self.producer.commit_transaction(self.timeout) {
+                Ok(()) => break,
+                Err(e) if is_retriable(&e) && started.elapsed() < Duration::from_secs(60) => {
+                    tracing::warn!(error = %e, "commit_transaction is retriable; retrying");
+                }
+                Err(e) => return Err(self.classify("commit_transaction", e)),
+            }
+        }
+        self.open = false;
+        metrics::histogram!("millrace_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("millrace_transactions_total", "result" => "committed").increment(1);
+        Ok(std::mem::take(&mut *self.producer.context().delivered.lock().expect("delivery map lock")))
+    }
+
+    /// Aborts the open transaction, if any. Its records are never visible to
+    /// read_committed consumers.
+    pub fn abort(&mut self) -> Result<(), SinkError> {
+        if !self.open {
+            return Ok(());
+        }
+        metrics::counter!("millrace_transactions_total", "result" => "aborted").increment(1);
+        self.producer.abort_transaction(self.timeout).map_err(|e| self.classify("abort_transaction", e))?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+fn is_retriable(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_retriable())
+}

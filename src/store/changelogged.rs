@@ -1,0 +1,101 @@
+//! The store a task writes through during a transaction. Reads see the open transaction's
+//! overlay first, then RocksDB. Writes go to the overlay and, as records, to the compacted
+//! changelog in the same Kafka transaction.
+//!
+//! Invariant: local state never runs ahead of the committed changelog. The overlay reaches
+//! RocksDB only through `commit`, which the runtime calls after `commit_transaction`
+//! succeeded; `abort` drops it.
+
+use super::{RocksStore, StoreError};
+use crate::record::{Collector, Headers, OutRecord};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub struct ChangeloggedStore {
+    inner: Arc<RocksStore>,
+    changelog_topic: String,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl ChangeloggedStore {
+    pub fn new(inner: Arc<RocksStore>, changelog_topic: impl Into<String>) -> Self {
+        Self { inner, changelog_topic: changelog_topic.into(), overlay: BTreeMap::new() }
+    }
+
+    pub fn inner(&self) -> &Arc<RocksStore> {
+        &self.inner
+    }
+
+    pub fn changelog_topic(&self) -> &str {
+        &self.changelog_topic
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.inner.get(key),
+        }
+    }
+
+    /// Writes `value` (None = tombstone) in the open transaction. The changelog record goes
+    /// to the task's own partition: the changelog is co-partitioned with the input.
+    pub fn put(&mut self, key: &[u8], value: Option<Vec<u8>>, out: &mut dyn Collector) {
+        out.send(OutRecord {
+            topic: self.changelog_topic.clone(),
+            partition: Some(self.inner.partition()),
+            key: Some(key.to_vec()),
+            value: value.clone(),
+            headers: Headers::default(),
+        });
+        self.overlay.insert(key.to_vec(), value);
+    }
+
+    pub fn has_pending_writes(&self) -> bool {
+        !self.overlay.is_empty()
+    }
+
+    /// Called only after the Kafka transaction committed: the overlay and the changelog
+    /// offset it reached go to RocksDB in one WriteBatch.
+    pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<(), StoreError> {
+        if self.overlay.is_empty() && changelog_offset.is_none() {
+            return Ok(());
+        }
+        let overlay = std::mem::take(&mut self.overlay);
+        self.inner.write(overlay.iter().map(|(k, v)| (k.as_slice(), v.as_deref())), changelog_offset)
+    }
+
+    /// The transaction aborted: forget everything it wrote.
+    pub fn abort(&mut self) {
+        self.overlay.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreResources, StoreTuning};
+
+    #[test]
+    fn writes_are_invisible_to_rocksdb_until_commit_and_vanish_on_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = StoreResources::new(&StoreTuning::default());
+        let rocks = Arc::new(RocksStore::open(dir.path(), "s", 0, &res).unwrap());
+        let mut store = ChangeloggedStore::new(rocks.clone(), "app-s-changelog");
+        let mut out: Vec<OutRecord> = Vec::new();
+
+        store.put(b"k", Some(b"v1".to_vec()), &mut out);
+        assert_eq!(store.get(b"k").unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(rocks.get(b"k").unwrap(), None, "state must not run ahead of the commit");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "app-s-changelog");
+        assert_eq!(out[0].partition, Some(0));
+
+        store.abort();
+        assert_eq!(store.get(b"k").unwrap(), None);
+
+        store.put(b"k", Some(b"v2".to_vec()), &mut out);
+        store.commit(Some(7)).unwrap();
+        assert_eq!(rocks.get(b"k").unwrap(), Some(b"v2".to_vec()));
+        assert_eq!(rocks.checkpoint().unwrap(), Some(7));
+    }
+}

@@ -1,0 +1,12 @@
+//! The one documented way internal topic names are derived (docs/topology.md). Renaming an
+//! application id or a store renames these topics, and so orphans their state.
+
+/// `<application_id>-<store>-changelog`, as Kafka Streams names its changelogs.
+pub fn changelog_topic(application_id: &str, store: &str) -> String {
+    format!("{application_id}-{store}-changelog")
+}
+
+/// `<application_id>-dead-letters`, unless the topology names one.
+pub fn dead_letter_topic(application_id: &str) -> String {
+    format!("{application_id}-dead-letters")
+}

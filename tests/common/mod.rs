@@ -1,0 +1,318 @@
+//! Test harness for integration tests against a real Kafka broker (KRaft). Uses
+//! `KAFKA_BOOTSTRAP` when set; otherwise starts one with `deploy/kafka-local up`.
+//! Every test uses its own application id and topic names, so tests share one broker.
+#![allow(dead_code)]
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub fn bootstrap() -> String {
+    static B: OnceLock<String> = OnceLock::new();
+    B.get_or_init(|| {
+        if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
+            return b;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka-local");
+        let out = Command::new(&script).arg("up").stderr(Stdio::inherit()).output()
+            .expect("run deploy/kafka-local up");
+        assert!(out.status.success(), "deploy/kafka-local up failed");
+        String::from_utf8(out.stdout).unwrap().lines().last().expect("bootstrap address").trim().to_string()
+    })
+    .clone()
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 100_000_000;
+    format!("{prefix}-{}-{t}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Topic names and topology of one test application.
+pub struct Setup {
+    pub app: String,
+    pub commands: String,
+    pub events: String,
+    pub replies: String,
+    pub changelog: String,
+    pub dead_letters: String,
+    pub dir: tempfile::TempDir,
+    pub topology: PathBuf,
+    pub partitions: i32,
+}
+
+impl Setup {
+    pub fn new(name: &str, partitions: i32, codec: &str) -> Setup {
+        let app = unique(name);
+        let dir = tempfile::tempdir().unwrap();
+        let commands = format!("{app}-commands");
+        let events = format!("{app}-events");
+        let replies = format!("{app}-replies");
+        let topology = dir.path().join("topology.yaml");
+        std::fs::write(&topology, format!(
+"version: 1
+application_id: {app}
+topics:
+  {commands}: {{ partitions: {partitions}, codec: {codec} }}
+  {events}: {{ partitions: {partitions}, codec: {codec} }}
+  {replies}: {{ partitions: 2, codec: {codec} }}
+aggregates:
+  customers:
+    aggregate: customer
+    commands: {commands}
+    events: {events}
+    replies: {replies}
+    store: customers
+    store_codec: {codec}
+processing:
+  commit_interval_ms: 100
+")).unwrap();
+        Setup {
+            changelog: format!("{app}-customers-changelog"),
+            dead_letters: format!("{app}-dead-letters"),
+            app, commands, events, replies, dir, topology, partitions,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn start(&self) -> Instance {
+        Instance::start(self, &[])
+    }
+}
+
+/// A `millrace run` process.
+pub struct Instance {
+    pub child: Child,
+    pub http: String,
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Instance {
+    pub fn start(setup: &Setup, extra: &[&str]) -> Instance {
+        let http = format!("127.0.0.1:{}", free_port());
+        let log = setup.dir.path().join(format!("instance-{}.log", unique("log")));
+        let logfile = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["run", "--topology"]).arg(&setup.topology)
+            .args(["--bootstrap-servers", &bootstrap()])
+            .arg("--state-dir").arg(setup.state_dir())
+            .args(["--http", &http, "--instance-id", "i0"])
+            .args(["--consumer-config", "session.timeout.ms=6000"])
+            .args(extra)
+            .env("MILLRACE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("start millrace");
+        let mut i = Instance { child, http, log };
+        i.wait_ready();
+        i
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("millrace exited with {status} before ready; log:\n{}", self.log_text());
+            }
+            if let Ok((200, _)) = http_get(&self.http, "/ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("millrace not ready within 90 s; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = http_get(&self.http, path).expect("http request");
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.http, "/metrics").expect("metrics").1
+    }
+
+    /// Sum of a counter over all its label sets.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no exit 60 s after SIGTERM; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP/1.0 GET: status and body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &[u8], headers: &[(&str, &str)]) {
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header { key: k, value: Some(*v) });
+    }
+    let mut rec = BaseRecord::to(topic).key(key).payload(value).headers(h);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+pub fn command_json(command_id: &str, aggregate_id: &str, expected: Option<u64>, ty: &str, payload: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "command_id": command_id, "aggregate_id": aggregate_id, "expected_version": expected,
+        "type": ty, "payload": payload,
+    })).unwrap()
+}
+
+pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) {
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// A committed record, read back.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Rec {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).unwrap()
+    }
+}
+
+/// Every committed record of `topic` (read_committed), up to the current end.
+pub fn read_all(topic: &str) -> Vec<Rec> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let parts = md.topics()[0].partitions().len();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut eof = 0;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while eof < parts && Instant::now() < deadline {
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => out.push(Rec {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers: m.headers().map(|h| h.iter()
+                    .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                    .collect()).unwrap_or_default(),
+            }),
+            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Waits until `topic` holds at least `n` committed records; returns them.
+pub fn wait_for(topic: &str, n: usize, within: Duration) -> Vec<Rec> {
+    let deadline = Instant::now() + within;
+    loop {
+        let all = read_all(topic);
+        if all.len() >= n || Instant::now() > deadline {
+            return all;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Replies by command id.
+pub fn replies_by_id(recs: &[Rec]) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut m: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for r in recs {
+        let v = r.json();
+        m.entry(v["command_id"].as_str().unwrap().to_string()).or_default().push(v);
+    }
+    m
+}

@@ -1,0 +1,252 @@
+//! The customer system end to end through a real Kafka broker and a real `millrace`
+//! process: business rules, expected versions, duplicates, dead letters, reply routing,
+//! HTTP queries, and restart after SIGTERM. Needs a broker (see tests/common).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+fn create(name: &str) -> serde_json::Value {
+    json!({"name": name, "email": format!("{name}@example.org")})
+}
+
+#[test]
+fn business_rules_replies_events_and_http_snapshots() {
+    let s = Setup::new("rules", 3, "json");
+    let inst = s.start();
+    let p = producer();
+    let cmds: [(&str, &str, &str, serde_json::Value); 7] = [
+        ("c1", "ada", "CreateCustomer", create("Ada")),
+        ("c2", "ada", "CreateCustomer", create("Ada")),
+        ("c3", "bob", "UpdateCustomer", create("Bob")),
+        ("c4", "ada", "DeleteCustomer", json!({})),
+        ("c5", "ada", "UpdateCustomer", create("Ada2")),
+        ("c6", "ada", "CreateCustomer", create("Ada3")),
+        ("c7", "bob", "DeleteCustomer", json!({})),
+    ];
+    for (id, agg, ty, payload) in &cmds {
+        send(&p, &s.commands, agg, &command_json(id, agg, None, ty, payload.clone()), &[]);
+    }
+    flush(&p);
+    let replies = replies_by_id(&wait_for(&s.replies, cmds.len(), Duration::from_secs(60)));
+    assert_eq!(replies.len(), cmds.len(), "one reply per command: {replies:?}");
+    let outcome = |id: &str| {
+        assert_eq!(replies[id].len(), 1, "exactly one reply for {id}");
+        replies[id][0].clone()
+    };
+    assert_eq!(outcome("c1"), json!({"command_id":"c1","aggregate_id":"ada","outcome":"accepted","version":1,"event_count":1}));
+    assert_eq!(outcome("c2")["outcome"], "rejected");
+    assert_eq!(outcome("c2")["reason"], "customer already exists");
+    assert_eq!(outcome("c3")["outcome"], "rejected");
+    assert_eq!(outcome("c3")["reason"], "customer does not exist");
+    assert_eq!(outcome("c4")["version"], 2);
+    assert_eq!(outcome("c5")["reason"], "customer is deleted");
+    assert_eq!(outcome("c6")["outcome"], "accepted", "re-create after delete");
+    assert_eq!(outcome("c6")["version"], 3);
+    assert_eq!(outcome("c7")["outcome"], "rejected");
+
+    let events: Vec<_> = read_all(&s.events).into_iter().filter(|r| r.key.as_deref() == Some("ada")).collect();
+    let shapes: Vec<(u64, String)> = events.iter().map(|e| {
+        let v = e.json();
+        assert_eq!(v["aggregate_id"], "ada");
+        assert_eq!(e.headers["millrace.version"], v["version"].to_string());
+        (v["version"].as_u64().unwrap(), v["type"].as_str().unwrap().to_string())
+    }).collect();
+    assert_eq!(shapes, vec![
+        (1, "CustomerCreated".to_string()), (2, "CustomerDeleted".to_string()), (3, "CustomerCreated".to_string()),
+    ]);
+    assert_eq!(events[2].json()["payload"], create("Ada3"));
+    assert!(read_all(&s.events).iter().all(|r| r.key.as_deref() != Some("bob")), "rejections write no events");
+
+    let (status, body) = inst.get("/stores/customers/keys/ada");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"key":"ada","version":3,"state":{"name":"Ada3","email":"Ada3@example.org","status":"ACTIVE"}}));
+    let (status, body) = inst.get("/stores/customers/keys/nobody");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "not_found");
+
+    // The seed's "list all customers": the store, paginated.
+    let (status, page) = inst.get("/stores/customers?limit=1");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    let next = page["next"].as_str().unwrap().to_string();
+    let (_, rest) = inst.get(&format!("/stores/customers?limit=10&after={next}"));
+    let mut keys: Vec<String> = page["entries"].as_array().unwrap().iter()
+        .chain(rest["entries"].as_array().unwrap())
+        .map(|e| e["key"].as_str().unwrap().to_string()).collect();
+    keys.sort();
+    // bob only ever had rejections: an aggregate without events does not exist for queries.
+    assert_eq!(keys, vec!["ada".to_string()]);
+    assert_eq!(inst.get("/stores/customers/keys/bob").0, 404);
+}
+
+#[test]
+fn wrong_expected_version_and_duplicate_command_ids() {
+    let s = Setup::new("versions", 2, "json");
+    let _inst = s.start();
+    let p = producer();
+    send(&p, &s.commands, "cy", &command_json("v1", "cy", Some(0), "CreateCustomer", create("Cy")), &[]);
+    send(&p, &s.commands, "cy", &command_json("v2", "cy", Some(5), "UpdateCustomer", create("Cy2")), &[]);
+    send(&p, &s.commands, "cy", &command_json("v3", "cy", Some(1), "UpdateCustomer", create("Cy3")), &[]);
+    // A client retry: same command id, same content.
+    send(&p, &s.commands, "cy", &command_json("v3", "cy", Some(1), "UpdateCustomer", create("Cy3")), &[]);
+    flush(&p);
+    let recs = wait_for(&s.replies, 4, Duration::from_secs(60));
+    let replies: Vec<serde_json::Value> = recs.iter().map(Rec::json).collect();
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    let by_id = replies_by_id(&recs);
+    assert_eq!(by_id["v1"][0]["version"], 1);
+    assert_eq!(by_id["v2"][0], json!({"command_id":"v2","aggregate_id":"cy","outcome":"wrong_expected_version","version":1,"expected":5,"actual":1}));
+    assert_eq!(by_id["v3"].len(), 2);
+    assert_eq!(by_id["v3"][0]["outcome"], "accepted");
+    assert_eq!(by_id["v3"][0]["version"], 2);
+    assert_eq!(by_id["v3"][1]["outcome"], "duplicate");
+    assert_eq!(by_id["v3"][1]["original_outcome"], "accepted");
+    assert_eq!(by_id["v3"][1]["version"], 2);
+    let events = read_all(&s.events);
+    assert_eq!(events.len(), 2, "the duplicate wrote no events: {events:?}");
+}
+
+#[test]
+fn malformed_commands_go_to_dead_letters_and_processing_goes_on() {
+    let s = Setup::new("dlq", 2, "json");
+    let _inst = s.start();
+    let p = producer();
+    send(&p, &s.commands, "dd", b"\x00\x01 not json", &[]);
+    send(&p, &s.commands, "dd", br#"{"command_id":"x1","aggregate_id":"dd","type":"Explode","payload":{}}"#, &[]);
+    send(&p, &s.commands, "dd", br#"{"command_id":"x2","aggregate_id":"dd","type":"CreateCustomer","payload":{"name":"D"}}"#, &[]);
+    send(&p, &s.commands, "dd", &command_json("x3", "dd", None, "CreateCustomer", json!({"name":"", "email":"d@x"})), &[]);
+    send(&p, &s.commands, "dd", &command_json("x4", "dd", None, "CreateCustomer", create("Dee")), &[]);
+    flush(&p);
+    let replies = wait_for(&s.replies, 1, Duration::from_secs(60));
+    assert_eq!(replies.len(), 1, "only the good command is answered");
+    assert_eq!(replies[0].json()["command_id"], "x4");
+    assert_eq!(replies[0].json()["outcome"], "accepted");
+    let dead = wait_for(&s.dead_letters, 4, Duration::from_secs(30));
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    let reasons: Vec<&str> = dead.iter().map(|d| d.headers["millrace.dlq.reason"].as_str()).collect();
+    assert!(reasons[0].contains("invalid JSON"), "{reasons:?}");
+    assert!(reasons[1].contains("unknown variant `Explode`"), "{reasons:?}");
+    assert!(reasons[2].contains("missing field `email`"), "{reasons:?}");
+    assert!(reasons[3].contains("name is empty"), "{reasons:?}");
+    for d in &dead {
+        assert_eq!(d.headers["millrace.dlq.topic"], s.commands);
+        assert!(d.headers["millrace.dlq.offset"].parse::<i64>().is_ok());
+        assert!(d.headers["millrace.dlq.partition"].parse::<i32>().is_ok());
+        assert_eq!(d.key.as_deref(), Some("dd"));
+    }
+    assert_eq!(dead[0].value, b"\x00\x01 not json", "the original bytes are kept");
+}
+
+#[test]
+fn reply_to_and_correlation_id_headers_route_the_reply() {
+    let s = Setup::new("replyto", 1, "json");
+    let _inst = s.start();
+    let private = format!("{}-private-replies", s.app);
+    // The reply-to topic belongs to the client; it exists before the command is sent.
+    create_topic(&private, 1);
+    let p = producer();
+    send(&p, &s.commands, "rt", &command_json("r1", "rt", None, "CreateCustomer", create("R")),
+        &[("reply-to", &private), ("correlation-id", "corr-42")]);
+    flush(&p);
+    let got = wait_for(&private, 1, Duration::from_secs(60));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].headers["correlation-id"], "corr-42");
+    assert_eq!(got[0].key.as_deref(), Some("r1"));
+    assert!(read_all(&s.replies).is_empty(), "the default reply topic got nothing");
+}
+
+#[test]
+fn bad_http_requests_get_json_4xx() {
+    let s = Setup::new("http", 1, "json");
+    let inst = s.start();
+    for (path, status, code) in [
+        ("/stores/nope/keys/x", 404, "unknown_store"),
+        ("/stores/customers?limit=abc", 400, "bad_request"),
+        ("/stores/customers?limit=0", 400, "bad_request"),
+        ("/stores/customers?colour=red", 400, "bad_request"),
+        ("/no/such/route", 404, "no_route"),
+    ] {
+        let (got, body) = inst.get(path);
+        assert_eq!(got, status, "{path}: {body}");
+        assert_eq!(body["error"], code, "{path}: {body}");
+    }
+    assert_eq!(inst.get("/health").0, 200);
+    assert!(inst.metrics().contains("millrace_restore_records_total"));
+}
+
+#[test]
+fn protobuf_topics_round_trip() {
+    use millrace::codec::proto::{customer as cpb, envelope as pb};
+    use prost::Message;
+    let s = Setup::new("proto", 2, "protobuf");
+    let inst = s.start();
+    let p = producer();
+    let cmd = pb::CommandEnvelope {
+        command_id: "p1".into(),
+        aggregate_id: "pat".into(),
+        expected_version: None,
+        r#type: "CreateCustomer".into(),
+        payload: cpb::CreateCustomer { name: "Pat".into(), email: "pat@x".into() }.encode_to_vec(),
+        correlation_id: String::new(),
+        reply_to: String::new(),
+    };
+    send(&p, &s.commands, "pat", &cmd.encode_to_vec(), &[]);
+    flush(&p);
+    let replies = wait_for(&s.replies, 1, Duration::from_secs(60));
+    let reply = pb::Reply::decode(replies[0].value.as_slice()).unwrap();
+    assert_eq!(reply.outcome, pb::Outcome::Accepted as i32);
+    assert_eq!(reply.version, 1);
+    let events = read_all(&s.events);
+    let ev = pb::EventEnvelope::decode(events[0].value.as_slice()).unwrap();
+    assert_eq!(ev.r#type, "CustomerCreated");
+    assert_eq!(cpb::CustomerCreated::decode(ev.payload.as_slice()).unwrap().name, "Pat");
+    let (status, body) = inst.get("/stores/customers/keys/pat");
+    assert_eq!(status, 200);
+    assert_eq!(body["state"]["status"], "ACTIVE");
+}
+
+#[test]
+fn restart_after_sigterm_restores_nothing() {
+    let s = Setup::new("sigterm", 2, "json");
+    let inst = s.start();
+    let p = producer();
+    for i in 0..200 {
+        let k = format!("k{}", i % 50);
+        send(&p, &s.commands, &k, &command_json(&format!("t{i}"), &k, None, "CreateCustomer", create(&k)), &[]);
+    }
+    flush(&p);
+    assert_eq!(wait_for(&s.replies, 200, Duration::from_secs(60)).len(), 200);
+    assert!(inst.terminate().success(), "clean exit on SIGTERM");
+    let again = s.start();
+    assert_eq!(again.metric_sum("millrace_restore_records_total"), 0.0, "nothing restored after a clean shutdown");
+    let (status, body) = again.get("/stores/customers/keys/k7");
+    assert_eq!(status, 200);
+    assert_eq!(body["version"], 1, "the store kept its state: {body}");
+}
+
+#[test]
+fn produced_partitions_match_java_murmur2() {
+    let topic = unique("murmur");
+    create_topic(&topic, 7);
+    let p = producer();
+    let keys: Vec<String> = (0..50).map(|i| format!("cust-{i}")).collect();
+    for k in &keys {
+        send(&p, &topic, k, b"x", &[]);
+    }
+    flush(&p);
+    let recs = wait_for(&topic, keys.len(), Duration::from_secs(30));
+    assert_eq!(recs.len(), keys.len());
+    for r in recs {
+        let k = r.key.unwrap();
+        assert_eq!(r.partition, millrace::codec::murmur2::partition_for_key(k.as_bytes(), 7), "key {k}");
+    }
+}
+
+fn create_topic(name: &str, partitions: i32) {
+    millrace::runtime::topics::ensure(&bootstrap(), &[millrace::runtime::topics::TopicNeed {
+        name: name.into(), partitions, replication: 1, compacted: false,
+    }]).unwrap();
+}
