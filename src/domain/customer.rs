@@ -216,7 +216,8 @@ mod tests {
             prop_assert_eq!(fold::<CustomerAggregate>(Customer::default(), &log), state);
             for w in log.windows(2) {
                 if matches!(w[0], CustomerEvent::CustomerDeleted {}) {
-                    prop_assert!(matches!(w[1], CustomerEvent::CustomerCreated { .. }));
+                    let recreated = matches!(w[1], CustomerEvent::CustomerCreated { .. });
+                    prop_assert!(recreated, "event after a deletion: {:?}", w[1]);
                 }
             }
         }

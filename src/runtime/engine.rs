@@ -84,10 +84,6 @@ impl Engine {
         })
     }
 
-    pub fn commit_interval(&self) -> Duration {
-        self.settings.commit_interval
-    }
-
     /// Time left until the open transaction is due; the poll loop waits at most this long.
     pub fn until_commit_due(&self) -> Duration {
         if !self.sink.is_open() {
@@ -123,11 +119,16 @@ impl Engine {
                 _ => Err(e.into()),
             };
         }
+        let mut failed = None;
         for r in self.out.drain(..) {
             if let Err(e) = self.sink.send(&r) {
-                self.out.clear();
-                return self.recover(consumer, e);
+                failed = Some(e);
+                break;
             }
+        }
+        if let Some(e) = failed {
+            self.out.clear();
+            return self.recover(consumer, e);
         }
         self.txn_records += 1;
         if self.txn_records >= self.settings.max_batch_records {

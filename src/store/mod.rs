@@ -16,8 +16,8 @@ use std::path::PathBuf;
 /// Store failures, with the store and partition they concern.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open store {store} partition {partition} at {path}: {source}")]
-    Open { store: String, partition: i32, path: PathBuf, source: rocksdb::Error },
+    #[error("cannot open store {store} partition {partition} at {path}: {reason}")]
+    Open { store: String, partition: i32, path: PathBuf, reason: String },
     #[error("store {store} partition {partition}: {op} failed: {source}")]
     Io { store: String, partition: i32, op: &'static str, source: rocksdb::Error },
     #[error("store {store} partition {partition}: corrupt checkpoint value")]

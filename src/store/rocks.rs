@@ -91,13 +91,13 @@ impl RocksStore {
             store: name.into(),
             partition,
             path: path.clone(),
-            source: rocksdb::Error::new(e.to_string()),
+            reason: e.to_string(),
         })?;
-        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|source| StoreError::Open {
+        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| StoreError::Open {
             store: name.into(),
             partition,
             path: path.clone(),
-            source,
+            reason: e.into_string(),
         })?;
         Ok(Self { name: name.into(), partition, path, db })
     }

@@ -103,7 +103,7 @@ impl Default for Processing {
 }
 
 /// Where records that cannot be processed go.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetter {
     /// Topic name; default `<application_id>-dead-letters`.
@@ -115,6 +115,12 @@ pub struct DeadLetter {
 
 fn one() -> i32 {
     1
+}
+
+impl Default for DeadLetter {
+    fn default() -> Self {
+        Self { topic: None, partitions: one() }
+    }
 }
 
 /// The query server.
