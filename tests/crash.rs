@@ -11,6 +11,8 @@ use millrace::domain::customer::{Customer, CustomerAggregate, CustomerEvent};
 use millrace::processor::Aggregate;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const COMMANDS: usize = 20_000;
@@ -35,28 +37,50 @@ fn command(i: usize) -> (String, Vec<u8>) {
 fn sigkill_mid_stream_loses_and_doubles_nothing() {
     let s = Setup::new("crash", 4, "json");
     let mut inst = s.start();
-    let p = producer();
-    let chunk = COMMANDS / (KILLS + 1);
+    // Commands flow steadily for several seconds, so every kill lands while commands are
+    // being processed and a transaction is open.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let loader = {
+        let (topic, sent) = (s.commands.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let p = producer();
+            for i in 0..COMMANDS {
+                let (key, bytes) = command(i);
+                send(&p, &topic, &key, &bytes, &[]);
+                sent.store(i + 1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            flush(&p);
+        })
+    };
     let mut restored_after_kill = Vec::new();
-    for c in 0..=KILLS {
-        for i in c * chunk..(c + 1) * chunk {
-            let (key, bytes) = command(i);
-            send(&p, &s.commands, &key, &bytes, &[]);
+    let mut in_flight_kills = 0;
+    let mut answered = 0i64;
+    for k in 1..=KILLS {
+        while sent.load(Ordering::SeqCst) < k * COMMANDS / (KILLS + 1) {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        flush(&p);
-        if c == KILLS {
-            break;
+        // The restarted instance must be processing again before it is killed again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while committed_sum(&s.app, &s.commands, s.partitions).unwrap_or(0) < answered + 500 {
+            assert!(std::time::Instant::now() < deadline, "no progress after restart {k}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        // Kill while this chunk is being processed: a transaction is open every 100 ms.
-        std::thread::sleep(Duration::from_millis(400));
         inst.kill9();
-        let seen = read_all(&s.replies).len();
+        let at = sent.load(Ordering::SeqCst);
         let changelog_size = read_all(&s.changelog).len();
+        if changelog_size < at {
+            in_flight_kills += 1;
+        }
         inst = s.start();
+        let seen = committed_sum(&s.app, &s.commands, s.partitions).unwrap_or(0);
+        answered = seen;
         let restored = inst.metric_sum("millrace_restore_records_total");
-        eprintln!("kill {}: {seen} replies seen, changelog {changelog_size} records, restored {restored}", c + 1);
+        eprintln!("kill {k}: {at} sent, {seen} committed after restart, changelog {changelog_size} records, restored {restored}");
         restored_after_kill.push((restored, changelog_size));
     }
+    loader.join().unwrap();
+    assert!(in_flight_kills > 0, "at least one kill must land while commands were unanswered");
     let replies = wait_for(&s.replies, COMMANDS, Duration::from_secs(300));
 
     // Exactly one reply per command id.

@@ -316,3 +316,21 @@ pub fn replies_by_id(recs: &[Rec]) -> BTreeMap<String, Vec<serde_json::Value>> {
     }
     m
 }
+
+/// How many input records `group` has committed on `topic`: the commands whose
+/// transactions are done. None while the broker cannot say (a transaction holding offsets
+/// for the group is still open: UNSTABLE_OFFSET_COMMIT).
+pub fn committed_sum(group: &str, topic: &str, partitions: i32) -> Option<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .map(|t| t.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum())
+        .ok()
+}
