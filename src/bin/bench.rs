@@ -183,15 +183,23 @@ processing:
   commit_interval_ms: {COMMIT_MS}
 ")).unwrap();
     let exe = std::env::current_exe().unwrap().with_file_name("millrace");
-    let started = Instant::now();
+    let http = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let spawned = Instant::now();
     let mut child = Command::new(exe)
         .args(["run", "--topology"]).arg(&topology)
-        .args(["--bootstrap-servers", bootstrap, "--http", "127.0.0.1:0", "--instance-id", "bench"])
+        .args(["--bootstrap-servers", bootstrap, "--http", &http, "--instance-id", "bench"])
         .arg("--state-dir").arg(dir.join("state"))
         .env("MILLRACE_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .expect("start millrace");
+    // Throughput counts from readiness (group joined, tasks restored): start-up is
+    // reported on its own line.
+    while !ready(&http) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let started = Instant::now();
+    eprintln!("millrace ready after {:.2} s", spawned.elapsed().as_secs_f64());
     wait_committed(bootstrap, &app, input, n as i64);
     let secs = started.elapsed().as_secs_f64();
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
@@ -205,4 +213,13 @@ processing:
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     (secs, peak)
+}
+
+fn ready(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return false };
+    let _ = write!(s, "GET /ready HTTP/1.0\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
 }

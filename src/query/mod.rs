@@ -78,7 +78,7 @@ async fn get_key(State(ctx): State<Ctx>, Path((store, key)): Path<(String, Strin
     let (key, Some(value)) = bytes else {
         return Err(QueryError::UnknownKey { store, key: bytes.0 });
     };
-    let mut rendered = view.renderer.render(&value).map_err(|e| {
+    let rendered = view.renderer.render(&value).map_err(|e| {
         tracing::error!(error = %e, store = %store, key = %key, "stored value does not decode");
         QueryError::Internal
     })?;
@@ -86,8 +86,7 @@ async fn get_key(State(ctx): State<Ctx>, Path((store, key)): Path<(String, Strin
     if !exists(&rendered) {
         return Err(QueryError::UnknownKey { store, key });
     }
-    rendered.as_object_mut().map(|o| o.insert("key".into(), Value::String(key)));
-    Ok(Json(rendered))
+    Ok(Json(keyed(key, rendered)))
 }
 
 /// `GET /stores/{store}?limit=&after=`: this instance's partitions, merged in key order.
@@ -137,12 +136,11 @@ async fn list(
     let next = (entries.len() == limit).then(|| entries.last().map(|(k, _)| String::from_utf8_lossy(k).into_owned())).flatten();
     let mut out = Vec::with_capacity(entries.len());
     for (k, v) in entries {
-        let mut r = view.renderer.render(&v).map_err(|_| QueryError::Internal)?;
+        let r = view.renderer.render(&v).map_err(|_| QueryError::Internal)?;
         if !exists(&r) {
             continue;
         }
-        r.as_object_mut().map(|o| o.insert("key".into(), Value::String(String::from_utf8_lossy(&k).into_owned())));
-        out.push(r);
+        out.push(keyed(String::from_utf8_lossy(&k).into_owned(), r));
     }
     Ok(Json(json!({
         "entries": out,
@@ -155,4 +153,14 @@ async fn list(
 /// A snapshot exists for queries once its aggregate has at least one event.
 fn exists(rendered: &Value) -> bool {
     rendered.get("version").and_then(Value::as_u64).is_none_or(|v| v > 0)
+}
+
+/// `{"key": .., <rendered fields>}`: the key first, as docs/json-contract.md shows it.
+fn keyed(key: String, rendered: Value) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("key".into(), Value::String(key));
+    if let Value::Object(fields) = rendered {
+        out.extend(fields);
+    }
+    Value::Object(out)
 }

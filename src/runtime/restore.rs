@@ -28,13 +28,18 @@ pub fn restore(store: &RocksStore, changelog: &str, bootstrap_servers: &str) -> 
         .create()
         .map_err(kafka)?;
     let checkpoint = store.checkpoint().map_err(RuntimeError::Store)?;
-    let start = checkpoint.map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(changelog, partition, start).map_err(kafka)?;
-    consumer.assign(&tpl).map_err(kafka)?;
-    let (_, high) = consumer
+    let (low, high) = consumer
         .fetch_watermarks(changelog, partition, Duration::from_secs(30))
         .map_err(kafka)?;
+    let first = checkpoint.map_or(low, |o| o + 1);
+    if first >= high {
+        // Nothing after the checkpoint (or an empty changelog): no consumer round trip.
+        metrics::counter!("millrace_restore_records_total", "store" => store.name().to_string(), "partition" => partition.to_string()).increment(0);
+        return Ok(0);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(changelog, partition, Offset::Offset(first)).map_err(kafka)?;
+    consumer.assign(&tpl).map_err(kafka)?;
 
     let labels = [("store", store.name().to_string()), ("partition", partition.to_string())];
     let started = Instant::now();
@@ -68,18 +73,14 @@ pub fn restore(store: &RocksStore, changelog: &str, bootstrap_servers: &str) -> 
             Some(Err(e)) => return Err(kafka(e)),
             None => {
                 // No EOF yet. Transaction markers occupy offsets but are never delivered, so
-                // compare the consumer's own position with the end the broker reports, and
-                // stop waiting when nothing has moved for long.
-                let (_, hw) = consumer
-                    .fetch_watermarks(changelog, partition, Duration::from_secs(30))
-                    .map_err(kafka)?;
+                // also stop once the consumer's own position reached the end seen at the
+                // start (later writes belong to the running task), or nothing moved for long.
+                // No broker calls here: they would serve, and swallow, the EOF event.
                 let pos = consumer
                     .position()
                     .ok()
-                    .and_then(|p| p.find_partition(changelog, partition).map(|e| e.offset()))
-                    .and_then(|o| o.to_raw())
-                    .unwrap_or(-1);
-                if pos >= hw || idle_since.elapsed() > Duration::from_secs(20) {
+                    .and_then(|p| p.find_partition(changelog, partition).and_then(|e| e.offset().to_raw()));
+                if pos.is_some_and(|p| p >= high) || idle_since.elapsed() > Duration::from_secs(10) {
                     break;
                 }
             }

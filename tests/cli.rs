@@ -1,0 +1,55 @@
+//! The binary's contract for bad input: a bad topology file prints file:line:col and what
+//! was expected, and exits with code 2. No broker needed.
+
+use std::process::Command;
+
+fn millrace(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_millrace")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn every_shipped_topology_validates() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/topology")).unwrap() {
+        let path = entry.unwrap().path();
+        let (code, err) = millrace(&["validate", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}: {err}", path.display());
+    }
+}
+
+#[test]
+fn unknown_key_exits_2_with_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    let good = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/customers.yaml")).unwrap();
+    let bad = good.replace("  commit_interval_ms: 100\n", "  commit_interval_ms: 100\n  comit_every: 5\n");
+    let line = bad.lines().position(|l| l.contains("comit_every")).unwrap() + 1;
+    std::fs::write(&file, bad).unwrap();
+    for verb in [&["validate"][..], &["run", "--topology"][..]] {
+        let mut args = verb.to_vec();
+        args.push(file.to_str().unwrap());
+        let (code, err) = millrace(&args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&format!("{}:{line}:3", file.display())), "{err}");
+        assert!(err.contains("unknown field `comit_every`, expected `commit_interval_ms` or `max_batch_records`"), "{err}");
+    }
+}
+
+#[test]
+fn unregistered_aggregate_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    let good = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/customers.yaml")).unwrap();
+    std::fs::write(&file, good.replace("aggregate: customer", "aggregate: custard")).unwrap();
+    let (code, err) = millrace(&["run", "--topology", file.to_str().unwrap(), "--bootstrap-servers", "127.0.0.1:1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no aggregate is registered as \"custard\""), "{err}");
+    assert!(err.contains("[\"customer\"]"), "{err}");
+}
+
+#[test]
+fn missing_file_exits_2() {
+    let (code, err) = millrace(&["validate", "/nonexistent/topology.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/topology.yaml: cannot read"), "{err}");
+}
