@@ -132,6 +132,10 @@ fn raw_copy(bootstrap: &str, input: &str, output: &str, group: &str, done: &Atom
             producer
                 .send_offsets_to_transaction(&tpl, &consumer.group_metadata().unwrap(), Duration::from_secs(30))
                 .expect("send offsets");
+            // Same drain as millrace's sink: rdkafka's own flush polls in 100 ms slices.
+            while producer.in_flight_count() > 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
             producer.commit_transaction(Duration::from_secs(30)).expect("commit");
             open = false;
         }
@@ -202,6 +206,16 @@ processing:
     eprintln!("millrace ready after {:.2} s", spawned.elapsed().as_secs_f64());
     wait_committed(bootstrap, &app, input, n as i64);
     let secs = started.elapsed().as_secs_f64();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    eprintln!("millrace CPU {:.2} s (user+system, start-up included) over {secs:.2} s of processing", ticks / 100.0);
+    for line in http_get(&http, "/metrics").lines() {
+        if line.starts_with("millrace_commit_seconds") || line.starts_with("millrace_transactions_total") {
+            eprintln!("  {line}");
+        }
+    }
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     let peak = status
         .lines()
@@ -215,11 +229,16 @@ processing:
     (secs, peak)
 }
 
-fn ready(addr: &str) -> bool {
+fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return false };
-    let _ = write!(s, "GET /ready HTTP/1.0\r\n\r\n");
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
+    buf
+}
+
+fn ready(addr: &str) -> bool {
+    let r = http_get(addr, "/ready");
+    r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200")
 }
