@@ -56,12 +56,17 @@ impl App {
                 known: registry.names().map(str::to_string).collect(),
             })?;
             let codec = |t: &str| topology.topics[t].codec;
+            let store_format = a.store_codec.unwrap_or(if registered.supports_protobuf {
+                Format::Protobuf
+            } else {
+                Format::Json
+            });
             let settings = AggregateSettings {
                 store: a.store.clone(),
                 command_format: codec(&a.commands),
                 event_format: codec(&a.events),
                 reply_format: codec(&a.replies),
-                store_format: a.store_codec,
+                store_format,
                 events_topic: a.events.clone(),
                 reply_topic: a.replies.clone(),
                 dead_letter_topic: topology.dead_letter_topic(),
@@ -73,10 +78,13 @@ impl App {
                         return Err(RuntimeError::NoProtobuf { name: a.aggregate.clone(), topic: t.clone() });
                     }
                 }
+                if store_format == Format::Protobuf {
+                    return Err(RuntimeError::NoProtobuf { name: a.aggregate.clone(), topic: topology.changelog_topic(&a.store) });
+                }
             }
             catalog.define(&a.store, StoreView {
                 partitions: topology.topics[&a.commands].partitions,
-                renderer: (registered.renderer)(a.store_codec),
+                renderer: (registered.renderer)(store_format),
             });
             routes.insert(a.commands.clone(), Route {
                 registered: registered.clone(),

@@ -65,9 +65,10 @@ pub struct AggregateNode {
     pub replies: String,
     /// Snapshot store name; its changelog is `<application_id>-<store>-changelog`.
     pub store: String,
-    /// Format of the snapshot state in the store and changelog.
-    #[serde(default = "default_codec")]
-    pub store_codec: Format,
+    /// Format of the snapshot state in the store and changelog. Internal to millrace, so
+    /// by default the compact one: protobuf when the aggregate has a schema, else JSON.
+    #[serde(default)]
+    pub store_codec: Option<Format>,
     /// Answered command ids each aggregate remembers for dedup.
     #[serde(default = "default_dedup_window")]
     pub dedup_window: usize,
