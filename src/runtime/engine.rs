@@ -294,9 +294,6 @@ impl Engine {
             tracing::warn!(error = %e, "could not finish the transaction on revoke");
             let _ = self.sink.abort();
         }
-        for (_, task) in self.tasks.iter_mut() {
-            task.aborted();
-        }
         self.close_all();
     }
 
