@@ -250,3 +250,38 @@ fn create_topic(name: &str, partitions: i32) {
         name: name.into(), partitions, replication: 1, compacted: false,
     }]).unwrap();
 }
+
+#[test]
+fn two_instances_split_partitions_and_name_the_owner_of_foreign_keys() {
+    let s = Setup::new("owners", 2, "json");
+    let a = s.start_instance("a");
+    let b = s.start_instance("b");
+    let p = producer();
+    let keys: Vec<String> = (0..20).map(|i| format!("o{i}")).collect();
+    for k in &keys {
+        send(&p, &s.commands, k, &command_json(&format!("own-{k}"), k, None, "CreateCustomer", create(k)), &[]);
+    }
+    flush(&p);
+    assert_eq!(wait_for(&s.replies, keys.len(), Duration::from_secs(90)).len(), keys.len());
+    // After the rebalance each instance owns one partition; wait for it to settle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let owned = |i: &Instance| i.get("/stores/customers?limit=1").1["partitions"].as_array().map_or(0, Vec::len);
+        if owned(&a) == 1 && owned(&b) == 1 && a.get("/ready").0 == 200 && b.get("/ready").0 == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "partitions never split between the two instances");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for k in &keys {
+        let partition = millrace::codec::murmur2::partition_for_key(k.as_bytes(), 2);
+        let (sa, ba) = a.get(&format!("/stores/customers/keys/{k}"));
+        let (sb, bb) = b.get(&format!("/stores/customers/keys/{k}"));
+        let (owner, other) = if sa == 200 { ((sa, ba), (sb, bb)) } else { ((sb, bb), (sa, ba)) };
+        assert_eq!(owner.0, 200, "{k}: one instance answers: {owner:?} / {other:?}");
+        assert_eq!(owner.1["state"]["name"], k.as_str());
+        assert_eq!(other.0, 421, "{k}: the other names the owner partition: {other:?}");
+        assert_eq!(other.1["error"], "not_owner");
+        assert_eq!(other.1["partition"], partition);
+    }
+}

@@ -55,6 +55,7 @@ pub(crate) struct Engine {
     out: Vec<OutRecord>,
     txn_records: usize,
     txn_started: Instant,
+    gauges_updated: Instant,
     /// A failure inside the rebalance callback, where it cannot be returned; the poll loop
     /// picks it up.
     pub failure: Option<RuntimeError>,
@@ -80,6 +81,7 @@ impl Engine {
             out: Vec::with_capacity(16),
             txn_records: 0,
             txn_started: Instant::now(),
+            gauges_updated: Instant::now(),
             failure: None,
         })
     }
@@ -174,10 +176,23 @@ impl Engine {
                     task.committed(delivered.get(&changelog).copied())?;
                 }
                 self.txn_records = 0;
+                if self.gauges_updated.elapsed() >= Duration::from_secs(5) {
+                    self.update_store_gauges();
+                }
                 Ok(())
             }
             Err(e) => self.recover(consumer, e),
         }
+    }
+
+    /// Store sizes for /metrics: RocksDB's key estimate, read at most every few seconds.
+    fn update_store_gauges(&mut self) {
+        for (tp, task) in &self.tasks {
+            let store = task.store().inner();
+            metrics::gauge!("millrace_store_keys", "store" => store.name().to_string(), "partition" => tp.partition.to_string())
+                .set(store.estimated_keys() as f64);
+        }
+        self.gauges_updated = Instant::now();
     }
 
     fn recover<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, e: SinkError) -> Result<(), RuntimeError> {

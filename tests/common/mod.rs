@@ -90,7 +90,12 @@ processing:
     }
 
     pub fn start(&self) -> Instance {
-        Instance::start(self, &[])
+        Instance::start(self, "i0", &self.state_dir())
+    }
+
+    /// Another instance of the same application, with its own id and state directory.
+    pub fn start_instance(&self, id: &str) -> Instance {
+        Instance::start(self, id, &self.dir.path().join(format!("state-{id}")))
     }
 }
 
@@ -106,17 +111,16 @@ fn free_port() -> u16 {
 }
 
 impl Instance {
-    pub fn start(setup: &Setup, extra: &[&str]) -> Instance {
+    pub fn start(setup: &Setup, id: &str, state_dir: &Path) -> Instance {
         let http = format!("127.0.0.1:{}", free_port());
         let log = setup.dir.path().join(format!("instance-{}.log", unique("log")));
         let logfile = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_millrace"))
             .args(["run", "--topology"]).arg(&setup.topology)
             .args(["--bootstrap-servers", &bootstrap()])
-            .arg("--state-dir").arg(setup.state_dir())
-            .args(["--http", &http, "--instance-id", "i0"])
+            .arg("--state-dir").arg(state_dir)
+            .args(["--http", &http, "--instance-id", id])
             .args(["--consumer-config", "session.timeout.ms=6000"])
-            .args(extra)
             .env("MILLRACE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(logfile)
