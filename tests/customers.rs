@@ -156,6 +156,20 @@ fn reply_to_and_correlation_id_headers_route_the_reply() {
     assert_eq!(got[0].headers["correlation-id"], "corr-42");
     assert_eq!(got[0].key.as_deref(), Some("r1"));
     assert!(read_all(&s.replies).is_empty(), "the default reply topic got nothing");
+
+    // A reply-to topic that does not exist: the reply is dead-lettered, nothing stalls.
+    send(&p, &s.commands, "rt", &command_json("r2", "rt", None, "UpdateCustomer", create("R2")),
+        &[("reply-to", "no-such-topic-anywhere")]);
+    send(&p, &s.commands, "rt", &command_json("r3", "rt", None, "UpdateCustomer", create("R3")), &[]);
+    flush(&p);
+    let replies = wait_for(&s.replies, 1, Duration::from_secs(60));
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].json()["command_id"], "r3");
+    assert_eq!(replies[0].json()["version"], 3, "r2 was applied too: its events committed");
+    let dead = wait_for(&s.dead_letters, 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key.as_deref(), Some("r2"));
+    assert!(dead[0].headers["millrace.dlq.reason"].contains("no-such-topic-anywhere does not exist"));
 }
 
 #[test]

@@ -146,6 +146,8 @@ impl App {
             commit_interval: Duration::from_millis(self.topology.processing.commit_interval_ms),
             max_batch_records: self.topology.processing.max_batch_records.max(1),
             routes: self.routes.clone(),
+            known_topics: self.topic_needs().into_iter().map(|t| t.name).collect(),
+            dead_letter_topic: self.topology.dead_letter_topic(),
         };
         let consumer_cfg = self.consumer_config();
         let resources = StoreResources::new(&self.topology.stores);

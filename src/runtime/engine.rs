@@ -44,6 +44,9 @@ pub(crate) struct EngineSettings {
     pub commit_interval: Duration,
     pub max_batch_records: usize,
     pub routes: BTreeMap<String, Route>,
+    /// Topics known to exist: the topology's own, its internal ones, and any seen since.
+    pub known_topics: std::collections::HashSet<String>,
+    pub dead_letter_topic: String,
 }
 
 pub(crate) struct Engine {
@@ -122,6 +125,11 @@ impl Engine {
             };
         }
         let mut failed = None;
+        let mut out = std::mem::take(&mut self.out);
+        for r in out.iter_mut() {
+            self.check_destination(consumer, r);
+        }
+        self.out = out;
         for r in self.out.drain(..) {
             if let Err(e) = self.sink.send(&r) {
                 failed = Some(e);
@@ -137,6 +145,31 @@ impl Engine {
             self.commit(consumer)?;
         }
         Ok(())
+    }
+
+    /// A record bound for a topic that does not exist (a client's `reply-to` naming a topic
+    /// nobody created) would fail the whole transaction on every retry. Such a record goes
+    /// to the dead-letter topic instead, with the reason; nothing is lost and the partition
+    /// keeps moving. Existing topics are remembered, so this costs a metadata request only
+    /// the first time a name is seen.
+    fn check_destination<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, r: &mut OutRecord) {
+        if self.settings.known_topics.contains(&r.topic) {
+            return;
+        }
+        let exists = consumer
+            .fetch_metadata(Some(&r.topic), Duration::from_secs(10))
+            .map(|md| md.topics().iter().any(|t| t.name() == r.topic && t.error().is_none() && !t.partitions().is_empty()))
+            .unwrap_or(false);
+        if exists {
+            self.settings.known_topics.insert(r.topic.clone());
+            return;
+        }
+        tracing::warn!(topic = %r.topic, "output topic does not exist; sending the record to the dead-letter topic");
+        metrics::counter!("millrace_dead_letters_total", "topic" => r.topic.clone()).increment(1);
+        r.headers.insert(crate::record::header::DLQ_REASON, format!("destination topic {} does not exist", r.topic));
+        r.headers.insert(crate::record::header::DLQ_TOPIC, r.topic.as_bytes());
+        r.topic = self.settings.dead_letter_topic.clone();
+        r.partition = None;
     }
 
     /// Commits the open transaction when it is due.
