@@ -13,6 +13,7 @@
 //! | [`runtime`] | `App`: consumer group, tasks, restore, commit cycle, rebalances |
 //! | [`query`] | the HTTP query server |
 //! | [`domain`] | example aggregates (customer); the engine never names them |
+//! | `testing` | the broker-free `TopologyDriver` (feature `test-util`) |
 //! | [`error`] | `Recovery`: what each error asks the caller to do next |
 
 #![deny(unsafe_code)]
@@ -26,6 +27,8 @@ pub mod record;
 pub mod runtime;
 pub mod sink;
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod topology;
 
 pub use runtime::{App, AppConfig, Registry};

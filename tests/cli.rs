@@ -12,6 +12,9 @@ fn millrace(args: &[&str]) -> (i32, String) {
 fn every_shipped_topology_validates() {
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/topology")).unwrap() {
         let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
         let (code, err) = millrace(&["validate", path.to_str().unwrap()]);
         assert_eq!(code, 0, "{}: {err}", path.display());
     }

@@ -99,6 +99,15 @@ impl App {
         self.catalog.clone()
     }
 
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// How each command topic is processed (used by the broker-free driver too).
+    pub(crate) fn routes(&self) -> &BTreeMap<String, Route> {
+        &self.routes
+    }
+
     /// Every topic this application needs, internal ones included.
     pub fn topic_needs(&self) -> Vec<TopicNeed> {
         let mut needs: Vec<TopicNeed> = self

@@ -6,7 +6,7 @@
 
 mod app;
 mod catalog;
-mod engine;
+pub(crate) mod engine;
 mod registry;
 mod restore;
 mod task;

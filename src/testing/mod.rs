@@ -1,0 +1,298 @@
+//! `TopologyDriver`: runs a topology without a broker, for unit tests of aggregates and
+//! topologies (feature `test-util`). Records are piped into input topics, outputs read
+//! back, stores inspected, and faults injected, all in memory.
+//!
+//! It runs the production task, processor and store code (`Task`, the aggregate
+//! processor, `ChangeloggedStore` over RocksDB in a temporary directory). Only the Kafka
+//! clients are replaced: an in-memory log per topic partition stands in for the broker, and
+//! the driver's commit cycle follows the engine's: outputs and input offsets become visible
+//! together on commit, and only then do stores write their overlay and changelog offset.
+//!
+//! Faults it injects:
+//! - `crash()`: the process dies between produce and commit. The open transaction's outputs
+//!   vanish, stores roll back to the last commit, and the uncommitted inputs are processed
+//!   again after restore.
+//! - `crash_after_commit()`: the process dies after the transaction committed but before
+//!   the stores wrote it. Restore must replay that changelog tail.
+//! - `fence()`: the producer is fenced. The tasks are dropped without retrying their writes,
+//!   and the new owner restores them and processes the uncommitted input again.
+//! - `rebalance()`: the partitions are revoked (the open transaction commits) and assigned
+//!   again. Tasks are closed, reopened and restored.
+
+use crate::codec::murmur2::partition_for_key;
+use crate::record::{Headers, InRecord, OutRecord, TopicPartition};
+use crate::runtime::engine::Route;
+use crate::runtime::{App, AppConfig, Catalog, Registry, RuntimeError, Task, TaskState};
+use crate::store::{ChangeloggedStore, RocksStore, StoreResources};
+use crate::topology::Topology;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A record as the driver's in-memory broker holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Headers,
+}
+
+impl DriverRecord {
+    pub fn key_str(&self) -> Option<&str> {
+        self.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+    }
+
+    /// The value parsed as JSON (for topics with the JSON codec).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.value.as_deref().unwrap_or_default()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+pub struct TopologyDriver {
+    topology: Topology,
+    routes: BTreeMap<String, Route>,
+    catalog: Arc<Catalog>,
+    _dir: tempfile::TempDir,
+    state_dir: std::path::PathBuf,
+    resources: StoreResources,
+    tasks: BTreeMap<TopicPartition, Task>,
+    /// The committed log of every topic partition (inputs and outputs alike).
+    log: BTreeMap<TopicPartition, Vec<DriverRecord>>,
+    /// Outputs of the open transaction.
+    pending: Vec<OutRecord>,
+    /// Committed consumer position per input partition.
+    committed: BTreeMap<TopicPartition, i64>,
+    /// Position of the open transaction per input partition.
+    position: BTreeMap<TopicPartition, i64>,
+    now_ms: i64,
+    since_commit_ms: i64,
+    restored: u64,
+}
+
+impl TopologyDriver {
+    /// Builds the driver; the topology is checked against `registry` as `App::new` does.
+    pub fn new(topology: Topology, registry: &Registry) -> Result<Self, RuntimeError> {
+        let dir = tempfile::tempdir().map_err(RuntimeError::Http)?;
+        let config = AppConfig {
+            bootstrap_servers: String::new(),
+            state_dir: dir.path().to_path_buf(),
+            instance_id: "driver".into(),
+            consumer_overrides: vec![],
+            producer_overrides: vec![],
+        };
+        let app = App::new(topology, registry, config)?;
+        let topology = app.topology().clone();
+        let mut driver = Self {
+            routes: app.routes().clone(),
+            catalog: app.catalog(),
+            resources: StoreResources::new(&topology.stores),
+            state_dir: dir.path().join(&topology.application_id),
+            _dir: dir,
+            topology,
+            tasks: BTreeMap::new(),
+            log: BTreeMap::new(),
+            pending: Vec::new(),
+            committed: BTreeMap::new(),
+            position: BTreeMap::new(),
+            now_ms: 0,
+            since_commit_ms: 0,
+            restored: 0,
+        };
+        driver.assign()?;
+        Ok(driver)
+    }
+
+    fn partitions(&self, topic: &str) -> i32 {
+        self.topology.topics.get(topic).map_or(1, |t| t.partitions)
+    }
+
+    /// Opens and restores a task for every partition of every command topic.
+    fn assign(&mut self) -> Result<(), RuntimeError> {
+        for (topic, route) in self.routes.clone() {
+            for p in 0..self.partitions(&topic) {
+                let tp = TopicPartition::new(topic.as_str(), p);
+                let rocks = Arc::new(RocksStore::open(&self.state_dir, &route.settings.store, p, &self.resources)?);
+                let store = ChangeloggedStore::new(rocks.clone(), route.changelog.as_str());
+                let mut task = Task::new(tp.clone(), (route.registered.processor)(route.settings.clone()), store);
+                task.transition(TaskState::Restoring);
+                self.restored += self.restore(&rocks, &route.changelog)?;
+                task.transition(TaskState::Running);
+                self.catalog.attach(&rocks);
+                self.tasks.insert(tp, task);
+            }
+        }
+        self.catalog.set_ready(true);
+        // Like a consumer after assignment: continue from the committed offsets.
+        self.position = self.committed.clone();
+        self.reprocess_uncommitted()
+    }
+
+    /// Replays the changelog partition after the store's checkpoint, as runtime::restore does.
+    fn restore(&self, store: &RocksStore, changelog: &str) -> Result<u64, RuntimeError> {
+        let tp = TopicPartition::new(changelog, store.partition());
+        let from = store.checkpoint()?.map_or(0, |o| o + 1);
+        let tail: Vec<&DriverRecord> =
+            self.log.get(&tp).map(|l| l.iter().filter(|r| r.offset >= from).collect()).unwrap_or_default();
+        if let Some(last) = tail.last() {
+            let entries = tail.iter().filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref())));
+            store.write(entries, Some(last.offset))?;
+        }
+        Ok(tail.len() as u64)
+    }
+
+    fn close_tasks(&mut self) {
+        for (tp, mut task) in std::mem::take(&mut self.tasks) {
+            self.catalog.detach(&self.routes[&tp.topic].settings.store, tp.partition);
+            task.close();
+        }
+    }
+
+    /// Pipes a record into `topic` (partitioned by murmur2 of the key, like a Java producer)
+    /// and processes it in the open transaction.
+    pub fn pipe(&mut self, topic: &str, key: &str, value: &[u8]) -> Result<(), RuntimeError> {
+        self.pipe_with_headers(topic, key, value, Headers::default())
+    }
+
+    pub fn pipe_with_headers(&mut self, topic: &str, key: &str, value: &[u8], headers: Headers) -> Result<(), RuntimeError> {
+        let partition = partition_for_key(key.as_bytes(), self.partitions(topic));
+        let tp = TopicPartition::new(topic, partition);
+        let log = self.log.entry(tp.clone()).or_default();
+        let offset = log.len() as i64;
+        log.push(DriverRecord {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(value.to_vec()),
+            headers,
+        });
+        if self.tasks.contains_key(&tp) {
+            self.process_next(&tp)?;
+        }
+        Ok(())
+    }
+
+    fn process_next(&mut self, tp: &TopicPartition) -> Result<(), RuntimeError> {
+        let next = self.position.get(tp).copied().unwrap_or(0);
+        let Some(r) = self.log.get(tp).and_then(|l| l.get(next as usize)).cloned() else { return Ok(()) };
+        let record = InRecord {
+            topic: r.topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp: Some(self.now_ms),
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+        };
+        let task = self.tasks.get_mut(tp).expect("task exists for piped partition");
+        task.process(&record, &mut self.pending)?;
+        self.position.insert(tp.clone(), next + 1);
+        Ok(())
+    }
+
+    fn reprocess_uncommitted(&mut self) -> Result<(), RuntimeError> {
+        let tps: Vec<TopicPartition> = self.tasks.keys().cloned().collect();
+        for tp in tps {
+            let end = self.log.get(&tp).map_or(0, |l| l.len() as i64);
+            while self.position.get(&tp).copied().unwrap_or(0) < end {
+                self.process_next(&tp)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the open transaction's outputs to the log; returns the changelog offsets.
+    fn publish(&mut self) -> BTreeMap<TopicPartition, i64> {
+        let mut last = BTreeMap::new();
+        for r in std::mem::take(&mut self.pending) {
+            let partition = r.partition.unwrap_or_else(|| match &r.key {
+                Some(k) => partition_for_key(k, self.partitions(&r.topic)),
+                None => 0,
+            });
+            let tp = TopicPartition::new(r.topic.as_str(), partition);
+            let log = self.log.entry(tp.clone()).or_default();
+            let offset = log.len() as i64;
+            log.push(DriverRecord { topic: r.topic, partition, offset, key: r.key, value: r.value, headers: r.headers });
+            last.insert(tp, offset);
+        }
+        self.committed = self.position.clone();
+        self.since_commit_ms = 0;
+        last
+    }
+
+    /// Commits the open transaction: outputs and input offsets become visible, then the
+    /// stores write their overlay with the changelog offset.
+    pub fn commit(&mut self) -> Result<(), RuntimeError> {
+        let last = self.publish();
+        for (tp, task) in self.tasks.iter_mut() {
+            let changelog = TopicPartition::new(self.routes[&tp.topic].changelog.as_str(), tp.partition);
+            task.committed(last.get(&changelog).copied())?;
+        }
+        Ok(())
+    }
+
+    /// Moves time forward; commits when the topology's commit interval is reached.
+    pub fn advance_time(&mut self, ms: i64) -> Result<(), RuntimeError> {
+        self.now_ms += ms;
+        self.since_commit_ms += ms;
+        if self.since_commit_ms >= self.topology.processing.commit_interval_ms as i64 {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Fault: the process dies between produce and commit.
+    pub fn crash(&mut self) -> Result<(), RuntimeError> {
+        self.pending.clear();
+        self.drop_tasks_and_reassign()
+    }
+
+    /// Fault: the process dies after the commit, before the stores applied it.
+    pub fn crash_after_commit(&mut self) -> Result<(), RuntimeError> {
+        self.publish();
+        self.drop_tasks_and_reassign()
+    }
+
+    /// Fault: the producer is fenced; the open transaction's writes are not retried.
+    pub fn fence(&mut self) -> Result<(), RuntimeError> {
+        self.pending.clear();
+        self.drop_tasks_and_reassign()
+    }
+
+    /// The partitions are revoked (the open transaction commits first) and assigned again.
+    pub fn rebalance(&mut self) -> Result<(), RuntimeError> {
+        self.commit()?;
+        self.close_tasks();
+        self.assign()
+    }
+
+    fn drop_tasks_and_reassign(&mut self) -> Result<(), RuntimeError> {
+        for (tp, task) in self.tasks.iter_mut() {
+            // Dropped without committing: the overlay never reaches RocksDB.
+            task.aborted();
+            self.catalog.detach(&self.routes[&tp.topic].settings.store, tp.partition);
+        }
+        self.close_tasks();
+        self.assign()
+    }
+
+    /// Committed records of `topic`, across partitions, in partition then offset order.
+    pub fn read_output(&self, topic: &str) -> Vec<DriverRecord> {
+        self.log.iter().filter(|(tp, _)| tp.topic == topic).flat_map(|(_, l)| l.iter().cloned()).collect()
+    }
+
+    /// A committed store entry as the query server renders it (`{"version","state"}`).
+    pub fn store(&self, store: &str, key: &str) -> Option<serde_json::Value> {
+        let view = self.catalog.view(store)?;
+        let partition = partition_for_key(key.as_bytes(), view.partitions);
+        let value = self.catalog.local(store, partition)?.get(key.as_bytes()).ok()??;
+        view.renderer.render(&value).ok()
+    }
+
+    /// Changelog records replayed by every restore so far.
+    pub fn restored_records(&self) -> u64 {
+        self.restored
+    }
+}

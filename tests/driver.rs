@@ -1,0 +1,110 @@
+//! The broker-free TopologyDriver, and the faults where other libraries' users lose data:
+//! a crash between produce and commit, a crash between commit and the store write, a
+//! fenced producer, and a rebalance. No broker needed.
+
+use millrace::testing::TopologyDriver;
+use millrace::topology;
+use serde_json::json;
+use std::path::Path;
+
+fn driver() -> TopologyDriver {
+    let t = topology::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/customers.yaml"))).unwrap();
+    TopologyDriver::new(t, &millrace::builtin_registry()).unwrap()
+}
+
+fn cmd(id: &str, agg: &str, ty: &str, name: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"command_id": id, "aggregate_id": agg, "expected_version": null, "type": ty,
+        "payload": {"name": name, "email": format!("{name}@x")}})).unwrap()
+}
+
+/// Replies in offset order per partition; sorted by command id where several partitions
+/// are involved (replies are keyed by command id).
+fn replies(d: &TopologyDriver) -> Vec<(String, String, u64)> {
+    let mut all: Vec<(String, String, u64)> = d.read_output("customer-replies").iter().map(|r| {
+        let v = r.json();
+        (v["command_id"].as_str().unwrap().into(), v["outcome"].as_str().unwrap().into(), v["version"].as_u64().unwrap())
+    }).collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+fn event_versions(d: &TopologyDriver, key: &str) -> Vec<u64> {
+    d.read_output("customer-events").iter().filter(|r| r.key_str() == Some(key)).map(|r| r.json()["version"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn outputs_are_invisible_until_commit() {
+    let mut d = driver();
+    d.pipe("customer-commands", "ada", &cmd("c1", "ada", "CreateCustomer", "Ada")).unwrap();
+    assert!(d.read_output("customer-replies").is_empty());
+    assert_eq!(d.store("customers", "ada"), None, "the store shows committed state only");
+    d.advance_time(100).unwrap();
+    assert_eq!(replies(&d), vec![("c1".into(), "accepted".into(), 1)]);
+    assert_eq!(d.store("customers", "ada").unwrap()["version"], 1);
+}
+
+#[test]
+fn crash_between_produce_and_commit_rolls_back_and_reprocesses() {
+    let mut d = driver();
+    d.pipe("customer-commands", "ada", &cmd("c1", "ada", "CreateCustomer", "Ada")).unwrap();
+    d.commit().unwrap();
+    d.pipe("customer-commands", "ada", &cmd("c2", "ada", "UpdateCustomer", "Ada2")).unwrap();
+    d.pipe("customer-commands", "ada", &cmd("c3", "ada", "UpdateCustomer", "Ada3")).unwrap();
+    d.crash().unwrap();
+    // Rolled back to the last commit: nothing of c2/c3 is visible, the store is at v1.
+    assert_eq!(replies(&d).len(), 1);
+    assert_eq!(d.store("customers", "ada").unwrap()["version"], 1);
+    // The uncommitted input was processed again after restore; once committed, each
+    // command has exactly one reply and the versions have no gap and no duplicate.
+    d.commit().unwrap();
+    assert_eq!(replies(&d), vec![
+        ("c1".into(), "accepted".into(), 1), ("c2".into(), "accepted".into(), 2), ("c3".into(), "accepted".into(), 3),
+    ]);
+    assert_eq!(event_versions(&d, "ada"), vec![1, 2, 3]);
+    assert_eq!(d.store("customers", "ada").unwrap()["state"]["name"], "Ada3");
+}
+
+#[test]
+fn crash_after_commit_restores_exactly_the_changelog_tail() {
+    let mut d = driver();
+    d.pipe("customer-commands", "ada", &cmd("c1", "ada", "CreateCustomer", "Ada")).unwrap();
+    d.pipe("customer-commands", "bob", &cmd("c2", "bob", "CreateCustomer", "Bob")).unwrap();
+    d.commit().unwrap();
+    d.pipe("customer-commands", "ada", &cmd("c3", "ada", "UpdateCustomer", "Ada2")).unwrap();
+    d.pipe("customer-commands", "cy", &cmd("c4", "cy", "CreateCustomer", "Cy")).unwrap();
+    let before = d.restored_records();
+    d.crash_after_commit().unwrap();
+    assert_eq!(d.restored_records() - before, 2, "only the two snapshots the stores had not applied");
+    assert_eq!(d.store("customers", "ada").unwrap()["version"], 2);
+    assert_eq!(d.store("customers", "cy").unwrap()["version"], 1);
+    d.commit().unwrap();
+    assert_eq!(replies(&d).len(), 4, "nothing processed twice: the committed input was not replayed");
+}
+
+#[test]
+fn fenced_producer_drops_its_writes_and_the_new_owner_finishes_the_work() {
+    let mut d = driver();
+    d.pipe("customer-commands", "ada", &cmd("c1", "ada", "CreateCustomer", "Ada")).unwrap();
+    d.fence().unwrap();
+    d.commit().unwrap();
+    assert_eq!(replies(&d), vec![("c1".into(), "accepted".into(), 1)]);
+    assert_eq!(event_versions(&d, "ada"), vec![1]);
+}
+
+#[test]
+fn rebalance_commits_closes_reopens_and_restores_nothing_twice() {
+    let mut d = driver();
+    d.pipe("customer-commands", "ada", &cmd("c1", "ada", "CreateCustomer", "Ada")).unwrap();
+    let before = d.restored_records();
+    d.rebalance().unwrap();
+    assert_eq!(d.restored_records(), before, "a clean revoke leaves no tail");
+    assert_eq!(replies(&d).len(), 1, "the open transaction committed on revoke");
+    d.pipe("customer-commands", "ada", &cmd("c2", "ada", "DeleteCustomer", "Ada")).unwrap();
+    d.commit().unwrap();
+    assert_eq!(d.store("customers", "ada").unwrap()["state"]["status"], "DELETED");
+    // A retry of an old command after the rebalance is still recognised.
+    d.pipe("customer-commands", "ada", &cmd("c1", "ada", "CreateCustomer", "Ada")).unwrap();
+    d.commit().unwrap();
+    let c1: Vec<String> = replies(&d).into_iter().filter(|r| r.0 == "c1").map(|r| r.1).collect();
+    assert_eq!(c1, vec!["accepted".to_string(), "duplicate".to_string()]);
+}
