@@ -85,6 +85,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let registry = millrace::builtin_registry();
+            if let Err(e) = topo.check_registered(registry.names()) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             let listen = http.unwrap_or_else(|| topo.http.listen.clone());
             let config = AppConfig {
                 bootstrap_servers,
@@ -93,7 +98,7 @@ fn main() -> ExitCode {
                 consumer_overrides: consumer_config,
                 producer_overrides: producer_config,
             };
-            let app = match App::new(topo, &millrace::builtin_registry(), config) {
+            let app = match App::new(topo, &registry, config) {
                 Ok(a) => a,
                 Err(e) => {
                     eprintln!("error: {}: {e}", topology.display());

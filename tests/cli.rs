@@ -47,6 +47,8 @@ fn unregistered_aggregate_exits_2() {
     let (code, err) = millrace(&["run", "--topology", file.to_str().unwrap(), "--bootstrap-servers", "127.0.0.1:1"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no aggregate is registered as \"custard\""), "{err}");
+    let line = good.lines().position(|l| l.contains("aggregate: customer")).unwrap() + 1;
+    assert!(err.contains(&format!("{}:{line}:16", file.display())), "{err}");
     assert!(err.contains("[\"customer\"]"), "{err}");
 }
 

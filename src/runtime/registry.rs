@@ -44,7 +44,7 @@ impl Registry {
         self
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub fn names(&self) -> impl Iterator<Item = &str> + Clone {
         self.aggregates.keys().map(String::as_str)
     }
 

@@ -1,12 +1,11 @@
 //! The topology file schema (serde, `deny_unknown_fields` everywhere) and the checks that
 //! need the whole file: references between nodes, registered names, co-partitioning.
 
-use super::{names, Position, TopologyError};
+use super::{names, Position, Positions, TopologyError};
 use crate::codec::Format;
 use crate::store::StoreTuning;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// A whole topology file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -28,6 +27,12 @@ pub struct Topology {
     pub dead_letter: DeadLetter,
     #[serde(default)]
     pub http: HttpSettings,
+    /// Where each key and value sits in the file, for messages after parsing.
+    #[serde(skip)]
+    pub positions: Positions,
+    /// The file it was read from, for messages.
+    #[serde(skip)]
+    pub path: std::path::PathBuf,
 }
 
 /// One topic.
@@ -152,121 +157,116 @@ impl Topology {
         names::changelog_topic(&self.application_id, store)
     }
 
-    /// Checks that need the whole file. Positions come from the text, since serde has
-    /// dropped them by now.
-    pub(super) fn validate(&self, path: &Path, text: &str) -> Result<(), TopologyError> {
-        let fail = |key: &str, value: &str, message: String| TopologyError::Invalid {
-            at: locate(path, text, key, value),
-            message,
-        };
+    /// An error at the value of `path` (or its key), as `file:line:col: message`.
+    pub fn error_at(&self, path: &str, message: String) -> TopologyError {
+        let (line, column) = self.positions.value(path).unwrap_or((1, 1));
+        TopologyError::Invalid { at: Position { file: self.path.clone(), line, column }, message }
+    }
+
+    /// Checks that need the whole file, each reported at the value it is about.
+    pub(super) fn validate(&self) -> Result<(), TopologyError> {
         if self.version != 1 {
-            return Err(fail("version", &self.version.to_string(), format!(
-                "unsupported version {}, expected 1", self.version)));
+            return Err(self.error_at("version", format!("unsupported version {}, expected 1", self.version)));
         }
-        if self.application_id.is_empty()
-            || !self.application_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(fail("application_id", &self.application_id, format!(
-                "application_id {:?} must be non-empty and use only [A-Za-z0-9._-], as Kafka topic names do",
+        if !is_topic_name(&self.application_id) {
+            return Err(self.error_at("application_id", format!(
+                "application_id {:?} must be non-empty and use only [A-Za-z0-9._-]: it prefixes topic names",
                 self.application_id)));
         }
         for (name, t) in &self.topics {
+            if !is_topic_name(name) {
+                return Err(TopologyError::Invalid {
+                    at: self.key_position(&format!("topics.{name}")),
+                    message: format!("topic name {name:?} is not a valid Kafka topic name; expected only [A-Za-z0-9._-]"),
+                });
+            }
             if t.partitions < 1 {
-                return Err(fail("partitions", &t.partitions.to_string(), format!(
+                return Err(self.error_at(&format!("topics.{name}.partitions"), format!(
                     "topic {name}: partitions must be at least 1, found {}", t.partitions)));
+            }
+            if t.replication < 1 {
+                return Err(self.error_at(&format!("topics.{name}.replication"), format!(
+                    "topic {name}: replication must be at least 1, found {}", t.replication)));
             }
         }
         let mut stores = BTreeMap::new();
-        for (node, a) in &self.aggregates {
+        let mut command_topics = BTreeMap::new();
+        // In file order, so a conflict is reported at its second occurrence.
+        let mut nodes: Vec<(&String, &AggregateNode)> = self.aggregates.iter().collect();
+        nodes.sort_by_key(|(n, _)| self.positions.key(&format!("aggregates.{n}")));
+        for (node, a) in nodes {
+            let at = |key: &str| format!("aggregates.{node}.{key}");
             for (key, topic) in [("commands", &a.commands), ("events", &a.events), ("replies", &a.replies)] {
                 if !self.topics.contains_key(topic) {
-                    return Err(fail(key, topic, format!(
+                    return Err(self.error_at(&at(key), format!(
                         "aggregate {node}: {key} topic {topic:?} is not declared under `topics`; expected one of {:?}",
                         self.topics.keys().collect::<Vec<_>>())));
                 }
             }
+            for (key, topic) in [("events", &a.events), ("replies", &a.replies)] {
+                if topic == &a.commands {
+                    return Err(self.error_at(&at(key), format!(
+                        "aggregate {node}: {key} topic {topic:?} is its own command topic; the aggregate would read its own output")));
+                }
+            }
+            if let Some(other) = command_topics.insert(a.commands.clone(), node.clone()) {
+                return Err(self.error_at(&at("commands"), format!(
+                    "aggregate {node}: topic {:?} is already the command topic of aggregate {other}; each command topic has one aggregate",
+                    a.commands)));
+            }
+            if !is_topic_name(&a.store) {
+                return Err(self.error_at(&at("store"), format!(
+                    "aggregate {node}: store name {:?} must use only [A-Za-z0-9._-]: it names the changelog topic {:?}",
+                    a.store, self.changelog_topic(&a.store))));
+            }
             if let Some(other) = stores.insert(a.store.clone(), node.clone()) {
-                return Err(fail("store", &a.store, format!(
+                return Err(self.error_at(&at("store"), format!(
                     "aggregate {node}: store {:?} is already used by aggregate {other}; each aggregate needs its own store",
                     a.store)));
+            }
+            if a.dedup_window == 0 {
+                return Err(self.error_at(&at("dedup_window"), format!(
+                    "aggregate {node}: dedup_window must be at least 1; it is how many answered command ids each aggregate remembers")));
+            }
+        }
+        if self.processing.commit_interval_ms == 0 {
+            return Err(self.error_at("processing.commit_interval_ms",
+                "commit_interval_ms must be at least 1: a commit per record is what batching avoids".into()));
+        }
+        if self.processing.max_batch_records == 0 {
+            return Err(self.error_at("processing.max_batch_records", "max_batch_records must be at least 1".into()));
+        }
+        let dlq = self.dead_letter_topic();
+        if command_topics.contains_key(&dlq) {
+            return Err(self.error_at("dead_letter.topic", format!(
+                "dead-letter topic {dlq:?} is a command topic; dead letters would be processed again")));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(self.error_at("http.listen", format!(
+                "http.listen {:?} is not a socket address; expected host:port such as 127.0.0.1:8080", self.http.listen)));
+        }
+        Ok(())
+    }
+
+    fn key_position(&self, path: &str) -> Position {
+        let (line, column) = self.positions.key(path).unwrap_or((1, 1));
+        Position { file: self.path.clone(), line, column }
+    }
+
+    /// Checks that every aggregate node names an aggregate the binary registered.
+    pub fn check_registered<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) -> Result<(), TopologyError> {
+        for (node, a) in &self.aggregates {
+            if !names.clone().any(|n| n == a.aggregate) {
+                return Err(self.error_at(&format!("aggregates.{node}.aggregate"), format!(
+                    "aggregate {node}: no aggregate is registered as {:?}; this binary registers {:?}",
+                    a.aggregate, names.clone().collect::<Vec<_>>())));
             }
         }
         Ok(())
     }
 }
 
-/// Where `key: value` first appears in the text; the start of the file if nowhere.
-fn locate(path: &Path, text: &str, key: &str, value: &str) -> Position {
-    let needle = format!("{key}:");
-    for (i, line) in text.lines().enumerate() {
-        if let Some(k) = line.find(&needle) {
-            let rest = &line[k + needle.len()..];
-            if rest.contains(value) || value.is_empty() {
-                let col = k + needle.len() + rest.find(value).unwrap_or(0) + 1;
-                return Position { file: path.to_path_buf(), line: i + 1, column: col };
-            }
-        }
-    }
-    Position { file: path.to_path_buf(), line: 1, column: 1 }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::{parse, TopologyError};
-    use std::path::Path;
-
-    const GOOD: &str = "version: 1
-application_id: shop
-topics:
-  cmds: { partitions: 2 }
-  events: { partitions: 2 }
-  replies: { partitions: 1 }
-aggregates:
-  customers:
-    aggregate: customer
-    commands: cmds
-    events: events
-    replies: replies
-    store: customers
-";
-
-    fn err(text: &str) -> (usize, usize, String) {
-        match parse(Path::new("t.yaml"), text) {
-            Err(TopologyError::Invalid { at, message }) => (at.line, at.column, message),
-            other => panic!("expected an invalid-topology error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn good_file_parses() {
-        let t = parse(Path::new("t.yaml"), GOOD).unwrap();
-        assert_eq!(t.processing.commit_interval_ms, 100);
-        assert_eq!(t.changelog_topic("customers"), "shop-customers-changelog");
-        assert_eq!(t.dead_letter_topic(), "shop-dead-letters");
-    }
-
-    #[test]
-    fn unknown_key_names_line_and_column() {
-        let text = GOOD.replace("    store: customers\n", "    store: customers\n    stroe: x\n");
-        let (line, col, msg) = err(&text);
-        assert_eq!((line, col), (14, 5));
-        assert!(msg.contains("unknown field `stroe`"), "{msg}");
-        assert!(msg.contains("expected one of"), "{msg}");
-    }
-
-    #[test]
-    fn missing_key_names_the_key() {
-        let text = GOOD.replace("    replies: replies\n", "");
-        let (line, _, msg) = err(&text);
-        assert_eq!(line, 9, "{msg}");
-        assert!(msg.contains("missing field `replies`"), "{msg}");
-    }
-
-    #[test]
-    fn dangling_topic_reference() {
-        let text = GOOD.replace("events: events", "events: evnts");
-        let (line, col, msg) = err(&text);
-        assert_eq!((line, col), (11, 13));
-        assert!(msg.contains("\"evnts\" is not declared"), "{msg}");
-    }
+/// Kafka's rule for topic names (and so for anything a topic name is derived from).
+fn is_topic_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 249 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }

@@ -6,6 +6,9 @@
 
 mod file;
 mod names;
+mod positions;
+
+pub use positions::Positions;
 
 pub use file::{AggregateNode, HttpSettings, Processing, TopicSpec, Topology};
 pub use names::{changelog_topic, dead_letter_topic};
@@ -52,13 +55,24 @@ pub fn load(path: &Path) -> Result<Topology, TopologyError> {
 
 /// Parses and validates topology text; `path` is only used in messages.
 pub fn parse(path: &Path, text: &str) -> Result<Topology, TopologyError> {
-    let topology: Topology = serde_yaml::from_str(text).map_err(|e| {
+    let positions = Positions::of(text);
+    if let Some((key, (line, column))) = positions.duplicates.first() {
+        let name = key.rsplit('.').next().unwrap_or(key);
+        let first = positions.key(key).map_or(String::new(), |(l, c)| format!(" (first defined at {l}:{c})"));
+        return Err(TopologyError::Invalid {
+            at: Position { file: path.to_path_buf(), line: *line, column: *column },
+            message: format!("duplicate key `{name}`{first}; names must be unique"),
+        });
+    }
+    let mut topology: Topology = serde_yaml::from_str(text).map_err(|e| {
         let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         TopologyError::Invalid {
             at: Position { file: path.to_path_buf(), line, column },
             message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
         }
     })?;
-    topology.validate(path, text)?;
+    topology.positions = positions;
+    topology.path = path.to_path_buf();
+    topology.validate()?;
     Ok(topology)
 }

@@ -1,0 +1,141 @@
+//! Every kind of topology error names the exact line and column, and what was expected.
+//! Each case edits one line of a valid file and checks the position of the offending token.
+
+use millrace::topology::{parse, TopologyError};
+use std::path::Path;
+
+const GOOD: &str = "\
+version: 1
+application_id: shop
+topics:
+  cmds: { partitions: 2, codec: json }
+  events: { partitions: 2 }
+  replies: { partitions: 1 }
+  payments: { partitions: 2 }
+aggregates:
+  customers:
+    aggregate: customer
+    commands: cmds
+    events: events
+    replies: replies
+    store: customers
+processing:
+  commit_interval_ms: 100
+http:
+  listen: 127.0.0.1:8080
+";
+
+/// Replaces `from` with `to` in GOOD and returns (line, column, message) of the error.
+fn fails(from: &str, to: &str) -> (usize, usize, String) {
+    assert!(GOOD.contains(from), "test bug: {from:?} not in GOOD");
+    match parse(Path::new("shop.yaml"), &GOOD.replacen(from, to, 1)) {
+        Err(TopologyError::Invalid { at, message }) => {
+            assert_eq!(at.file, Path::new("shop.yaml"));
+            (at.line, at.column, message)
+        }
+        other => panic!("{from:?} -> {to:?}: expected an error, got {other:?}"),
+    }
+}
+
+fn expect(from: &str, to: &str, line: usize, column: usize, needle: &str) {
+    let (l, c, msg) = fails(from, to);
+    assert_eq!((l, c), (line, column), "{msg}");
+    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
+}
+
+#[test]
+fn the_good_file_parses() {
+    let t = parse(Path::new("shop.yaml"), GOOD).unwrap();
+    assert_eq!(t.aggregates["customers"].store, "customers");
+    assert_eq!(t.processing.max_batch_records, 10_000, "defaults apply");
+    assert_eq!(t.changelog_topic("customers"), "shop-customers-changelog");
+    assert_eq!(t.dead_letter_topic(), "shop-dead-letters");
+}
+
+#[test]
+fn unknown_key() {
+    expect("    store: customers\n", "    store: customers\n    stroe: x\n", 15, 5, "unknown field `stroe`, expected one of");
+}
+
+#[test]
+fn missing_required_key() {
+    expect("    replies: replies\n", "", 10, 5, "missing field `replies`");
+}
+
+#[test]
+fn wrong_type() {
+    expect("events: { partitions: 2 }", "events: { partitions: two }", 5, 25, "invalid type: string \"two\", expected i32");
+}
+
+#[test]
+fn unknown_codec() {
+    expect("codec: json }", "codec: xml }", 4, 33, "unknown variant `xml`, expected `json` or `protobuf`");
+}
+
+#[test]
+fn unsupported_version() {
+    expect("version: 1", "version: 2", 1, 10, "unsupported version 2, expected 1");
+}
+
+#[test]
+fn invalid_application_id() {
+    expect("application_id: shop", "application_id: my shop", 2, 17, "must be non-empty and use only [A-Za-z0-9._-]");
+}
+
+#[test]
+fn zero_partitions() {
+    expect("replies: { partitions: 1 }", "replies: { partitions: 0 }", 6, 26, "partitions must be at least 1, found 0");
+}
+
+#[test]
+fn dangling_topic_reference() {
+    expect("    events: events", "    events: evnts", 12, 13, "events topic \"evnts\" is not declared under `topics`");
+}
+
+#[test]
+fn duplicate_node_name() {
+    expect("  payments: { partitions: 2 }", "  cmds: { partitions: 2 }", 7, 3, "duplicate key `cmds` (first defined at 4:3)");
+}
+
+#[test]
+fn aggregate_reading_its_own_output() {
+    expect("    replies: replies", "    replies: cmds", 13, 14, "is its own command topic");
+}
+
+#[test]
+fn two_aggregates_on_one_command_topic_or_one_store() {
+    let second = "processing:\n";
+    let (l, c, msg) = fails(second, "  again:\n    aggregate: customer\n    commands: cmds\n    events: payments\n    replies: replies\n    store: other\nprocessing:\n");
+    assert_eq!((l, c), (17, 15), "{msg}");
+    assert!(msg.contains("already the command topic of aggregate customers"), "{msg}");
+    let (l, c, msg) = fails(second, "  again:\n    aggregate: customer\n    commands: payments\n    events: events\n    replies: replies\n    store: customers\nprocessing:\n");
+    assert_eq!((l, c), (20, 12), "{msg}");
+    assert!(msg.contains("store \"customers\" is already used by aggregate"), "{msg}");
+}
+
+#[test]
+fn zero_commit_interval() {
+    expect("commit_interval_ms: 100", "commit_interval_ms: 0", 16, 23, "a commit per record is what batching avoids");
+}
+
+#[test]
+fn bad_listen_address() {
+    expect("listen: 127.0.0.1:8080", "listen: localhost", 18, 11, "is not a socket address");
+}
+
+#[test]
+fn store_name_that_cannot_name_a_topic() {
+    expect("    store: customers", "    store: cust/omers", 14, 12, "it names the changelog topic");
+}
+
+#[test]
+fn unregistered_aggregate() {
+    let t = parse(Path::new("shop.yaml"), &GOOD.replace("aggregate: customer", "aggregate: custard")).unwrap();
+    match t.check_registered(["customer", "order"].into_iter()) {
+        Err(TopologyError::Invalid { at, message }) => {
+            assert_eq!((at.line, at.column), (10, 16));
+            assert!(message.contains("no aggregate is registered as \"custard\"; this binary registers [\"customer\", \"order\"]"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
