@@ -49,6 +49,22 @@ enum Command {
     },
     /// Check a topology file; prints file:line:col and what was expected on error.
     Validate { file: PathBuf },
+    /// Draw a topology: sub-topologies, sources, processors, stores, sinks, internal topics.
+    Describe {
+        file: PathBuf,
+        /// text, dot (Graphviz) or mermaid.
+        #[arg(long, default_value = "text", value_parser = ["text", "dot", "mermaid"])]
+        format: String,
+    },
+    /// Compare a topology with the live cluster: topics to create, mismatches, orphans.
+    Plan {
+        file: PathBuf,
+        #[arg(long, env = "MILLRACE_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:19092")]
+        bootstrap_servers: String,
+        /// Create the missing topics. Never deletes anything.
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -77,6 +93,51 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Describe { file, format } => match topology::load(&file) {
+            Ok(t) => {
+                let out = match format.as_str() {
+                    "dot" => topology::describe::dot(&t),
+                    "mermaid" => topology::describe::mermaid(&t),
+                    _ => topology::describe::text(&t),
+                };
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Plan { file, bootstrap_servers, apply } => {
+            let t = match topology::load(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let steps = match millrace::runtime::plan::plan(&t, &bootstrap_servers) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            for s in &steps {
+                println!("{s}");
+            }
+            if apply {
+                match millrace::runtime::plan::apply(&steps, &bootstrap_servers) {
+                    Ok(n) => println!("applied: created {n} topic(s); nothing deleted"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+            // Mismatches need a human: a non-zero exit lets a deploy pipeline stop on them.
+            if steps.iter().any(|s| s.is_problem()) { ExitCode::from(3) } else { ExitCode::SUCCESS }
+        }
         Command::Run { topology, bootstrap_servers, state_dir, http, instance_id, consumer_config, producer_config } => {
             let topo = match topology::load(&topology) {
                 Ok(t) => t,

@@ -17,6 +17,14 @@ fn every_shipped_topology_validates() {
         }
         let (code, err) = millrace(&["validate", path.to_str().unwrap()]);
         assert_eq!(code, 0, "{}: {err}", path.display());
+        for (format, head) in [("text", "Topology "), ("dot", "digraph "), ("mermaid", "flowchart LR")] {
+            let out = Command::new(env!("CARGO_BIN_EXE_millrace"))
+                .args(["describe", path.to_str().unwrap(), "--format", format])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "describe --format {format} {}", path.display());
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with(head), "describe --format {format}");
+        }
     }
 }
 

@@ -260,9 +260,7 @@ fn produced_partitions_match_java_murmur2() {
 }
 
 fn create_topic(name: &str, partitions: i32) {
-    millrace::runtime::topics::ensure(&bootstrap(), &[millrace::runtime::topics::TopicNeed {
-        name: name.into(), partitions, replication: 1, compacted: false,
-    }]).unwrap();
+    millrace::runtime::topics::ensure(&bootstrap(), &[millrace::runtime::topics::TopicNeed::plain(name, partitions)]).unwrap();
 }
 
 #[test]

@@ -26,8 +26,8 @@ fn main() {
     let input = format!("{run}-commands");
     let copy_out = format!("{run}-copy");
     topics::ensure(&bootstrap, &[
-        TopicNeed { name: input.clone(), partitions: PARTITIONS, replication: 1, compacted: false },
-        TopicNeed { name: copy_out.clone(), partitions: PARTITIONS, replication: 1, compacted: false },
+        TopicNeed::plain(input.clone(), PARTITIONS),
+        TopicNeed::plain(copy_out.clone(), PARTITIONS),
     ])
     .expect("create bench topics");
 

@@ -5,7 +5,8 @@
 use super::catalog::{Catalog, StoreView};
 use super::engine::{Engine, EngineSettings, RebalanceHandler, Route};
 use super::registry::Registry;
-use super::topics::{self, TopicNeed};
+use super::topics;
+use crate::topology::TopicNeed;
 use super::RuntimeError;
 use crate::codec::Format;
 use crate::processor::AggregateSettings;
@@ -111,25 +112,7 @@ impl App {
 
     /// Every topic this application needs, internal ones included.
     pub fn topic_needs(&self) -> Vec<TopicNeed> {
-        let mut needs: Vec<TopicNeed> = self
-            .topology
-            .topics
-            .iter()
-            .map(|(name, t)| TopicNeed { name: name.clone(), partitions: t.partitions, replication: t.replication, compacted: false })
-            .collect();
-        for (commands, route) in &self.routes {
-            let t = &self.topology.topics[commands];
-            // The changelog is co-partitioned with the command topic: task p writes
-            // changelog partition p.
-            needs.push(TopicNeed { name: route.changelog.clone(), partitions: t.partitions, replication: t.replication, compacted: true });
-        }
-        needs.push(TopicNeed {
-            name: self.topology.dead_letter_topic(),
-            partitions: self.topology.dead_letter.partitions,
-            replication: 1,
-            compacted: false,
-        });
-        needs
+        self.topology.topic_needs()
     }
 
     /// Runs until `shutdown` resolves: creates missing topics, joins the group, processes,

@@ -10,6 +10,7 @@ pub(crate) mod engine;
 mod registry;
 mod restore;
 mod task;
+pub mod plan;
 pub mod topics;
 
 pub use app::{App, AppConfig};

@@ -11,14 +11,7 @@ use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// A topic the application needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicNeed {
-    pub name: String,
-    pub partitions: i32,
-    pub replication: i32,
-    pub compacted: bool,
-}
+pub use crate::topology::TopicNeed;
 
 /// Partition counts of existing topics, by name (topics that do not exist are absent).
 pub fn partition_counts(bootstrap_servers: &str, names: &[&str]) -> Result<BTreeMap<String, i32>, RuntimeError> {

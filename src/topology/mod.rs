@@ -6,8 +6,11 @@
 
 mod file;
 mod names;
+mod needs;
+pub mod describe;
 mod positions;
 
+pub use needs::{TopicNeed, TopicRole};
 pub use positions::Positions;
 
 pub use file::{AggregateNode, HttpSettings, Processing, TopicSpec, Topology};

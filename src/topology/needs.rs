@@ -1,0 +1,67 @@
+//! The topics a topology needs, internal ones included: what `run` creates when missing
+//! and what `plan` compares with the cluster.
+
+use super::Topology;
+
+/// Why a topic exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRole {
+    /// Declared under `topics`.
+    Declared,
+    /// A store's compacted changelog, co-partitioned with the aggregate's command topic.
+    Changelog,
+    /// Where records that cannot be processed go.
+    DeadLetters,
+}
+
+/// A topic the application needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNeed {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub compacted: bool,
+    pub role: TopicRole,
+}
+
+impl TopicNeed {
+    /// A plain topic (for tools and tests that create their own).
+    pub fn plain(name: impl Into<String>, partitions: i32) -> Self {
+        Self { name: name.into(), partitions, replication: 1, compacted: false, role: TopicRole::Declared }
+    }
+}
+
+impl Topology {
+    pub fn topic_needs(&self) -> Vec<TopicNeed> {
+        let mut needs: Vec<TopicNeed> = self
+            .topics
+            .iter()
+            .map(|(name, t)| TopicNeed {
+                name: name.clone(),
+                partitions: t.partitions,
+                replication: t.replication,
+                compacted: false,
+                role: TopicRole::Declared,
+            })
+            .collect();
+        for a in self.aggregates.values() {
+            let commands = &self.topics[&a.commands];
+            // Task p writes changelog partition p: same partition count as the command topic.
+            needs.push(TopicNeed {
+                name: self.changelog_topic(&a.store),
+                partitions: commands.partitions,
+                replication: commands.replication,
+                compacted: true,
+                role: TopicRole::Changelog,
+            });
+        }
+        needs.push(TopicNeed {
+            name: self.dead_letter_topic(),
+            partitions: self.dead_letter.partitions,
+            replication: 1,
+            compacted: false,
+            role: TopicRole::DeadLetters,
+        });
+        needs
+    }
+}
