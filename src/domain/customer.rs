@@ -42,6 +42,12 @@ pub struct Customer {
 
 pub struct CustomerAggregate;
 
+fn rename(obj: &mut serde_json::Map<String, serde_json::Value>, from: &str, to: &str) {
+    if let Some(v) = obj.remove(from) {
+        obj.insert(to.to_string(), v);
+    }
+}
+
 fn validate(name: &str, email: &str) -> Result<(), Rejection> {
     if name.trim().is_empty() {
         return Err(Rejection::Malformed("name is empty".into()));
@@ -89,6 +95,27 @@ impl Aggregate for CustomerAggregate {
             }
             CustomerEvent::CustomerDeleted {} => Customer { status: Status::Deleted, ..state },
         }
+    }
+
+    /// v1 (before the public contract) called the email field `mail`; v2 calls it `email`.
+    const EVENT_SCHEMA_VERSION: u32 = 2;
+    const STATE_SCHEMA_VERSION: u32 = 2;
+
+    fn upcast_event(version: u32, mut event: serde_json::Value) -> Result<serde_json::Value, String> {
+        if version < 2 {
+            if let Some(payload) = event.get_mut("payload").and_then(serde_json::Value::as_object_mut) {
+                rename(payload, "mail", "email");
+            }
+        }
+        Ok(event)
+    }
+
+    fn upcast_state(version: u32, mut state: serde_json::Value) -> Result<serde_json::Value, String> {
+        if version < 2 {
+            let obj = state.as_object_mut().ok_or("v1 customer state is not an object")?;
+            rename(obj, "mail", "email");
+        }
+        Ok(state)
     }
 
     fn event_type(event: &CustomerEvent) -> &'static str {

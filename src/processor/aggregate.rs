@@ -35,6 +35,26 @@ pub trait Aggregate: Send + Sync + 'static {
     /// The event's type name, as in its JSON `type` (used by the protobuf envelope).
     fn event_type(event: &Self::Event) -> &'static str;
 
+    /// Schema version of the events this build writes (header `millrace.schema-version`).
+    const EVENT_SCHEMA_VERSION: u32 = 1;
+    /// Schema version of the snapshot states this build writes (in the snapshot envelope).
+    const STATE_SCHEMA_VERSION: u32 = 1;
+
+    /// Turns a JSON event (`{"type", "payload"}`) written at schema `version` into the
+    /// current shape. Called only for versions older than `EVENT_SCHEMA_VERSION`.
+    fn upcast_event(version: u32, event: serde_json::Value) -> Result<serde_json::Value, String> {
+        let _ = version;
+        Ok(event)
+    }
+
+    /// Turns a JSON snapshot state written at schema `version` into the current shape.
+    /// Called only for versions older than `STATE_SCHEMA_VERSION`. Protobuf states evolve
+    /// by field numbers instead: unknown fields are skipped, missing ones take defaults.
+    fn upcast_state(version: u32, state: serde_json::Value) -> Result<serde_json::Value, String> {
+        let _ = version;
+        Ok(state)
+    }
+
     fn supports_protobuf() -> bool {
         false
     }

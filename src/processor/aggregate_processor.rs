@@ -150,7 +150,7 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
                         snap.state = A::evolve(std::mem::take(&mut snap.state), event);
                         let mut headers = Headers::default();
                         headers.insert(header::VERSION, snap.version.to_string());
-                        headers.insert(header::SCHEMA_VERSION, "1");
+                        headers.insert(header::SCHEMA_VERSION, A::EVENT_SCHEMA_VERSION.to_string());
                         headers.insert(header::COMMAND_ID, cmd.command_id.as_bytes());
                         ctx.out.send(OutRecord {
                             topic: self.settings.events_topic.clone(),
