@@ -51,3 +51,64 @@ fn plan_lists_creates_mismatches_and_orphans_and_apply_only_creates() {
     let counts = millrace::runtime::topics::partition_counts(&bootstrap(), &[&orphan, &s.events]).unwrap();
     assert_eq!(counts.len(), 2, "the orphan and the old events topic are still there");
 }
+
+/// Every shipped topology starts against the real broker, becomes ready, and stops cleanly.
+#[test]
+fn every_shipped_topology_runs() {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/topology"));
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let http = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["run", "--topology"]).arg(&path)
+            .args(["--bootstrap-servers", &bootstrap(), "--http", &http, "--instance-id", &unique("smoke")])
+            .arg("--state-dir").arg(state.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !matches!(http_get(&http, "/ready"), Ok((200, _))) {
+            assert!(child.try_wait().unwrap().is_none(), "{} exited before ready", path.display());
+            assert!(std::time::Instant::now() < deadline, "{} not ready in 60 s", path.display());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success(), "{} did not stop cleanly", path.display());
+    }
+}
+
+#[test]
+fn a_table_over_a_real_topic_answers_queries() {
+    let app = unique("table");
+    let topic = format!("{app}-customers");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.yaml");
+    std::fs::write(&file, format!(
+        "version: 1\napplication_id: {app}\ntopics:\n  {topic}: {{ partitions: 3, compacted: true }}\ntables:\n  customers:\n    topic: {topic}\n    store: customers\n"
+    )).unwrap();
+    let s = Setup { topology: file, ..Setup::new("table-unused", 1, "json") };
+    let inst = Instance::start(&s, "t0", &dir.path().join("state"));
+    let p = producer();
+    send(&p, &topic, "ada", br#"{"name":"Ada"}"#, &[]);
+    send(&p, &topic, "bob", br#"{"name":"Bob"}"#, &[]);
+    send(&p, &topic, "ada", br#"{"name":"Ada L"}"#, &[]);
+    flush(&p);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = inst.get("/stores/customers/keys/ada");
+        if status == 200 && body["value"]["name"] == "Ada L" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "table never caught up: {status} {body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, page) = inst.get("/stores/customers?limit=10");
+    let keys: Vec<&str> = page["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, vec!["ada", "bob"]);
+}

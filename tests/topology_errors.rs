@@ -139,3 +139,24 @@ fn unregistered_aggregate() {
         other => panic!("expected an error, got {other:?}"),
     }
 }
+
+#[test]
+fn node_name_shared_by_an_aggregate_and_a_table() {
+    let (l, c, msg) = fails("processing:\n", "tables:\n  customers:\n    topic: payments\n    store: pay\nprocessing:\n");
+    assert_eq!((l, c), (16, 3), "{msg}");
+    assert!(msg.contains("node name \"customers\" is already an aggregate"), "{msg}");
+}
+
+#[test]
+fn table_reading_an_undeclared_topic() {
+    let (l, c, msg) = fails("processing:\n", "tables:\n  pay:\n    topic: paymnts\n    store: pay\nprocessing:\n");
+    assert_eq!((l, c), (17, 12), "{msg}");
+    assert!(msg.contains("table pay: topic \"paymnts\" is not declared"), "{msg}");
+}
+
+#[test]
+fn declared_changelog_that_breaks_co_partitioning() {
+    let (l, c, msg) = fails("  payments: { partitions: 2 }\n", "  payments: { partitions: 2 }\n  shop-customers-changelog: { partitions: 3 }\n");
+    assert_eq!((l, c), (8, 43), "{msg}");
+    assert!(msg.contains("must have 2 partitions to stay co-partitioned with its input, found 3"), "{msg}");
+}

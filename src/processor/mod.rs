@@ -7,11 +7,13 @@
 pub mod aggregate;
 mod aggregate_processor;
 mod dead_letter;
+mod table;
 pub mod wire;
 
 pub use aggregate::{Aggregate, Rejection};
 pub use aggregate_processor::{AggregateProcessor, AggregateSettings, SnapshotRenderer};
 pub use dead_letter::dead_letter;
+pub use table::{TableProcessor, TableRenderer};
 
 use crate::error::Recovery;
 use crate::record::{Collector, InRecord};

@@ -9,7 +9,7 @@ use super::topics;
 use crate::topology::TopicNeed;
 use super::RuntimeError;
 use crate::codec::Format;
-use crate::processor::AggregateSettings;
+use crate::processor::{AggregateSettings, TableProcessor, TableRenderer};
 use crate::record::{Headers, InRecord};
 use crate::store::StoreResources;
 use crate::topology::Topology;
@@ -87,10 +87,26 @@ impl App {
                 partitions: topology.topics[&a.commands].partitions,
                 renderer: (registered.renderer)(store_format),
             });
+            let make = registered.processor.clone();
             routes.insert(a.commands.clone(), Route {
-                registered: registered.clone(),
+                store: a.store.clone(),
                 changelog: topology.changelog_topic(&a.store),
-                settings,
+                processor: Arc::new(move || make(settings.clone())),
+            });
+        }
+        for t in topology.tables.values() {
+            let format = topology.topics[&t.topic].codec;
+            catalog.define(&t.store, StoreView {
+                partitions: topology.topics[&t.topic].partitions,
+                renderer: Arc::new(TableRenderer { format }),
+            });
+            let dead_letter_topic = topology.dead_letter_topic();
+            routes.insert(t.topic.clone(), Route {
+                store: t.store.clone(),
+                changelog: topology.changelog_topic(&t.store),
+                processor: Arc::new(move || {
+                    Box::new(TableProcessor { format, dead_letter_topic: dead_letter_topic.clone() })
+                }),
             });
         }
         Ok(Self { topology, config, routes, catalog })

@@ -11,12 +11,11 @@
 //!   before the partitions go.
 
 use super::catalog::Catalog;
-use super::registry::Registered;
 use super::restore::restore;
 use super::task::{Task, TaskState};
 use super::RuntimeError;
 use crate::error::Recovery;
-use crate::processor::AggregateSettings;
+use crate::processor::Processor;
 use crate::record::{InRecord, OutRecord, TopicPartition};
 use crate::sink::{SinkError, TransactionalSink};
 use crate::store::{ChangeloggedStore, RocksStore, StoreError, StoreResources};
@@ -27,12 +26,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How the records of one command topic are processed.
+/// How the records of one input topic are processed: a fresh processor per task, and
+/// the store (with its changelog) every task of the topic writes.
 #[derive(Clone)]
 pub(crate) struct Route {
-    pub registered: Registered,
-    pub settings: AggregateSettings,
+    pub store: String,
     pub changelog: String,
+    pub processor: Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>,
 }
 
 /// What the engine needs to build and commit tasks.
@@ -301,13 +301,13 @@ impl Engine {
 
     fn open_task(&mut self, tp: TopicPartition) -> Result<(), RuntimeError> {
         let route = self.settings.routes[&tp.topic].clone();
-        let rocks = Arc::new(open_store(&self.settings.state_dir, &route.settings.store, tp.partition, &self.resources)?);
+        let rocks = Arc::new(open_store(&self.settings.state_dir, &route.store, tp.partition, &self.resources)?);
         let store = ChangeloggedStore::new(rocks.clone(), route.changelog.as_str());
-        let mut task = Task::new(tp.clone(), (route.registered.processor)(route.settings.clone()), store);
+        let mut task = Task::new(tp.clone(), (route.processor)(), store);
         task.transition(TaskState::Restoring);
         restore(&rocks, &route.changelog, &self.settings.bootstrap_servers)?;
         task.transition(TaskState::Running);
-        metrics::gauge!("millrace_store_keys", "store" => route.settings.store.clone(), "partition" => tp.partition.to_string())
+        metrics::gauge!("millrace_store_keys", "store" => route.store.clone(), "partition" => tp.partition.to_string())
             .set(rocks.estimated_keys() as f64);
         self.catalog.attach(&rocks);
         self.tasks.insert(tp, task);
@@ -316,7 +316,7 @@ impl Engine {
 
     fn reopen(&mut self, tp: &TopicPartition) -> Result<(), RuntimeError> {
         if let Some(mut t) = self.tasks.remove(tp) {
-            self.catalog.detach(&self.settings.routes[&tp.topic].settings.store, tp.partition);
+            self.catalog.detach(&self.settings.routes[&tp.topic].store, tp.partition);
             t.close();
         }
         self.open_task(tp.clone())
@@ -325,7 +325,7 @@ impl Engine {
     fn close_all(&mut self) {
         for (tp, mut task) in std::mem::take(&mut self.tasks) {
             task.aborted();
-            self.catalog.detach(&self.settings.routes[&tp.topic].settings.store, tp.partition);
+            self.catalog.detach(&self.settings.routes[&tp.topic].store, tp.partition);
             task.close();
         }
     }

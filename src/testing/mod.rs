@@ -113,9 +113,9 @@ impl TopologyDriver {
         for (topic, route) in self.routes.clone() {
             for p in 0..self.partitions(&topic) {
                 let tp = TopicPartition::new(topic.as_str(), p);
-                let rocks = Arc::new(RocksStore::open(&self.state_dir, &route.settings.store, p, &self.resources)?);
+                let rocks = Arc::new(RocksStore::open(&self.state_dir, &route.store, p, &self.resources)?);
                 let store = ChangeloggedStore::new(rocks.clone(), route.changelog.as_str());
-                let mut task = Task::new(tp.clone(), (route.registered.processor)(route.settings.clone()), store);
+                let mut task = Task::new(tp.clone(), (route.processor)(), store);
                 task.transition(TaskState::Restoring);
                 self.restored += self.restore(&rocks, &route.changelog)?;
                 task.transition(TaskState::Running);
@@ -144,7 +144,7 @@ impl TopologyDriver {
 
     fn close_tasks(&mut self) {
         for (tp, mut task) in std::mem::take(&mut self.tasks) {
-            self.catalog.detach(&self.routes[&tp.topic].settings.store, tp.partition);
+            self.catalog.detach(&self.routes[&tp.topic].store, tp.partition);
             task.close();
         }
     }
@@ -155,7 +155,16 @@ impl TopologyDriver {
         self.pipe_with_headers(topic, key, value, Headers::default())
     }
 
+    /// Pipes a tombstone (a record without a value) for `key`.
+    pub fn pipe_tombstone(&mut self, topic: &str, key: &str) -> Result<(), RuntimeError> {
+        self.pipe_record(topic, key, None, Headers::default())
+    }
+
     pub fn pipe_with_headers(&mut self, topic: &str, key: &str, value: &[u8], headers: Headers) -> Result<(), RuntimeError> {
+        self.pipe_record(topic, key, Some(value.to_vec()), headers)
+    }
+
+    fn pipe_record(&mut self, topic: &str, key: &str, value: Option<Vec<u8>>, headers: Headers) -> Result<(), RuntimeError> {
         let partition = partition_for_key(key.as_bytes(), self.partitions(topic));
         let tp = TopicPartition::new(topic, partition);
         let log = self.log.entry(tp.clone()).or_default();
@@ -165,7 +174,7 @@ impl TopologyDriver {
             partition,
             offset,
             key: Some(key.as_bytes().to_vec()),
-            value: Some(value.to_vec()),
+            value,
             headers,
         });
         if self.tasks.contains_key(&tp) {
@@ -272,7 +281,7 @@ impl TopologyDriver {
         for (tp, task) in self.tasks.iter_mut() {
             // Dropped without committing: the overlay never reaches RocksDB.
             task.aborted();
-            self.catalog.detach(&self.routes[&tp.topic].settings.store, tp.partition);
+            self.catalog.detach(&self.routes[&tp.topic].store, tp.partition);
         }
         self.close_tasks();
         self.assign()

@@ -10,7 +10,8 @@ use std::fmt::Write;
 struct Sub<'a> {
     index: usize,
     node: &'a str,
-    aggregate: &'a str,
+    /// `aggregate: <name>` or `table`.
+    kind: String,
     source: &'a str,
     sinks: Vec<String>,
     store: &'a str,
@@ -18,19 +19,25 @@ struct Sub<'a> {
 }
 
 fn subs(t: &Topology) -> Vec<Sub<'_>> {
-    t.aggregates
-        .iter()
-        .enumerate()
-        .map(|(index, (node, a))| Sub {
-            index,
-            node,
-            aggregate: &a.aggregate,
-            source: &a.commands,
-            sinks: vec![a.events.clone(), a.replies.clone(), t.dead_letter_topic()],
-            store: &a.store,
-            changelog: t.changelog_topic(&a.store),
-        })
-        .collect()
+    let aggregates = t.aggregates.iter().map(|(node, a)| Sub {
+        index: 0,
+        node,
+        kind: format!("aggregate: {}", a.aggregate),
+        source: &a.commands,
+        sinks: vec![a.events.clone(), a.replies.clone(), t.dead_letter_topic()],
+        store: &a.store,
+        changelog: t.changelog_topic(&a.store),
+    });
+    let tables = t.tables.iter().map(|(node, x)| Sub {
+        index: 0,
+        node,
+        kind: "table".to_string(),
+        source: &x.topic,
+        sinks: vec![t.dead_letter_topic()],
+        store: &x.store,
+        changelog: t.changelog_topic(&x.store),
+    });
+    aggregates.chain(tables).enumerate().map(|(index, s)| Sub { index, ..s }).collect()
 }
 
 fn topic_line(t: &Topology, name: &str) -> String {
@@ -47,7 +54,7 @@ pub fn text(t: &Topology) -> String {
         let _ = writeln!(out, "  Sub-topology: {}", s.index);
         let _ = writeln!(out, "    Source: {} (topics: [{}])", s.source, topic_line(t, s.source));
         let _ = writeln!(out, "      --> {}", s.node);
-        let _ = writeln!(out, "    Processor: {} (aggregate: {}, stores: [{}])", s.node, s.aggregate, s.store);
+        let _ = writeln!(out, "    Processor: {} ({}, stores: [{}])", s.node, s.kind, s.store);
         let _ = writeln!(out, "      --> {}", s.sinks.join(", "));
         let _ = writeln!(out, "      <-- {}", s.source);
         for sink in &s.sinks {
@@ -74,7 +81,7 @@ pub fn dot(t: &Topology) -> String {
     let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", t.application_id);
     for s in subs(t) {
         let _ = writeln!(out, "  subgraph cluster_{} {{\n    label=\"sub-topology {}\";", s.index, s.index);
-        let _ = writeln!(out, "    \"{}\" [shape=box, label=\"{}\\n(aggregate {})\"];", s.node, s.node, s.aggregate);
+        let _ = writeln!(out, "    \"{}\" [shape=box, label=\"{}\\n({})\"];", s.node, s.node, s.kind);
         let _ = writeln!(out, "    \"store:{}\" [shape=cylinder, label=\"{}\"];", s.store, s.store);
         let _ = writeln!(out, "  }}");
         let _ = writeln!(out, "  \"{}\" [shape=ellipse];", s.source);
@@ -98,7 +105,7 @@ pub fn mermaid(t: &Topology) -> String {
     let mut out = String::from("flowchart LR\n");
     for s in subs(t) {
         let _ = writeln!(out, "  subgraph sub{}[\"sub-topology {}\"]", s.index, s.index);
-        let _ = writeln!(out, "    {}[\"{} (aggregate {})\"]", id("p", s.node), s.node, s.aggregate);
+        let _ = writeln!(out, "    {}[\"{} ({})\"]", id("p", s.node), s.node, s.kind);
         let _ = writeln!(out, "    {}[(\"{}\")]", id("s", s.store), s.store);
         let _ = writeln!(out, "  end");
         let _ = writeln!(out, "  {}([\"{}\"]) --> {}", id("t", s.source), s.source, id("p", s.node));

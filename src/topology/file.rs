@@ -18,7 +18,11 @@ pub struct Topology {
     /// Every topic the application reads or writes, by name.
     pub topics: BTreeMap<String, TopicSpec>,
     /// Event-sourced aggregates, by node name.
+    #[serde(default)]
     pub aggregates: BTreeMap<String, AggregateNode>,
+    /// Tables: a topic's latest value per key, materialized in a queryable store.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableNode>,
     #[serde(default)]
     pub processing: Processing,
     #[serde(default)]
@@ -47,6 +51,9 @@ pub struct TopicSpec {
     /// Replication factor used when millrace creates the topic.
     #[serde(default = "default_replication")]
     pub replication: i32,
+    /// Create it with `cleanup.policy=compact` (the usual choice for a table's input).
+    #[serde(default)]
+    pub compacted: bool,
 }
 
 fn default_codec() -> Format {
@@ -77,6 +84,16 @@ pub struct AggregateNode {
     /// Answered command ids each aggregate remembers for dedup.
     #[serde(default = "default_dedup_window")]
     pub dedup_window: usize,
+}
+
+/// A table node: the latest value per key of `topic`, kept in `store`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableNode {
+    /// The topic to materialize (usually compacted); declared under `topics`.
+    pub topic: String,
+    /// Store name; its changelog is `<application_id>-<store>-changelog`.
+    pub store: String,
 }
 
 fn default_dedup_window() -> usize {
@@ -227,6 +244,47 @@ impl Topology {
             if a.dedup_window == 0 {
                 return Err(self.error_at(&at("dedup_window"), format!(
                     "aggregate {node}: dedup_window must be at least 1; it is how many answered command ids each aggregate remembers")));
+            }
+        }
+        let mut tables: Vec<(&String, &TableNode)> = self.tables.iter().collect();
+        tables.sort_by_key(|(n, _)| self.positions.key(&format!("tables.{n}")));
+        for (node, t) in tables {
+            let at = |key: &str| format!("tables.{node}.{key}");
+            if self.aggregates.contains_key(node.as_str()) {
+                return Err(TopologyError::Invalid {
+                    at: self.key_position(&format!("tables.{node}")),
+                    message: format!("node name {node:?} is already an aggregate; node names are unique across sections"),
+                });
+            }
+            if !self.topics.contains_key(&t.topic) {
+                return Err(self.error_at(&at("topic"), format!(
+                    "table {node}: topic {:?} is not declared under `topics`; expected one of {:?}",
+                    t.topic, self.topics.keys().collect::<Vec<_>>())));
+            }
+            if let Some(other) = command_topics.insert(t.topic.clone(), node.clone()) {
+                return Err(self.error_at(&at("topic"), format!(
+                    "table {node}: topic {:?} is already read by {other}; each input topic feeds one node", t.topic)));
+            }
+            if !is_topic_name(&t.store) {
+                return Err(self.error_at(&at("store"), format!(
+                    "table {node}: store name {:?} must use only [A-Za-z0-9._-]: it names the changelog topic", t.store)));
+            }
+            if let Some(other) = stores.insert(t.store.clone(), node.clone()) {
+                return Err(self.error_at(&at("store"), format!(
+                    "table {node}: store {:?} is already used by {other}; each node needs its own store", t.store)));
+            }
+        }
+        if self.aggregates.is_empty() && self.tables.is_empty() {
+            return Err(self.error_at("aggregates", "the topology has no nodes; expected at least one aggregate or table".into()));
+        }
+        // Internal topics derive their partition counts; one declared under `topics` must agree.
+        for need in self.topic_needs().iter().filter(|n| n.role == super::TopicRole::Changelog) {
+            if let Some(declared) = self.topics.get(&need.name) {
+                if declared.partitions != need.partitions {
+                    return Err(self.error_at(&format!("topics.{}.partitions", need.name), format!(
+                        "topic {} is internal ({:?}) and must have {} partitions to stay co-partitioned with its input, found {}",
+                        need.name, need.role, need.partitions, declared.partitions)));
+                }
             }
         }
         if self.processing.commit_interval_ms == 0 {

@@ -40,7 +40,7 @@ impl Topology {
                 name: name.clone(),
                 partitions: t.partitions,
                 replication: t.replication,
-                compacted: false,
+                compacted: t.compacted,
                 role: TopicRole::Declared,
             })
             .collect();
@@ -55,13 +55,29 @@ impl Topology {
                 role: TopicRole::Changelog,
             });
         }
-        needs.push(TopicNeed {
-            name: self.dead_letter_topic(),
-            partitions: self.dead_letter.partitions,
-            replication: 1,
-            compacted: false,
-            role: TopicRole::DeadLetters,
-        });
+        for t in self.tables.values() {
+            let input = &self.topics[&t.topic];
+            needs.push(TopicNeed {
+                name: self.changelog_topic(&t.store),
+                partitions: input.partitions,
+                replication: input.replication,
+                compacted: true,
+                role: TopicRole::Changelog,
+            });
+        }
+        if !self.topics.contains_key(&self.dead_letter_topic()) {
+            needs.push(TopicNeed {
+                name: self.dead_letter_topic(),
+                partitions: self.dead_letter.partitions,
+                replication: 1,
+                compacted: false,
+                role: TopicRole::DeadLetters,
+            });
+        }
+        // A declared topic that is also internal (a changelog named under `topics`) is
+        // listed once, with its derived shape.
+        let internal: Vec<String> = needs.iter().filter(|n| n.role != TopicRole::Declared).map(|n| n.name.clone()).collect();
+        needs.retain(|n| n.role != TopicRole::Declared || !internal.contains(&n.name));
         needs
     }
 }
