@@ -297,3 +297,25 @@ fn two_instances_split_partitions_and_name_the_owner_of_foreign_keys() {
         assert_eq!(other.1["partition"], partition);
     }
 }
+
+#[test]
+fn two_processing_threads_share_the_partitions_of_one_instance() {
+    let s = Setup::new("threads", 4, "json");
+    let text = std::fs::read_to_string(&s.topology).unwrap().replace("processing:\n", "processing:\n  threads: 2\n");
+    std::fs::write(&s.topology, text).unwrap();
+    let inst = s.start();
+    let p = producer();
+    for i in 0..400 {
+        let k = format!("t{}", i % 40);
+        let ty = if i < 40 { "CreateCustomer" } else { "UpdateCustomer" };
+        send(&p, &s.commands, &k, &command_json(&format!("th-{i}"), &k, None, ty, create(&format!("n{i}"))), &[]);
+    }
+    flush(&p);
+    let replies = replies_by_id(&wait_for(&s.replies, 400, Duration::from_secs(60)));
+    assert_eq!(replies.len(), 400);
+    assert!(replies.values().all(|r| r.len() == 1 && r[0]["outcome"] == "accepted"), "every command accepted once");
+    let (_, page) = inst.get("/stores/customers?limit=100");
+    assert_eq!(page["partitions"], json!([0, 1, 2, 3]), "both threads' partitions are served");
+    assert_eq!(page["entries"].as_array().unwrap().len(), 40);
+    assert!(page["entries"].as_array().unwrap().iter().all(|e| e["version"] == 10));
+}

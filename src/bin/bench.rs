@@ -3,7 +3,8 @@
 //! Prints commands/s for both, their ratio, and millrace's peak RSS. A benchmark, never a
 //! test: it prints figures and asserts nothing about time.
 //!
-//! Usage: millrace-bench [COMMANDS] [KEYS]   (bootstrap from KAFKA_BOOTSTRAP)
+//! Usage: millrace-bench [COMMANDS] [KEYS]   (bootstrap from KAFKA_BOOTSTRAP; processing
+//! threads from MILLRACE_BENCH_THREADS, default 1)
 
 use millrace::runtime::topics::{self, TopicNeed};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -185,6 +186,7 @@ fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i64) {
 
 fn run_millrace(bootstrap: &str, run: &str, input: &str, n: usize) -> (f64, u64) {
     let app = format!("{run}-app");
+    let threads: usize = std::env::var("MILLRACE_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
     let dir = std::env::temp_dir().join(format!("{app}-millrace"));
     std::fs::create_dir_all(&dir).unwrap();
     let topology = dir.join("topology.yaml");
@@ -204,6 +206,7 @@ aggregates:
     store: customers
 processing:
   commit_interval_ms: {COMMIT_MS}
+  threads: {threads}
 ")).unwrap();
     let exe = std::env::current_exe().unwrap().with_file_name("millrace");
     let http = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());

@@ -147,25 +147,43 @@ impl App {
             .expect("topic check does not panic")?;
 
         let stop = Arc::new(AtomicBool::new(false));
-        let settings = EngineSettings {
-            bootstrap_servers: self.config.bootstrap_servers.clone(),
-            transactional_id: format!("{}-{}", self.topology.application_id, self.config.instance_id),
-            producer_overrides: self.config.producer_overrides.clone(),
-            state_dir: self.config.state_dir.join(&self.topology.application_id),
-            commit_interval: Duration::from_millis(self.topology.processing.commit_interval_ms),
-            max_batch_records: self.topology.processing.max_batch_records.max(1),
-            routes: self.routes.clone(),
-            known_topics: self.topic_needs().into_iter().map(|t| t.name).collect(),
-            dead_letter_topic: self.topology.dead_letter_topic(),
-        };
-        let consumer_cfg = self.consumer_config();
+        let threads = self.topology.processing.threads.max(1);
+        self.catalog.expect_threads(threads);
         let resources = StoreResources::new(&self.topology.stores);
-        let catalog = self.catalog.clone();
-        let stop_loop = stop.clone();
-        let processing = std::thread::Builder::new()
-            .name("millrace-processing".into())
-            .spawn(move || poll_loop(consumer_cfg, settings, resources, catalog, stop_loop))
-            .expect("spawn processing thread");
+        let mut processing = Vec::with_capacity(threads);
+        for thread in 0..threads {
+            // One member id per thread: `<app>-<instance>` alone, `<app>-<instance>-<n>` for more.
+            let member = if threads == 1 {
+                format!("{}-{}", self.topology.application_id, self.config.instance_id)
+            } else {
+                format!("{}-{}-{thread}", self.topology.application_id, self.config.instance_id)
+            };
+            let settings = EngineSettings {
+                bootstrap_servers: self.config.bootstrap_servers.clone(),
+                transactional_id: member.clone(),
+                producer_overrides: self.config.producer_overrides.clone(),
+                state_dir: self.config.state_dir.join(&self.topology.application_id),
+                commit_interval: Duration::from_millis(self.topology.processing.commit_interval_ms),
+                max_batch_records: self.topology.processing.max_batch_records.max(1),
+                routes: self.routes.clone(),
+                known_topics: self.topic_needs().into_iter().map(|t| t.name).collect(),
+                dead_letter_topic: self.topology.dead_letter_topic(),
+                thread,
+            };
+            let consumer_cfg = self.consumer_config(&member);
+            let (resources, catalog, stop) = (resources.clone(), self.catalog.clone(), stop.clone());
+            processing.push(
+                std::thread::Builder::new()
+                    .name(format!("millrace-processing-{thread}"))
+                    .spawn(move || {
+                        let r = poll_loop(consumer_cfg, settings, resources, catalog, stop.clone());
+                        // One thread failing stops the instance: its partitions would stall.
+                        stop.store(true, Ordering::SeqCst);
+                        r
+                    })
+                    .expect("spawn processing thread"),
+            );
+        }
 
         let router = crate::query::router(self.catalog.clone(), metrics);
         let stop_http = stop.clone();
@@ -174,10 +192,19 @@ impl App {
             stop_http.store(true, Ordering::SeqCst);
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let stop_watch = stop.clone();
         let watcher = std::thread::spawn(move || {
-            let r = processing.join().expect("processing thread does not panic");
+            let mut result = Ok(());
+            for handle in processing {
+                let r = handle.join().expect("processing thread does not panic");
+                if result.is_ok() {
+                    result = r;
+                }
+                // The first thread to end (failure or shutdown) ends them all.
+                stop_watch.store(true, Ordering::SeqCst);
+            }
             let _ = tx.send(());
-            r
+            result
         });
         // Serve until shutdown, or stop serving when processing failed by itself.
         tokio::select! {
@@ -190,13 +217,13 @@ impl App {
             .expect("join does not panic")
     }
 
-    fn consumer_config(&self) -> ClientConfig {
+    fn consumer_config(&self, member: &str) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.config.bootstrap_servers)
             .set("group.id", &self.topology.application_id)
             // Static membership: a restarted instance takes its partitions back without a
             // rebalance, and a zombie with the same id is fenced.
-            .set("group.instance.id", format!("{}-{}", self.topology.application_id, self.config.instance_id))
+            .set("group.instance.id", member)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

@@ -5,8 +5,8 @@
 use crate::processor::ValueRenderer;
 use crate::store::RocksStore;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// One store as the query server sees it.
 #[derive(Clone)]
@@ -20,8 +20,9 @@ pub struct StoreView {
 pub struct Catalog {
     views: RwLock<BTreeMap<String, StoreView>>,
     open: RwLock<BTreeMap<(String, i32), Arc<RocksStore>>>,
-    ready: AtomicBool,
-    assigned_once: AtomicBool,
+    /// Processing threads of this instance, and which of them are ready.
+    threads: AtomicUsize,
+    ready: Mutex<BTreeMap<usize, bool>>,
 }
 
 impl Catalog {
@@ -66,16 +67,19 @@ impl Catalog {
             .collect()
     }
 
-    /// Ready means: the group assigned us partitions at least once, and every assigned task
-    /// has finished restoring.
-    pub fn set_ready(&self, ready: bool) {
-        if ready {
-            self.assigned_once.store(true, Ordering::SeqCst);
-        }
-        self.ready.store(ready, Ordering::SeqCst);
+    /// How many processing threads report readiness (default 1).
+    pub fn expect_threads(&self, n: usize) {
+        self.threads.store(n.max(1), Ordering::SeqCst);
+    }
+
+    /// A processing thread is ready once the group assigned it partitions (possibly none)
+    /// and every task it was given has finished restoring.
+    pub fn set_ready(&self, thread: usize, ready: bool) {
+        self.ready.lock().expect("catalog lock").insert(thread, ready);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.assigned_once.load(Ordering::SeqCst)
+        let ready = self.ready.lock().expect("catalog lock");
+        ready.len() >= self.threads.load(Ordering::SeqCst).max(1) && ready.values().all(|r| *r)
     }
 }

@@ -47,6 +47,8 @@ pub(crate) struct EngineSettings {
     /// Topics known to exist: the topology's own, its internal ones, and any seen since.
     pub known_topics: std::collections::HashSet<String>,
     pub dead_letter_topic: String,
+    /// Which of the instance's processing threads this engine is.
+    pub thread: usize,
 }
 
 pub(crate) struct Engine {
@@ -288,14 +290,14 @@ impl Engine {
 
     /// Creates and restores a task for every command partition in `tpl`.
     fn open_tasks(&mut self, tpl: &TopicPartitionList) -> Result<(), RuntimeError> {
-        self.catalog.set_ready(false);
+        self.catalog.set_ready(self.settings.thread, false);
         for e in tpl.elements() {
             let tp = TopicPartition::new(e.topic(), e.partition());
             if self.settings.routes.contains_key(&tp.topic) && !self.tasks.contains_key(&tp) {
                 self.open_task(tp)?;
             }
         }
-        self.catalog.set_ready(true);
+        self.catalog.set_ready(self.settings.thread, true);
         Ok(())
     }
 
@@ -332,7 +334,7 @@ impl Engine {
 
     /// Partitions are going away: finish the transaction first, then close the tasks.
     pub fn on_revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        self.catalog.set_ready(false);
+        self.catalog.set_ready(self.settings.thread, false);
         let result = if consumer.assignment_lost() {
             self.abort_and_rewind(consumer)
         } else {

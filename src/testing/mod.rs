@@ -123,7 +123,7 @@ impl TopologyDriver {
                 self.tasks.insert(tp, task);
             }
         }
-        self.catalog.set_ready(true);
+        self.catalog.set_ready(0, true);
         // Like a consumer after assignment: continue from the committed offsets.
         self.position = self.committed.clone();
         self.reprocess_uncommitted()

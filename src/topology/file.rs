@@ -110,6 +110,14 @@ pub struct Processing {
     /// ... or as soon as it holds this many input records.
     #[serde(default = "default_max_batch")]
     pub max_batch_records: usize,
+    /// Processing threads per instance. Each is a member of the group with its own
+    /// consumer and transactional producer, and owns the tasks of its partitions.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_threads() -> usize {
+    1
 }
 
 fn default_commit_interval() -> u64 {
@@ -121,7 +129,7 @@ fn default_max_batch() -> usize {
 
 impl Default for Processing {
     fn default() -> Self {
-        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch() }
+        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads() }
     }
 }
 
@@ -290,6 +298,10 @@ impl Topology {
         if self.processing.commit_interval_ms == 0 {
             return Err(self.error_at("processing.commit_interval_ms",
                 "commit_interval_ms must be at least 1: a commit per record is what batching avoids".into()));
+        }
+        if self.processing.threads == 0 || self.processing.threads > 64 {
+            return Err(self.error_at("processing.threads", format!(
+                "threads must be between 1 and 64, found {}", self.processing.threads)));
         }
         if self.processing.max_batch_records == 0 {
             return Err(self.error_at("processing.max_batch_records", "max_batch_records must be at least 1".into()));
