@@ -162,8 +162,8 @@ fn raw_copy(bootstrap: &str, input: &str, output: &str, group: &str, done: &Atom
     }
 }
 
-/// Waits until `group` has committed `total` offsets on `topic`.
-fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i64) {
+/// Offsets `group` has committed on `topic`, summed over partitions (0 while unknown).
+fn committed_sum(bootstrap: &str, group: &str, topic: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -173,13 +173,14 @@ fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i64) {
     for p in 0..PARTITIONS {
         tpl.add_partition(topic, p);
     }
-    loop {
-        if let Ok(committed) = c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
-            let sum: i64 = committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum();
-            if sum >= total {
-                return;
-            }
-        }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .map(|t| t.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum())
+        .unwrap_or(0)
+}
+
+/// Waits until `group` has committed `total` offsets on `topic`.
+fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i64) {
+    while committed_sum(bootstrap, group, topic) < total {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -225,9 +226,12 @@ processing:
         std::thread::sleep(Duration::from_millis(10));
     }
     let started = Instant::now();
-    eprintln!("millrace ready after {:.2} s", spawned.elapsed().as_secs_f64());
+    // With several threads, the first member may process before the last one joined and
+    // the instance reports ready: count only what is committed from here on.
+    let before = committed_sum(bootstrap, &app, input);
+    eprintln!("millrace ready after {:.2} s ({before} commands already committed)", spawned.elapsed().as_secs_f64());
     wait_committed(bootstrap, &app, input, n as i64);
-    let secs = started.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64() * n as f64 / (n as i64 - before).max(1) as f64;
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
