@@ -319,3 +319,27 @@ fn two_processing_threads_share_the_partitions_of_one_instance() {
     assert_eq!(page["entries"].as_array().unwrap().len(), 40);
     assert!(page["entries"].as_array().unwrap().iter().all(|e| e["version"] == 10));
 }
+
+#[test]
+fn at_least_once_mode_processes_and_commits_offsets_without_transactions() {
+    let s = Setup::new("alos", 2, "json");
+    let text = std::fs::read_to_string(&s.topology).unwrap().replace("processing:\n", "processing:\n  exactly_once: false\n");
+    std::fs::write(&s.topology, text).unwrap();
+    let inst = s.start();
+    let p = producer();
+    for i in 0..100 {
+        let k = format!("a{}", i % 10);
+        let ty = if i < 10 { "CreateCustomer" } else { "UpdateCustomer" };
+        send(&p, &s.commands, &k, &command_json(&format!("al-{i}"), &k, None, ty, create(&format!("n{i}"))), &[]);
+    }
+    flush(&p);
+    assert_eq!(replies_by_id(&wait_for(&s.replies, 100, Duration::from_secs(60))).len(), 100);
+    // The consumer, not a transaction, committed the input offsets.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while committed_sum(&s.app, &s.commands, s.partitions) != Some(100) {
+        assert!(std::time::Instant::now() < deadline, "offsets never committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(inst.get("/stores/customers/keys/a3").1["version"], 10);
+    assert_eq!(inst.metric_sum("millrace_transactions_total"), 0.0, "no transactions in at-least-once mode");
+}

@@ -169,6 +169,7 @@ impl App {
                 known_topics: self.topic_needs().into_iter().map(|t| t.name).collect(),
                 dead_letter_topic: self.topology.dead_letter_topic(),
                 thread,
+                exactly_once: self.topology.processing.exactly_once,
             };
             let consumer_cfg = self.consumer_config(&member);
             let (resources, catalog, stop) = (resources.clone(), self.catalog.clone(), stop.clone());

@@ -49,6 +49,8 @@ pub(crate) struct EngineSettings {
     pub dead_letter_topic: String,
     /// Which of the instance's processing threads this engine is.
     pub thread: usize,
+    /// Transactions (true) or at-least-once batches (false).
+    pub exactly_once: bool,
 }
 
 pub(crate) struct Engine {
@@ -75,6 +77,7 @@ impl Engine {
         let sink = TransactionalSink::new(
             &settings.bootstrap_servers,
             &settings.transactional_id,
+            settings.exactly_once,
             &settings.producer_overrides,
         )?;
         Ok(Self {
@@ -210,6 +213,13 @@ impl Engine {
                     let changelog = TopicPartition::new(route.changelog.as_str(), tp.partition);
                     task.committed(delivered.get(&changelog).copied())?;
                 }
+                if !self.sink.exactly_once() && offsets.count() > 0 {
+                    // At-least-once: outputs are delivered and stores written; only now may
+                    // the input move on. A crash before this line repeats the batch.
+                    consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync).map_err(|source| {
+                        RuntimeError::Kafka { op: "commit offsets", topic: String::new(), source }
+                    })?;
+                }
                 self.txn_records = 0;
                 if self.gauges_updated.elapsed() >= Duration::from_secs(5) {
                     self.update_store_gauges();
@@ -266,6 +276,7 @@ impl Engine {
         self.sink = TransactionalSink::new(
             &self.settings.bootstrap_servers,
             &self.settings.transactional_id,
+            self.settings.exactly_once,
             &self.settings.producer_overrides,
         )?;
         let assignment = consumer.assignment().map_err(|source| RuntimeError::Kafka {

@@ -74,6 +74,9 @@ impl ProducerContext for SinkContext {
 pub struct TransactionalSink {
     producer: ThreadedProducer<SinkContext>,
     transactional_id: String,
+    /// False for `processing.exactly_once: false`: an idempotent producer whose batches are
+    /// flushed, not committed, and whose input offsets the consumer commits afterwards.
+    exactly_once: bool,
     open: bool,
     timeout: Duration,
 }
@@ -84,11 +87,14 @@ impl TransactionalSink {
     pub fn new(
         bootstrap_servers: &str,
         transactional_id: &str,
+        exactly_once: bool,
         overrides: &[(String, String)],
     ) -> Result<Self, SinkError> {
         let mut cfg = ClientConfig::new();
+        if exactly_once {
+            cfg.set("transactional.id", transactional_id);
+        }
         cfg.set("bootstrap.servers", bootstrap_servers)
-            .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             // Java-compatible partitioning for every keyed record (invariant 3).
             .set("partitioner", "murmur2_random")
@@ -103,9 +109,9 @@ impl TransactionalSink {
         let producer: ThreadedProducer<SinkContext> =
             cfg.create_with_context(SinkContext::default()).map_err(|e| failed("create", e))?;
         let timeout = Duration::from_secs(30);
-        let sink = Self { producer, transactional_id: transactional_id.into(), open: false, timeout };
+        let sink = Self { producer, transactional_id: transactional_id.into(), exactly_once, open: false, timeout };
         let started = Instant::now();
-        loop {
+        while exactly_once {
             match sink.producer.init_transactions(timeout) {
                 Ok(()) => break,
                 Err(e) if started.elapsed() < Duration::from_secs(120) && is_retriable(&e) => {
@@ -140,7 +146,9 @@ impl TransactionalSink {
     pub fn begin(&mut self) -> Result<(), SinkError> {
         if !self.open {
             self.producer.context().delivered.lock().expect("delivery map lock").clear();
-            self.producer.begin_transaction().map_err(|e| self.classify("begin_transaction", e))?;
+            if self.exactly_once {
+                self.producer.begin_transaction().map_err(|e| self.classify("begin_transaction", e))?;
+            }
             self.open = true;
         }
         Ok(())
@@ -182,6 +190,9 @@ impl TransactionalSink {
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
     ) -> Result<HashMap<TopicPartition, i64>, SinkError> {
+        if !self.exactly_once {
+            return self.flush_batch();
+        }
         if offsets.count() > 0 {
             self.producer
                 .send_offsets_to_transaction(offsets, group, self.timeout)
@@ -204,6 +215,28 @@ impl TransactionalSink {
         Ok(std::mem::take(&mut *self.producer.context().delivered.lock().expect("delivery map lock")))
     }
 
+    /// At-least-once: the batch is done when every record is delivered. The caller then
+    /// writes the stores and commits the input offsets, in that order.
+    fn flush_batch(&mut self) -> Result<HashMap<TopicPartition, i64>, SinkError> {
+        let started = Instant::now();
+        self.drain();
+        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
+        if self.producer.in_flight_count() > 0 || failed > 0 {
+            return Err(SinkError::Failed {
+                transactional_id: self.transactional_id.clone(),
+                op: "flush",
+                source: KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut),
+            });
+        }
+        self.open = false;
+        metrics::histogram!("millrace_commit_seconds").record(started.elapsed().as_secs_f64());
+        Ok(std::mem::take(&mut *self.producer.context().delivered.lock().expect("delivery map lock")))
+    }
+
+    pub fn exactly_once(&self) -> bool {
+        self.exactly_once
+    }
+
     /// Waits until every queued record is delivered and its report served. rdkafka's
     /// `commit_transaction` flushes first, but its flush polls in 100 ms slices, so any
     /// record still in flight costs a whole slice; at a 100 ms commit interval that halves
@@ -220,6 +253,11 @@ impl TransactionalSink {
     /// read_committed consumers.
     pub fn abort(&mut self) -> Result<(), SinkError> {
         if !self.open {
+            return Ok(());
+        }
+        if !self.exactly_once {
+            // Nothing to take back: at-least-once outputs may be repeated on reprocessing.
+            self.open = false;
             return Ok(());
         }
         metrics::counter!("millrace_transactions_total", "result" => "aborted").increment(1);

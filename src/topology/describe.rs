@@ -73,7 +73,9 @@ pub fn text(t: &Topology) -> String {
         let p = t.topics[s.source].partitions;
         let _ = writeln!(out, "    [{}, {}] ({p} partitions each)", s.source, s.changelog);
     }
-    let _ = writeln!(out, "  Processing: commit every {} ms or {} records, exactly once", t.processing.commit_interval_ms, t.processing.max_batch_records);
+    let guarantee = if t.processing.exactly_once { "exactly once" } else { "at least once" };
+    let _ = writeln!(out, "  Processing: commit every {} ms or {} records, {guarantee}, {} thread(s)",
+        t.processing.commit_interval_ms, t.processing.max_batch_records, t.processing.threads);
     out
 }
 

@@ -114,6 +114,15 @@ pub struct Processing {
     /// consumer and transactional producer, and owns the tasks of its partitions.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// true: every batch is one Kafka transaction (outputs, changelog and offsets commit
+    /// together). false: at-least-once; outputs are flushed, then stores written, then
+    /// offsets committed, and a crash can repeat a batch's outputs.
+    #[serde(default = "default_true")]
+    pub exactly_once: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_threads() -> usize {
@@ -129,7 +138,7 @@ fn default_max_batch() -> usize {
 
 impl Default for Processing {
     fn default() -> Self {
-        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads() }
+        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads(), exactly_once: true }
     }
 }
 
