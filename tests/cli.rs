@@ -42,7 +42,7 @@ fn unknown_key_exits_2_with_position() {
         let (code, err) = millrace(&args);
         assert_eq!(code, 2, "{err}");
         assert!(err.contains(&format!("{}:{line}:3", file.display())), "{err}");
-        assert!(err.contains("unknown field `comit_every`, expected `commit_interval_ms` or `max_batch_records`"), "{err}");
+        assert!(err.contains("unknown field `comit_every`, expected one of `commit_interval_ms`, `max_batch_records`"), "{err}");
     }
 }
 
