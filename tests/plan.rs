@@ -112,3 +112,37 @@ fn a_table_over_a_real_topic_answers_queries() {
     let keys: Vec<&str> = page["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
     assert_eq!(keys, vec!["ada", "bob"]);
 }
+
+#[test]
+fn a_table_without_changelog_rebuilds_from_its_input_after_losing_its_state() {
+    let app = unique("srctable");
+    let topic = format!("{app}-people");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.yaml");
+    std::fs::write(&file, format!(
+        "version: 1\napplication_id: {app}\ntopics:\n  {topic}: {{ partitions: 2, compacted: true }}\ntables:\n  people:\n    topic: {topic}\n    store: people\nstores:\n  people: {{ changelog: false }}\n"
+    )).unwrap();
+    let s = Setup { topology: file, ..Setup::new("srctable-unused", 1, "json") };
+    let state = dir.path().join("state");
+    let first = Instance::start(&s, "p0", &state);
+    let p = producer();
+    for i in 0..50 {
+        send(&p, &topic, &format!("k{}", i % 10), format!(r#"{{"i":{i}}}"#).as_bytes(), &[]);
+    }
+    flush(&p);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while first.get("/stores/people/keys/k9").1["value"]["i"] != 49 {
+        assert!(std::time::Instant::now() < deadline, "table never caught up");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(first.terminate().success());
+    let changelogs = millrace::runtime::topics::partition_counts(&bootstrap(), &[&format!("{app}-people-changelog")]).unwrap();
+    assert!(changelogs.is_empty(), "no changelog topic was created");
+
+    std::fs::remove_dir_all(&state).unwrap();
+    let second = Instance::start(&s, "p0", &state);
+    assert_eq!(second.metric_sum("millrace_restore_records_total"), 50.0, "rebuilt from the input topic");
+    for k in 0..10 {
+        assert_eq!(second.get(&format!("/stores/people/keys/k{k}")).1["value"]["i"], 40 + k);
+    }
+}

@@ -160,3 +160,17 @@ fn declared_changelog_that_breaks_co_partitioning() {
     assert_eq!((l, c), (8, 43), "{msg}");
     assert!(msg.contains("must have 2 partitions to stay co-partitioned with its input, found 3"), "{msg}");
 }
+
+#[test]
+fn aggregate_store_without_changelog_or_with_retention() {
+    expect("processing:\n", "stores:\n  customers: { changelog: false }\nprocessing:\n", 16, 27,
+        "needs its changelog: without it a moved or lost task loses state");
+    expect("processing:\n", "stores:\n  customers: { retention_ms: 1000 }\nprocessing:\n", 16, 30,
+        "retention would delete aggregates that are merely idle");
+}
+
+#[test]
+fn declared_store_no_node_uses() {
+    expect("processing:\n", "stores:\n  custmers: { changelog: true }\nprocessing:\n", 16, 3,
+        "store \"custmers\" is declared but no node uses it; expected one of [\"customers\"]");
+}

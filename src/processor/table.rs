@@ -12,6 +12,17 @@ pub struct TableProcessor {
     pub dead_letter_topic: String,
 }
 
+impl TableProcessor {
+    /// Whether a value belongs in the table (as opposed to the dead-letter topic). Restore
+    /// from the input topic applies the same rule.
+    pub fn accepts(format: Format, value: Option<&[u8]>) -> bool {
+        match (format, value) {
+            (Format::Json, Some(v)) => serde_json::from_slice::<serde::de::IgnoredAny>(v).is_ok(),
+            _ => true,
+        }
+    }
+}
+
 impl Processor for TableProcessor {
     fn process(&mut self, record: &InRecord, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let Some(key) = record.key.as_deref() else {

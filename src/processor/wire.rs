@@ -391,3 +391,33 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod evolution {
+    use super::*;
+    use crate::domain::customer::{CustomerAggregate, CustomerCommand};
+    use prost::Message;
+
+    /// A newer writer added fields to the envelope and the payload: this build skips them.
+    #[test]
+    fn unknown_protobuf_fields_are_tolerated() {
+        let payload = {
+            let mut b = crate::codec::proto::customer::CreateCustomer { name: "Ada".into(), email: "a@x".into() }.encode_to_vec();
+            b.extend([0xA0, 0x06, 0x01]); // field 100, varint 1: unknown to this build
+            b
+        };
+        let mut bytes = pb::CommandEnvelope {
+            command_id: "c".into(),
+            aggregate_id: "a".into(),
+            expected_version: None,
+            r#type: "CreateCustomer".into(),
+            payload,
+            correlation_id: String::new(),
+            reply_to: String::new(),
+        }
+        .encode_to_vec();
+        bytes.extend([0xBA, 0x06, 0x02, b'h', b'i']); // field 103, length-delimited "hi"
+        let c = decode_command::<CustomerAggregate>(Format::Protobuf, &bytes).unwrap();
+        assert_eq!(c.body, CustomerCommand::CreateCustomer { name: "Ada".into(), email: "a@x".into() });
+    }
+}

@@ -92,6 +92,7 @@ impl App {
                 store: a.store.clone(),
                 changelog: topology.changelog_topic(&a.store),
                 processor: Arc::new(move || make(settings.clone())),
+                accept: Arc::new(|_| true),
             });
         }
         for t in topology.tables.values() {
@@ -101,12 +102,18 @@ impl App {
                 renderer: Arc::new(TableRenderer { format }),
             });
             let dead_letter_topic = topology.dead_letter_topic();
+            let changelog = if topology.store_spec(&t.store).changelog {
+                topology.changelog_topic(&t.store)
+            } else {
+                t.topic.clone()
+            };
             routes.insert(t.topic.clone(), Route {
                 store: t.store.clone(),
-                changelog: topology.changelog_topic(&t.store),
+                changelog,
                 processor: Arc::new(move || {
                     Box::new(TableProcessor { format, dead_letter_topic: dead_letter_topic.clone() })
                 }),
+                accept: Arc::new(move |v| TableProcessor::accepts(format, v)),
             });
         }
         Ok(Self { topology, config, routes, catalog })
@@ -149,7 +156,7 @@ impl App {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = self.topology.processing.threads.max(1);
         self.catalog.expect_threads(threads);
-        let resources = StoreResources::new(&self.topology.stores);
+        let resources = StoreResources::new(&self.topology.rocksdb);
         let mut processing = Vec::with_capacity(threads);
         for thread in 0..threads {
             // One member id per thread: `<app>-<instance>` alone, `<app>-<instance>-<n>` for more.

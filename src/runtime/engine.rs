@@ -31,8 +31,21 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub(crate) struct Route {
     pub store: String,
+    /// The topic the store restores from: its own changelog, or (a table without one)
+    /// the input topic itself.
     pub changelog: String,
     pub processor: Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>,
+    /// Which restored records to apply. An input topic serving as changelog may hold
+    /// records the processor dead-lettered.
+    pub accept: Arc<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>,
+}
+
+impl Route {
+    /// The input topic is the changelog: no changelog records are written, and the
+    /// checkpoint is the last input offset the store applied.
+    pub fn source_is_changelog(&self, input: &str) -> bool {
+        self.changelog == input
+    }
 }
 
 /// What the engine needs to build and commit tasks.
@@ -210,8 +223,12 @@ impl Engine {
             Ok(delivered) => {
                 for (tp, task) in self.tasks.iter_mut() {
                     let route = &self.settings.routes[&tp.topic];
-                    let changelog = TopicPartition::new(route.changelog.as_str(), tp.partition);
-                    task.committed(delivered.get(&changelog).copied())?;
+                    let checkpoint = if route.source_is_changelog(&tp.topic) {
+                        task.offset_to_commit().map(|next| next - 1)
+                    } else {
+                        delivered.get(&TopicPartition::new(route.changelog.as_str(), tp.partition)).copied()
+                    };
+                    task.committed(checkpoint)?;
                 }
                 if !self.sink.exactly_once() && offsets.count() > 0 {
                     // At-least-once: outputs are delivered and stores written; only now may
@@ -315,10 +332,14 @@ impl Engine {
     fn open_task(&mut self, tp: TopicPartition) -> Result<(), RuntimeError> {
         let route = self.settings.routes[&tp.topic].clone();
         let rocks = Arc::new(open_store(&self.settings.state_dir, &route.store, tp.partition, &self.resources)?);
-        let store = ChangeloggedStore::new(rocks.clone(), route.changelog.as_str());
+        let store = if route.source_is_changelog(&tp.topic) {
+            ChangeloggedStore::without_changelog(rocks.clone())
+        } else {
+            ChangeloggedStore::new(rocks.clone(), route.changelog.as_str())
+        };
         let mut task = Task::new(tp.clone(), (route.processor)(), store);
         task.transition(TaskState::Restoring);
-        restore(&rocks, &route.changelog, &self.settings.bootstrap_servers)?;
+        restore(&rocks, &route.changelog, &self.settings.bootstrap_servers, route.accept.as_ref())?;
         task.transition(TaskState::Running);
         metrics::gauge!("millrace_store_keys", "store" => route.store.clone(), "partition" => tp.partition.to_string())
             .set(rocks.estimated_keys() as f64);

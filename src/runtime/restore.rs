@@ -14,8 +14,15 @@ const BATCH: usize = 2_000;
 
 type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
-/// Replays `changelog`'s partition into `store`; returns the number of records applied.
-pub fn restore(store: &RocksStore, changelog: &str, bootstrap_servers: &str) -> Result<u64, RuntimeError> {
+/// Replays `changelog`'s partition into `store`; returns the number of records read.
+/// Records `accept` refuses are skipped (an input topic used as changelog may hold records
+/// the processor dead-lettered).
+pub fn restore(
+    store: &RocksStore,
+    changelog: &str,
+    bootstrap_servers: &str,
+    accept: &dyn Fn(Option<&[u8]>) -> bool,
+) -> Result<u64, RuntimeError> {
     let partition = store.partition();
     let kafka = |source| RuntimeError::Kafka { op: "restore", topic: changelog.to_string(), source };
     let consumer: BaseConsumer = ClientConfig::new()
@@ -57,7 +64,7 @@ pub fn restore(store: &RocksStore, changelog: &str, bootstrap_servers: &str) -> 
     loop {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
-                if let Some(k) = m.key() {
+                if let (Some(k), true) = (m.key(), accept(m.payload())) {
                     batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec)));
                 }
                 last = Some(m.offset());

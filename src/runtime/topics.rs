@@ -51,11 +51,17 @@ pub fn ensure(bootstrap_servers: &str, needs: &[TopicNeed]) -> Result<(), Runtim
         .set("bootstrap.servers", bootstrap_servers)
         .create()
         .map_err(|e| kafka("", e))?;
+    let retention: BTreeMap<&str, Option<String>> =
+        missing.iter().map(|n| (n.name.as_str(), n.retention_ms.map(|ms| ms.to_string()))).collect();
     let new: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|n| {
             let t = NewTopic::new(&n.name, n.partitions, TopicReplication::Fixed(n.replication));
-            if n.compacted { t.set("cleanup.policy", "compact") } else { t }
+            match (n.compacted, &retention[n.name.as_str()]) {
+                (true, Some(ms)) => t.set("cleanup.policy", "compact,delete").set("retention.ms", ms),
+                (true, None) => t.set("cleanup.policy", "compact"),
+                (false, _) => t,
+            }
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

@@ -13,21 +13,28 @@ use std::sync::Arc;
 
 pub struct ChangeloggedStore {
     inner: Arc<RocksStore>,
-    changelog_topic: String,
+    /// None: the input topic is the changelog, so writes emit no records.
+    changelog_topic: Option<String>,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl ChangeloggedStore {
     pub fn new(inner: Arc<RocksStore>, changelog_topic: impl Into<String>) -> Self {
-        Self { inner, changelog_topic: changelog_topic.into(), overlay: BTreeMap::new() }
+        Self { inner, changelog_topic: Some(changelog_topic.into()), overlay: BTreeMap::new() }
+    }
+
+    /// A store whose input topic serves as its changelog (a table with `changelog: false`).
+    /// It still writes through the overlay, so it never runs ahead of the commit.
+    pub fn without_changelog(inner: Arc<RocksStore>) -> Self {
+        Self { inner, changelog_topic: None, overlay: BTreeMap::new() }
     }
 
     pub fn inner(&self) -> &Arc<RocksStore> {
         &self.inner
     }
 
-    pub fn changelog_topic(&self) -> &str {
-        &self.changelog_topic
+    pub fn changelog_topic(&self) -> Option<&str> {
+        self.changelog_topic.as_deref()
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -40,13 +47,15 @@ impl ChangeloggedStore {
     /// Writes `value` (None = tombstone) in the open transaction. The changelog record goes
     /// to the task's own partition: the changelog is co-partitioned with the input.
     pub fn put(&mut self, key: &[u8], value: Option<Vec<u8>>, out: &mut dyn Collector) {
-        out.send(OutRecord {
-            topic: self.changelog_topic.clone(),
-            partition: Some(self.inner.partition()),
-            key: Some(key.to_vec()),
-            value: value.clone(),
-            headers: Headers::default(),
-        });
+        if let Some(topic) = &self.changelog_topic {
+            out.send(OutRecord {
+                topic: topic.clone(),
+                partition: Some(self.inner.partition()),
+                key: Some(key.to_vec()),
+                value: value.clone(),
+                headers: Headers::default(),
+            });
+        }
         self.overlay.insert(key.to_vec(), value);
     }
 

@@ -87,7 +87,7 @@ impl TopologyDriver {
         let mut driver = Self {
             routes: app.routes().clone(),
             catalog: app.catalog(),
-            resources: StoreResources::new(&topology.stores),
+            resources: StoreResources::new(&topology.rocksdb),
             state_dir: dir.path().join(&topology.application_id),
             _dir: dir,
             topology,
@@ -114,10 +114,14 @@ impl TopologyDriver {
             for p in 0..self.partitions(&topic) {
                 let tp = TopicPartition::new(topic.as_str(), p);
                 let rocks = Arc::new(RocksStore::open(&self.state_dir, &route.store, p, &self.resources)?);
-                let store = ChangeloggedStore::new(rocks.clone(), route.changelog.as_str());
+                let store = if route.source_is_changelog(&topic) {
+                    ChangeloggedStore::without_changelog(rocks.clone())
+                } else {
+                    ChangeloggedStore::new(rocks.clone(), route.changelog.as_str())
+                };
                 let mut task = Task::new(tp.clone(), (route.processor)(), store);
                 task.transition(TaskState::Restoring);
-                self.restored += self.restore(&rocks, &route.changelog)?;
+                self.restored += self.restore(&rocks, &route)?;
                 task.transition(TaskState::Running);
                 self.catalog.attach(&rocks);
                 self.tasks.insert(tp, task);
@@ -130,13 +134,16 @@ impl TopologyDriver {
     }
 
     /// Replays the changelog partition after the store's checkpoint, as runtime::restore does.
-    fn restore(&self, store: &RocksStore, changelog: &str) -> Result<u64, RuntimeError> {
-        let tp = TopicPartition::new(changelog, store.partition());
+    fn restore(&self, store: &RocksStore, route: &Route) -> Result<u64, RuntimeError> {
+        let tp = TopicPartition::new(route.changelog.as_str(), store.partition());
         let from = store.checkpoint()?.map_or(0, |o| o + 1);
         let tail: Vec<&DriverRecord> =
             self.log.get(&tp).map(|l| l.iter().filter(|r| r.offset >= from).collect()).unwrap_or_default();
         if let Some(last) = tail.last() {
-            let entries = tail.iter().filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref())));
+            let entries = tail
+                .iter()
+                .filter(|r| (route.accept)(r.value.as_deref()))
+                .filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref())));
             store.write(entries, Some(last.offset))?;
         }
         Ok(tail.len() as u64)
@@ -236,8 +243,13 @@ impl TopologyDriver {
     pub fn commit(&mut self) -> Result<(), RuntimeError> {
         let last = self.publish();
         for (tp, task) in self.tasks.iter_mut() {
-            let changelog = TopicPartition::new(self.routes[&tp.topic].changelog.as_str(), tp.partition);
-            task.committed(last.get(&changelog).copied())?;
+            let route = &self.routes[&tp.topic];
+            let checkpoint = if route.source_is_changelog(&tp.topic) {
+                task.offset_to_commit().map(|next| next - 1)
+            } else {
+                last.get(&TopicPartition::new(route.changelog.as_str(), tp.partition)).copied()
+            };
+            task.committed(checkpoint)?;
         }
         Ok(())
     }

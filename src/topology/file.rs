@@ -25,8 +25,12 @@ pub struct Topology {
     pub tables: BTreeMap<String, TableNode>,
     #[serde(default)]
     pub processing: Processing,
+    /// Options of named stores; a store a node names but this map omits gets the defaults.
     #[serde(default)]
-    pub stores: StoreTuning,
+    pub stores: BTreeMap<String, StoreSpec>,
+    /// RocksDB memory shared by every store of an instance.
+    #[serde(default)]
+    pub rocksdb: StoreTuning,
     #[serde(default)]
     pub dead_letter: DeadLetter,
     #[serde(default)]
@@ -84,6 +88,27 @@ pub struct AggregateNode {
     /// Answered command ids each aggregate remembers for dedup.
     #[serde(default = "default_dedup_window")]
     pub dedup_window: usize,
+}
+
+/// Options of one store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSpec {
+    /// Keep a compacted changelog topic. A table may turn it off: its input topic then
+    /// serves as the changelog (restore re-reads it from the store's checkpoint). An
+    /// aggregate's snapshots always need one.
+    #[serde(default = "default_true")]
+    pub changelog: bool,
+    /// Delete changelog records older than this (cleanup.policy=compact,delete): a table
+    /// that forgets keys not updated for that long. Not for aggregate snapshots.
+    #[serde(default)]
+    pub retention_ms: Option<u64>,
+}
+
+impl Default for StoreSpec {
+    fn default() -> Self {
+        Self { changelog: true, retention_ms: None }
+    }
 }
 
 /// A table node: the latest value per key of `topic`, kept in `store`.
@@ -191,6 +216,11 @@ impl Topology {
         names::changelog_topic(&self.application_id, store)
     }
 
+    /// The options of `store`: declared under `stores`, or the defaults.
+    pub fn store_spec(&self, store: &str) -> StoreSpec {
+        self.stores.get(store).cloned().unwrap_or_default()
+    }
+
     /// An error at the value of `path` (or its key), as `file:line:col: message`.
     pub fn error_at(&self, path: &str, message: String) -> TopologyError {
         let (line, column) = self.positions.value(path).unwrap_or((1, 1));
@@ -258,6 +288,17 @@ impl Topology {
                     "aggregate {node}: store {:?} is already used by aggregate {other}; each aggregate needs its own store",
                     a.store)));
             }
+            let spec = self.store_spec(&a.store);
+            if !spec.changelog {
+                return Err(self.error_at(&format!("stores.{}.changelog", a.store), format!(
+                    "store {} holds aggregate {node}'s snapshots and needs its changelog: without it a moved or lost task loses state",
+                    a.store)));
+            }
+            if spec.retention_ms.is_some() {
+                return Err(self.error_at(&format!("stores.{}.retention_ms", a.store), format!(
+                    "store {} holds aggregate {node}'s snapshots; retention would delete aggregates that are merely idle",
+                    a.store)));
+            }
             if a.dedup_window == 0 {
                 return Err(self.error_at(&at("dedup_window"), format!(
                     "aggregate {node}: dedup_window must be at least 1; it is how many answered command ids each aggregate remembers")));
@@ -289,6 +330,14 @@ impl Topology {
             if let Some(other) = stores.insert(t.store.clone(), node.clone()) {
                 return Err(self.error_at(&at("store"), format!(
                     "table {node}: store {:?} is already used by {other}; each node needs its own store", t.store)));
+            }
+        }
+        for name in self.stores.keys() {
+            if !stores.contains_key(name) {
+                return Err(TopologyError::Invalid {
+                    at: self.key_position(&format!("stores.{name}")),
+                    message: format!("store {name:?} is declared but no node uses it; expected one of {:?}", stores.keys().collect::<Vec<_>>()),
+                });
             }
         }
         if self.aggregates.is_empty() && self.tables.is_empty() {

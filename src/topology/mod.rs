@@ -13,7 +13,7 @@ mod positions;
 pub use needs::{TopicNeed, TopicRole};
 pub use positions::Positions;
 
-pub use file::{AggregateNode, HttpSettings, Processing, TableNode, TopicSpec, Topology};
+pub use file::{AggregateNode, HttpSettings, Processing, StoreSpec, TableNode, TopicSpec, Topology};
 pub use names::{changelog_topic, dead_letter_topic};
 
 use crate::error::Recovery;

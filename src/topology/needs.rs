@@ -21,13 +21,15 @@ pub struct TopicNeed {
     pub partitions: i32,
     pub replication: i32,
     pub compacted: bool,
+    /// With `compacted`: also delete records older than this (cleanup.policy=compact,delete).
+    pub retention_ms: Option<u64>,
     pub role: TopicRole,
 }
 
 impl TopicNeed {
     /// A plain topic (for tools and tests that create their own).
     pub fn plain(name: impl Into<String>, partitions: i32) -> Self {
-        Self { name: name.into(), partitions, replication: 1, compacted: false, role: TopicRole::Declared }
+        Self { name: name.into(), partitions, replication: 1, compacted: false, retention_ms: None, role: TopicRole::Declared }
     }
 }
 
@@ -41,6 +43,7 @@ impl Topology {
                 partitions: t.partitions,
                 replication: t.replication,
                 compacted: t.compacted,
+                retention_ms: None,
                 role: TopicRole::Declared,
             })
             .collect();
@@ -52,16 +55,22 @@ impl Topology {
                 partitions: commands.partitions,
                 replication: commands.replication,
                 compacted: true,
+                retention_ms: None,
                 role: TopicRole::Changelog,
             });
         }
         for t in self.tables.values() {
+            let spec = self.store_spec(&t.store);
+            if !spec.changelog {
+                continue; // the input topic is the changelog
+            }
             let input = &self.topics[&t.topic];
             needs.push(TopicNeed {
                 name: self.changelog_topic(&t.store),
                 partitions: input.partitions,
                 replication: input.replication,
                 compacted: true,
+                retention_ms: spec.retention_ms,
                 role: TopicRole::Changelog,
             });
         }
@@ -71,6 +80,7 @@ impl Topology {
                 partitions: self.dead_letter.partitions,
                 replication: 1,
                 compacted: false,
+                retention_ms: None,
                 role: TopicRole::DeadLetters,
             });
         }
