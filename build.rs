@@ -2,9 +2,9 @@
 //! (deploy/kafka-local prereqs installs protobuf-compiler).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    prost_build::compile_protos(
-        &["proto/millrace/envelope.proto", "proto/millrace/customer.proto"],
-        &["proto"],
-    )?;
+    // Type names let topology files name a topic's message and be checked against them.
+    prost_build::Config::new()
+        .enable_type_names()
+        .compile_protos(&["proto/millrace/envelope.proto", "proto/millrace/customer.proto"], &["proto"])?;
     Ok(())
 }

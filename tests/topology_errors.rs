@@ -174,3 +174,23 @@ fn declared_store_no_node_uses() {
     expect("processing:\n", "stores:\n  custmers: { changelog: true }\nprocessing:\n", 16, 3,
         "store \"custmers\" is declared but no node uses it; expected one of [\"customers\"]");
 }
+
+#[test]
+fn protobuf_message_names_are_checked() {
+    let pb = |m: &str| GOOD.replace("cmds: { partitions: 2, codec: json }", &format!("cmds: {{ partitions: 2, codec: protobuf, message: {m} }}"));
+    assert!(parse(Path::new("shop.yaml"), &pb("millrace.envelope.CommandEnvelope")).is_ok());
+    for (message, needle) in [
+        ("millrace.envelope.CommandEnvelop", "unknown protobuf message \"millrace.envelope.CommandEnvelop\""),
+        ("millrace.envelope.Reply", "carries aggregate customers's commands, which are millrace.envelope.CommandEnvelope, not millrace.envelope.Reply"),
+    ] {
+        match parse(Path::new("shop.yaml"), &pb(message)) {
+            Err(TopologyError::Invalid { at, message: msg }) => {
+                assert_eq!((at.line, at.column), (4, 52), "{msg}");
+                assert!(msg.contains(needle), "{msg}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    expect("cmds: { partitions: 2, codec: json }", "cmds: { partitions: 2, codec: json, message: x.Y }", 4, 48,
+        "`message` names a protobuf message, but the topic's codec is json");
+}

@@ -14,6 +14,25 @@ pub mod proto {
     pub mod customer {
         include!(concat!(env!("OUT_DIR"), "/millrace.customer.rs"));
     }
+
+    use prost::Name;
+
+    /// Fully qualified names of every message this build knows, for topology checks.
+    pub fn known_messages() -> Vec<String> {
+        vec![
+            envelope::CommandEnvelope::full_name(),
+            envelope::EventEnvelope::full_name(),
+            envelope::Reply::full_name(),
+            envelope::SnapshotEnvelope::full_name(),
+            customer::CreateCustomer::full_name(),
+            customer::UpdateCustomer::full_name(),
+            customer::DeleteCustomer::full_name(),
+            customer::CustomerCreated::full_name(),
+            customer::CustomerUpdated::full_name(),
+            customer::CustomerDeleted::full_name(),
+            customer::CustomerState::full_name(),
+        ]
+    }
 }
 
 use crate::error::Recovery;

@@ -58,6 +58,11 @@ pub struct TopicSpec {
     /// Create it with `cleanup.policy=compact` (the usual choice for a table's input).
     #[serde(default)]
     pub compacted: bool,
+    /// For a protobuf topic: the fully qualified message its values are, e.g.
+    /// `millrace.envelope.CommandEnvelope`. Checked against the schemas this build knows
+    /// and against what the reading or writing node expects.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 fn default_codec() -> Format {
@@ -253,6 +258,19 @@ impl Topology {
                     "topic {name}: replication must be at least 1, found {}", t.replication)));
             }
         }
+        let known = crate::codec::proto::known_messages();
+        for (name, t) in &self.topics {
+            let Some(message) = &t.message else { continue };
+            let at = format!("topics.{name}.message");
+            if t.codec != Format::Protobuf {
+                return Err(self.error_at(&at, format!(
+                    "topic {name}: `message` names a protobuf message, but the topic's codec is {}", t.codec)));
+            }
+            if !known.contains(message) {
+                return Err(self.error_at(&at, format!(
+                    "topic {name}: unknown protobuf message {message:?}; this build knows {known:?}")));
+            }
+        }
         let mut stores = BTreeMap::new();
         let mut command_topics = BTreeMap::new();
         // In file order, so a conflict is reported at its second occurrence.
@@ -265,6 +283,16 @@ impl Topology {
                     return Err(self.error_at(&at(key), format!(
                         "aggregate {node}: {key} topic {topic:?} is not declared under `topics`; expected one of {:?}",
                         self.topics.keys().collect::<Vec<_>>())));
+                }
+            }
+            for (key, topic, envelope) in [
+                ("commands", &a.commands, "millrace.envelope.CommandEnvelope"),
+                ("events", &a.events, "millrace.envelope.EventEnvelope"),
+                ("replies", &a.replies, "millrace.envelope.Reply"),
+            ] {
+                if let Some(m) = self.topics[topic].message.as_deref().filter(|m| *m != envelope) {
+                    return Err(self.error_at(&format!("topics.{topic}.message"), format!(
+                        "topic {topic} carries aggregate {node}'s {key}, which are {envelope}, not {m}")));
                 }
             }
             for (key, topic) in [("events", &a.events), ("replies", &a.replies)] {
