@@ -77,6 +77,21 @@ fn business_rules_replies_events_and_http_snapshots() {
         .chain(rest["entries"].as_array().unwrap())
         .map(|e| e["key"].as_str().unwrap().to_string()).collect();
     keys.sort();
+    keys.retain(|k| k != "cyd");
+    // The seed's "all customers with state DELETED", by secondary index.
+    send(&p, &s.commands, "cyd", &command_json("c8", "cyd", None, "CreateCustomer", create("Cyd")), &[]);
+    send(&p, &s.commands, "cyd", &command_json("c9", "cyd", None, "DeleteCustomer", json!({})), &[]);
+    flush(&p);
+    wait_for(&s.replies, cmds.len() + 2, Duration::from_secs(30));
+    let (status, deleted) = inst.get("/stores/customers/index/status/DELETED");
+    assert_eq!(status, 200, "{deleted}");
+    let names: Vec<&str> = deleted["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["cyd"]);
+    assert_eq!(deleted["entries"][0]["state"]["status"], "DELETED");
+    let (_, active) = inst.get("/stores/customers/index/status/ACTIVE");
+    assert_eq!(active["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(active["entries"][0]["key"], "ada");
+
     // bob only ever had rejections: an aggregate without events does not exist for queries.
     assert_eq!(keys, vec!["ada".to_string()]);
     assert_eq!(inst.get("/stores/customers/keys/bob").0, 404);
@@ -181,6 +196,8 @@ fn bad_http_requests_get_json_4xx() {
         ("/stores/customers?limit=abc", 400, "bad_request"),
         ("/stores/customers?limit=0", 400, "bad_request"),
         ("/stores/customers?colour=red", 400, "bad_request"),
+        ("/stores/customers/index/colour/red", 404, "unknown_index"),
+        ("/stores/customers/index/status/ACTIVE?limit=-1", 400, "bad_request"),
         ("/no/such/route", 404, "no_route"),
     ] {
         let (got, body) = inst.get(path);

@@ -14,6 +14,8 @@ pub enum QueryError {
     UnknownKey { store: String, key: String },
     #[error("key {key:?} of store {store:?} lives in partition {partition}, which this instance does not own")]
     NotOwner { store: String, key: String, partition: i32 },
+    #[error("store {store:?} has no index {field:?}; its indexes are {known:?}")]
+    UnknownIndex { store: String, field: String, known: Vec<String> },
     #[error("bad parameter {name}: {reason}")]
     BadParameter { name: String, reason: String },
     #[error("no such route")]
@@ -31,6 +33,7 @@ impl QueryError {
         match self {
             QueryError::UnknownStore(_) => (StatusCode::NOT_FOUND, "unknown_store"),
             QueryError::UnknownKey { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            QueryError::UnknownIndex { .. } => (StatusCode::NOT_FOUND, "unknown_index"),
             QueryError::NotOwner { .. } => (StatusCode::MISDIRECTED_REQUEST, "not_owner"),
             QueryError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             QueryError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),

@@ -9,7 +9,7 @@ mod error;
 pub use error::QueryError;
 
 use crate::codec::murmur2::partition_for_key;
-use crate::runtime::Catalog;
+use crate::runtime::{Catalog, StoreView};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -36,6 +36,7 @@ pub fn router(catalog: Arc<Catalog>, metrics: Option<PrometheusHandle>) -> Route
         .route("/stores", get(stores))
         .route("/stores/{store}", get(list))
         .route("/stores/{store}/keys/{key}", get(get_key))
+        .route("/stores/{store}/index/{field}/{value}", get(by_index))
         .fallback(|| async { QueryError::NoRoute })
         .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
         .with_state(Ctx { catalog, metrics })
@@ -97,6 +98,59 @@ async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, QueryError> {
     let view = ctx.catalog.view(&store).ok_or_else(|| QueryError::UnknownStore(store.clone()))?;
+    let (limit, after) = page_params(&q)?;
+    let parts = ctx.catalog.local_partitions(&store);
+    let mut owned: Vec<i32> = parts.iter().map(|p| p.partition()).collect();
+    owned.sort_unstable();
+    let entries = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        for p in &parts {
+            all.extend(p.scan(after.as_deref().map(str::as_bytes), limit)?);
+        }
+        Ok::<_, crate::store::StoreError>(all)
+    })
+    .await
+    .map_err(|_| QueryError::Internal)?
+    .map_err(|e| {
+        tracing::error!(error = %e, "store scan failed");
+        QueryError::Internal
+    })?;
+    page(&view, entries, limit, owned)
+}
+
+/// `GET /stores/{store}/index/{field}/{value}?limit=&after=`: the entries of this
+/// instance's partitions whose `field` equals `value` ("all customers with status
+/// DELETED"), in key order, paginated like the listing.
+async fn by_index(
+    State(ctx): State<Ctx>,
+    Path((store, field, value)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, QueryError> {
+    let view = ctx.catalog.view(&store).ok_or_else(|| QueryError::UnknownStore(store.clone()))?;
+    if !view.indexes.contains(&field) {
+        return Err(QueryError::UnknownIndex { store, field, known: view.indexes.clone() });
+    }
+    let (limit, after) = page_params(&q)?;
+    let parts = ctx.catalog.local_partitions(&store);
+    let mut owned: Vec<i32> = parts.iter().map(|p| p.partition()).collect();
+    owned.sort_unstable();
+    let entries = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        for p in &parts {
+            all.extend(p.index_scan(&field, &value, after.as_deref().map(str::as_bytes), limit)?);
+        }
+        Ok::<_, crate::store::StoreError>(all)
+    })
+    .await
+    .map_err(|_| QueryError::Internal)?
+    .map_err(|e| {
+        tracing::error!(error = %e, "index scan failed");
+        QueryError::Internal
+    })?;
+    page(&view, entries, limit, owned)
+}
+
+fn page_params(q: &HashMap<String, String>) -> Result<(usize, Option<String>), QueryError> {
     for k in q.keys() {
         if k != "limit" && k != "after" {
             return Err(QueryError::BadParameter { name: k.clone(), reason: "unknown parameter; expected limit or after".into() });
@@ -114,23 +168,12 @@ async fn list(
             }
         },
     };
-    let after = q.get("after").cloned();
-    let parts = ctx.catalog.local_partitions(&store);
-    let mut owned: Vec<i32> = parts.iter().map(|p| p.partition()).collect();
-    owned.sort_unstable();
-    let mut entries = tokio::task::spawn_blocking(move || {
-        let mut all = Vec::new();
-        for p in &parts {
-            all.extend(p.scan(after.as_deref().map(str::as_bytes), limit)?);
-        }
-        Ok::<_, crate::store::StoreError>(all)
-    })
-    .await
-    .map_err(|_| QueryError::Internal)?
-    .map_err(|e| {
-        tracing::error!(error = %e, "store scan failed");
-        QueryError::Internal
-    })?;
+    Ok((limit, q.get("after").cloned()))
+}
+
+/// Merges per-partition results in key order and renders one page. `next` is the last key
+/// of a full page: the `after` of the next request.
+fn page(view: &StoreView, mut entries: Vec<(Vec<u8>, Vec<u8>)>, limit: usize, owned: Vec<i32>) -> Result<Json<Value>, QueryError> {
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries.truncate(limit);
     let next = (entries.len() == limit).then(|| entries.last().map(|(k, _)| String::from_utf8_lossy(k).into_owned())).flatten();

@@ -9,7 +9,8 @@ use super::topics;
 use crate::topology::TopicNeed;
 use super::RuntimeError;
 use crate::codec::Format;
-use crate::processor::{AggregateSettings, TableProcessor, TableRenderer};
+use crate::processor::{AggregateSettings, TableProcessor, TableRenderer, ValueRenderer};
+use crate::store::Indexer;
 use crate::record::{Headers, InRecord};
 use crate::store::StoreResources;
 use crate::topology::Topology;
@@ -86,20 +87,25 @@ impl App {
             catalog.define(&a.store, StoreView {
                 partitions: topology.topics[&a.commands].partitions,
                 renderer: (registered.renderer)(store_format),
+                indexes: topology.store_spec(&a.store).indexes,
             });
             let make = registered.processor.clone();
+            let renderer = (registered.renderer)(store_format);
             routes.insert(a.commands.clone(), Route {
                 store: a.store.clone(),
                 changelog: topology.changelog_topic(&a.store),
                 processor: Arc::new(move || make(settings.clone())),
                 accept: Arc::new(|_| true),
+                indexer: indexer(&topology.store_spec(&a.store).indexes, renderer),
             });
         }
         for t in topology.tables.values() {
             let format = topology.topics[&t.topic].codec;
+            let renderer: Arc<dyn ValueRenderer> = Arc::new(TableRenderer { format });
             catalog.define(&t.store, StoreView {
                 partitions: topology.topics[&t.topic].partitions,
-                renderer: Arc::new(TableRenderer { format }),
+                renderer: renderer.clone(),
+                indexes: topology.store_spec(&t.store).indexes,
             });
             let dead_letter_topic = topology.dead_letter_topic();
             let changelog = if topology.store_spec(&t.store).changelog {
@@ -114,6 +120,7 @@ impl App {
                     Box::new(TableProcessor { format, dead_letter_topic: dead_letter_topic.clone() })
                 }),
                 accept: Arc::new(move |v| TableProcessor::accepts(format, v)),
+                indexer: indexer(&topology.store_spec(&t.store).indexes, renderer),
             });
         }
         Ok(Self { topology, config, routes, catalog })
@@ -245,6 +252,34 @@ impl App {
         }
         cfg
     }
+}
+
+/// Indexes read their fields from the value as the query server renders it: the `state`
+/// of a snapshot, or the `value` of a table entry.
+fn indexer(fields: &[String], renderer: Arc<dyn ValueRenderer>) -> Option<Indexer> {
+    if fields.is_empty() {
+        return None;
+    }
+    let names = fields.to_vec();
+    let wanted = names.clone();
+    Some(Indexer {
+        names,
+        extract: Arc::new(move |bytes| {
+            let Ok(doc) = renderer.render(bytes) else { return Vec::new() };
+            let Some(body) = doc.get("state").or_else(|| doc.get("value")) else { return Vec::new() };
+            wanted
+                .iter()
+                .filter_map(|f| {
+                    let v = match body.get(f)? {
+                        serde_json::Value::Null => return None,
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    Some((f.clone(), v))
+                })
+                .collect()
+        }),
+    })
 }
 
 fn poll_loop(

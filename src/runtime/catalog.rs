@@ -14,6 +14,8 @@ pub struct StoreView {
     /// Partitions of the input topic the store is sharded by.
     pub partitions: i32,
     pub renderer: Arc<dyn ValueRenderer>,
+    /// Declared secondary indexes (fields) of the store.
+    pub indexes: Vec<String>,
 }
 
 #[derive(Default)]

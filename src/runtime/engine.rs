@@ -18,7 +18,7 @@ use crate::error::Recovery;
 use crate::processor::Processor;
 use crate::record::{InRecord, OutRecord, TopicPartition};
 use crate::sink::{SinkError, TransactionalSink};
-use crate::store::{ChangeloggedStore, RocksStore, StoreError, StoreResources};
+use crate::store::{ChangeloggedStore, Indexer, RocksStore, StoreError, StoreResources};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -38,6 +38,8 @@ pub(crate) struct Route {
     /// Which restored records to apply. An input topic serving as changelog may hold
     /// records the processor dead-lettered.
     pub accept: Arc<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>,
+    /// The store's secondary indexes, if it declares any.
+    pub indexer: Option<Indexer>,
 }
 
 impl Route {
@@ -331,7 +333,7 @@ impl Engine {
 
     fn open_task(&mut self, tp: TopicPartition) -> Result<(), RuntimeError> {
         let route = self.settings.routes[&tp.topic].clone();
-        let rocks = Arc::new(open_store(&self.settings.state_dir, &route.store, tp.partition, &self.resources)?);
+        let rocks = Arc::new(open_store(&self.settings.state_dir, &route, tp.partition, &self.resources)?);
         let store = if route.source_is_changelog(&tp.topic) {
             ChangeloggedStore::without_changelog(rocks.clone())
         } else {
@@ -399,10 +401,10 @@ impl Engine {
 
 /// Opens a store, waiting a little if its previous owner in this process (a just-closed
 /// task, a query in flight) still holds the RocksDB lock.
-fn open_store(dir: &std::path::Path, name: &str, partition: i32, res: &StoreResources) -> Result<RocksStore, StoreError> {
+fn open_store(dir: &std::path::Path, route: &Route, partition: i32, res: &StoreResources) -> Result<RocksStore, StoreError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match RocksStore::open(dir, name, partition, res) {
+        match RocksStore::open(dir, &route.store, partition, res, route.indexer.clone()) {
             Ok(s) => return Ok(s),
             Err(e) if e.recovery() == Recovery::Retry && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));

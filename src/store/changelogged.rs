@@ -88,7 +88,7 @@ mod tests {
     fn writes_are_invisible_to_rocksdb_until_commit_and_vanish_on_abort() {
         let dir = tempfile::tempdir().unwrap();
         let res = StoreResources::new(&StoreTuning::default());
-        let rocks = Arc::new(RocksStore::open(dir.path(), "s", 0, &res).unwrap());
+        let rocks = Arc::new(RocksStore::open(dir.path(), "s", 0, &res, None).unwrap());
         let mut store = ChangeloggedStore::new(rocks.clone(), "app-s-changelog");
         let mut out: Vec<OutRecord> = Vec::new();
 

@@ -5,9 +5,11 @@
 //! May use: record, codec. Never the Kafka client: restore input arrives as plain records.
 
 mod changelogged;
+mod index;
 mod rocks;
 
 pub use changelogged::ChangeloggedStore;
+pub use index::{Extract, Indexer};
 pub use rocks::{RocksStore, StoreResources, StoreTuning};
 
 use crate::error::Recovery;

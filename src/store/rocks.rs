@@ -3,7 +3,9 @@
 //! All stores of an instance share one block cache and one write-buffer budget, so memory
 //! stays bounded however many partitions an instance owns.
 
+use super::index::{self, Indexer, DEFINITION_KEY, INDEX_CF};
 use super::StoreError;
+use std::collections::BTreeMap;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
     ReadOptions, WriteBatch, WriteBufferManager, WriteOptions, DB,
@@ -63,6 +65,7 @@ pub struct RocksStore {
     partition: i32,
     path: PathBuf,
     db: DB,
+    indexer: Option<Indexer>,
 }
 
 impl RocksStore {
@@ -71,6 +74,7 @@ impl RocksStore {
         name: &str,
         partition: i32,
         resources: &StoreResources,
+        indexer: Option<Indexer>,
     ) -> Result<Self, StoreError> {
         let path = dir.join(name).join(partition.to_string());
         let mut table = BlockBasedOptions::default();
@@ -86,6 +90,7 @@ impl RocksStore {
         let cfs = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone()),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
+            ColumnFamilyDescriptor::new(INDEX_CF, Options::default()),
         ];
         std::fs::create_dir_all(&path).map_err(|e| StoreError::Open {
             store: name.into(),
@@ -99,7 +104,37 @@ impl RocksStore {
             path: path.clone(),
             reason: e.into_string(),
         })?;
-        Ok(Self { name: name.into(), partition, path, db })
+        let store = Self { name: name.into(), partition, path, db, indexer };
+        store.rebuild_index_if_changed()?;
+        Ok(store)
+    }
+
+    /// The declared indexes differ from those the store was written with: drop the index
+    /// and rebuild it from the stored values.
+    fn rebuild_index_if_changed(&self) -> Result<(), StoreError> {
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
+        let idx = self.db.cf_handle(INDEX_CF).expect("index column family is created at open");
+        let want = self.indexer.as_ref().map(Indexer::definition).unwrap_or_default();
+        let have = self.db.get_cf(&meta, DEFINITION_KEY).map_err(self.io("read index definition"))?.unwrap_or_default();
+        if want == have {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(&idx, &[][..], &[0xff; 64][..]);
+        let mut rebuilt = 0u64;
+        if let Some(indexer) = &self.indexer {
+            for item in self.db.iterator(IteratorMode::Start) {
+                let (k, v) = item.map_err(self.io("scan for index rebuild"))?;
+                for key in indexer.keys(&k, &v) {
+                    batch.put_cf(&idx, key, []);
+                    rebuilt += 1;
+                }
+            }
+        }
+        batch.put_cf(&meta, DEFINITION_KEY, &want);
+        self.db.write(batch).map_err(self.io("rebuild index"))?;
+        tracing::info!(store = %self.name, partition = self.partition, entries = rebuilt, "rebuilt secondary indexes");
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -149,10 +184,36 @@ impl RocksStore {
         checkpoint: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        for (k, v) in entries {
-            match v {
-                Some(v) => batch.put(k, v),
-                None => batch.delete(k),
+        match &self.indexer {
+            None => {
+                for (k, v) in entries {
+                    match v {
+                        Some(v) => batch.put(k, v),
+                        None => batch.delete(k),
+                    }
+                }
+            }
+            Some(indexer) => {
+                // Last write per key wins (a restore batch may hold one key several times);
+                // index entries of the value being replaced go in the same batch.
+                let latest: BTreeMap<&[u8], Option<&[u8]>> = entries.into_iter().collect();
+                let idx = self.db.cf_handle(INDEX_CF).expect("index column family is created at open");
+                for (k, v) in latest {
+                    if let Some(old) = self.db.get(k).map_err(self.io("read for index"))? {
+                        for key in indexer.keys(k, &old) {
+                            batch.delete_cf(&idx, key);
+                        }
+                    }
+                    match v {
+                        Some(v) => {
+                            for key in indexer.keys(k, v) {
+                                batch.put_cf(&idx, key, []);
+                            }
+                            batch.put(k, v);
+                        }
+                        None => batch.delete(k),
+                    }
+                }
             }
         }
         if let Some(offset) = checkpoint {
@@ -164,6 +225,45 @@ impl RocksStore {
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         self.db.write_opt(batch, &opts).map_err(self.io("write batch"))
+    }
+
+    /// Up to `limit` (key, value) pairs whose `index` field equals `field`, in key order,
+    /// after the primary key `after`.
+    pub fn index_scan(
+        &self,
+        index_name: &str,
+        field: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let idx = self.db.cf_handle(INDEX_CF).expect("index column family is created at open");
+        let prefix = index::prefix(index_name, field);
+        let start = match after {
+            Some(a) => index::entry(index_name, field, a),
+            None => prefix.clone(),
+        };
+        let mut opts = ReadOptions::default();
+        // Without a prefix extractor the iterator would run past the prefix: bound it.
+        opts.set_iterate_upper_bound(index::upper_bound(&prefix));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(&idx, opts, IteratorMode::From(&start, Direction::Forward)) {
+            let (k, _) = item.map_err(self.io("index scan"))?;
+            let primary = &k[prefix.len()..];
+            if after.is_some_and(|a| a == primary) {
+                continue;
+            }
+            if let Some(v) = self.get(primary)? {
+                out.push((primary.to_vec(), v));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn has_index(&self, name: &str) -> bool {
+        self.indexer.as_ref().is_some_and(|i| i.names.iter().any(|n| n == name))
     }
 
     /// Up to `limit` entries with keys strictly after `after`, in key order.
@@ -212,12 +312,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let res = StoreResources::new(&StoreTuning::default());
         {
-            let s = RocksStore::open(dir.path(), "snap", 3, &res).unwrap();
+            let s = RocksStore::open(dir.path(), "snap", 3, &res, None).unwrap();
             assert_eq!(s.checkpoint().unwrap(), None);
             s.write([(&b"a"[..], Some(&b"1"[..])), (&b"b"[..], Some(&b"2"[..]))], Some(41)).unwrap();
             s.write([(&b"a"[..], None)], Some(42)).unwrap();
         }
-        let s = RocksStore::open(dir.path(), "snap", 3, &res).unwrap();
+        let s = RocksStore::open(dir.path(), "snap", 3, &res, None).unwrap();
         assert_eq!(s.checkpoint().unwrap(), Some(42));
         assert_eq!(s.get(b"a").unwrap(), None);
         assert_eq!(s.get(b"b").unwrap(), Some(b"2".to_vec()));
@@ -227,7 +327,7 @@ mod tests {
     fn scan_pages_after_a_key() {
         let dir = tempfile::tempdir().unwrap();
         let res = StoreResources::new(&StoreTuning::default());
-        let s = RocksStore::open(dir.path(), "snap", 0, &res).unwrap();
+        let s = RocksStore::open(dir.path(), "snap", 0, &res, None).unwrap();
         let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
         s.write(keys.iter().map(|k| (k.as_bytes(), Some(&b"v"[..]))), None).unwrap();
         let first = s.scan(None, 4).unwrap();
@@ -235,5 +335,36 @@ mod tests {
         let next = s.scan(Some(&first[3].0), 100).unwrap();
         assert_eq!(next.len(), 6);
         assert_eq!(next[0].0, b"k4");
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn by_first_byte() -> Indexer {
+        Indexer { names: vec!["first".into()], extract: Arc::new(|v| vec![("first".into(), String::from_utf8_lossy(&v[..1]).into_owned())]) }
+    }
+
+    #[test]
+    fn index_is_rebuilt_when_its_definition_changes_and_tracks_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = StoreResources::new(&StoreTuning::default());
+        {
+            let s = RocksStore::open(dir.path(), "s", 0, &res, None).unwrap();
+            s.write([(&b"k1"[..], Some(&b"apple"[..])), (&b"k2"[..], Some(&b"avocado"[..])), (&b"k3"[..], Some(&b"banana"[..]))], Some(1)).unwrap();
+        }
+        let s = RocksStore::open(dir.path(), "s", 0, &res, Some(by_first_byte())).unwrap();
+        let keys = |s: &RocksStore, f: &str| s.index_scan("first", f, None, 10).unwrap().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(&s, "a"), vec![b"k1".to_vec(), b"k2".to_vec()], "rebuilt from the stored values");
+        // An overwrite moves the key; a delete removes it; a batch with a key twice keeps the last.
+        s.write([(&b"k1"[..], Some(&b"blueberry"[..])), (&b"k2"[..], None), (&b"k3"[..], Some(&b"x"[..])), (&b"k3"[..], Some(&b"cherry"[..]))], Some(2)).unwrap();
+        assert!(keys(&s, "a").is_empty());
+        assert_eq!(keys(&s, "b"), vec![b"k1".to_vec()]);
+        assert_eq!(keys(&s, "c"), vec![b"k3".to_vec()]);
+        assert!(keys(&s, "x").is_empty(), "the earlier value of a key in the same batch is not indexed");
+        let page = s.index_scan("first", "b", Some(b"k1"), 10).unwrap();
+        assert!(page.is_empty(), "pagination continues after the given key");
     }
 }

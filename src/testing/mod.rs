@@ -113,7 +113,7 @@ impl TopologyDriver {
         for (topic, route) in self.routes.clone() {
             for p in 0..self.partitions(&topic) {
                 let tp = TopicPartition::new(topic.as_str(), p);
-                let rocks = Arc::new(RocksStore::open(&self.state_dir, &route.store, p, &self.resources)?);
+                let rocks = Arc::new(RocksStore::open(&self.state_dir, &route.store, p, &self.resources, route.indexer.clone())?);
                 let store = if route.source_is_changelog(&topic) {
                     ChangeloggedStore::without_changelog(rocks.clone())
                 } else {
@@ -310,6 +310,19 @@ impl TopologyDriver {
         let partition = partition_for_key(key.as_bytes(), view.partitions);
         let value = self.catalog.local(store, partition)?.get(key.as_bytes()).ok()??;
         view.renderer.render(&value).ok()
+    }
+
+    /// Keys of `store` whose indexed `field` equals `value`, in key order.
+    pub fn index(&self, store: &str, field: &str, value: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .catalog
+            .local_partitions(store)
+            .iter()
+            .flat_map(|p| p.index_scan(field, value, None, usize::MAX).unwrap_or_default())
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Changelog records replayed by every restore so far.

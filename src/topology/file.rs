@@ -108,11 +108,15 @@ pub struct StoreSpec {
     /// that forgets keys not updated for that long. Not for aggregate snapshots.
     #[serde(default)]
     pub retention_ms: Option<u64>,
+    /// Secondary indexes: top-level fields of the stored state (an aggregate's snapshot
+    /// state, a table's value) to look keys up by, e.g. `[status]`.
+    #[serde(default)]
+    pub indexes: Vec<String>,
 }
 
 impl Default for StoreSpec {
     fn default() -> Self {
-        Self { changelog: true, retention_ms: None }
+        Self { changelog: true, retention_ms: None, indexes: Vec::new() }
     }
 }
 
@@ -360,7 +364,13 @@ impl Topology {
                     "table {node}: store {:?} is already used by {other}; each node needs its own store", t.store)));
             }
         }
-        for name in self.stores.keys() {
+        for (name, spec) in &self.stores {
+            for (i, field) in spec.indexes.iter().enumerate() {
+                if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(self.error_at(&format!("stores.{name}.indexes.{i}"), format!(
+                        "store {name}: index {field:?} must name a top-level field: [A-Za-z0-9_]+")));
+                }
+            }
             if !stores.contains_key(name) {
                 return Err(TopologyError::Invalid {
                     at: self.key_position(&format!("stores.{name}")),

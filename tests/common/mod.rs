@@ -75,6 +75,9 @@ aggregates:
     replies: {replies}
     store: customers
     store_codec: {codec}
+stores:
+  customers:
+    indexes: [status]
 processing:
   commit_interval_ms: 100
 ")).unwrap();
