@@ -92,6 +92,18 @@ fn business_rules_replies_events_and_http_snapshots() {
     assert_eq!(active["entries"].as_array().unwrap().len(), 1);
     assert_eq!(active["entries"][0]["key"], "ada");
 
+    // librdkafka reports input lag every 5 s once offsets are committed: all caught up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let lag = |m: &str| m.lines().filter(|l| l.starts_with("millrace_consumer_lag{")).map(|l| l.rsplit(' ').next().unwrap().to_string()).collect::<Vec<_>>();
+    loop {
+        let l = lag(&inst.metrics());
+        if !l.is_empty() && l.iter().all(|v| v == "0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lag gauges never settled at 0:\n{}", inst.metrics());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     // bob only ever had rejections: an aggregate without events does not exist for queries.
     assert_eq!(keys, vec!["ada".to_string()]);
     assert_eq!(inst.get("/stores/customers/keys/bob").0, 404);
@@ -206,6 +218,7 @@ fn bad_http_requests_get_json_4xx() {
     }
     assert_eq!(inst.get("/health").0, 200);
     assert!(inst.metrics().contains("millrace_restore_records_total"));
+
 }
 
 #[test]

@@ -245,6 +245,7 @@ impl App {
             // Equal partition numbers of every subscribed topic on one member: the base of
             // co-partitioning (ARCHITECTURE.md, invariant 4).
             .set("partition.assignment.strategy", "range")
+            .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "2000");
         for (k, v) in &self.config.consumer_overrides {

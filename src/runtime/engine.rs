@@ -419,7 +419,25 @@ pub(crate) struct RebalanceHandler {
     pub engine: Arc<Mutex<Option<Engine>>>,
 }
 
-impl ClientContext for RebalanceHandler {}
+impl ClientContext for RebalanceHandler {
+    /// librdkafka's statistics (every `statistics.interval.ms`): input lag per partition,
+    /// from the client's own view, without extra broker round trips on the poll thread.
+    /// librdkafka's own `consumer_lag` counts from the consumer's committed offset, which
+    /// it never learns when offsets commit through the producer's transaction; so the lag
+    /// here is the last stable offset minus the position handed to the application.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                // Negative offsets are librdkafka's "unknown" (nothing consumed yet); the
+                // internal UA partition is -1.
+                if *partition >= 0 && p.app_offset >= 0 && p.ls_offset >= 0 {
+                    metrics::gauge!("millrace_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set((p.ls_offset - p.app_offset).max(0) as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceHandler {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
