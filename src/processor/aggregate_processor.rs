@@ -36,7 +36,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
     }
 
     fn load(&self, ctx: &Context<'_>, id: &str) -> Result<Snapshot<A::State>, ProcessError> {
-        match ctx.store.get(id.as_bytes())? {
+        match ctx.get(id.as_bytes())? {
             None => Ok(Snapshot { version: 0, state: A::State::default(), source_offset: -1, recent: vec![] }),
             Some(bytes) => wire::decode_snapshot::<A>(self.settings.store_format, &bytes).map_err(|e| {
                 ProcessError::CorruptSnapshot {
@@ -177,7 +177,7 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
         self.remember(&mut snap, &reply);
         snap.source_offset = record.offset;
         let bytes = wire::encode_snapshot::<A>(self.settings.store_format, &snap);
-        ctx.store.put(id.as_bytes(), Some(bytes), ctx.out);
+        ctx.put(id.as_bytes(), Some(bytes));
         self.reply(ctx, record, &cmd, reply);
         Ok(())
     }

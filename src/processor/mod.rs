@@ -21,8 +21,35 @@ use crate::store::{ChangeloggedStore, StoreError};
 
 /// What a processor works with while handling one record.
 pub struct Context<'a> {
-    pub store: &'a mut ChangeloggedStore,
+    /// The task's own store; stateless nodes (re-key, join) have none.
+    pub store: Option<&'a mut ChangeloggedStore>,
     pub out: &'a mut dyn Collector,
+    /// Stores of other tasks of the same partition on this instance, by store name: a
+    /// join reads its table here, overlay included, so it sees table updates of the open
+    /// transaction. Co-partitioning puts partition p of both inputs on one member.
+    pub peers: &'a [(&'a str, &'a ChangeloggedStore)],
+}
+
+impl Context<'_> {
+    fn own(&self) -> &ChangeloggedStore {
+        self.store.as_deref().expect("a processor that reads its store belongs to a node with a store")
+    }
+
+    /// Reads the task's own store (open transaction first).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.own().get(key)
+    }
+
+    /// Writes the task's own store and its changelog in the open transaction.
+    pub fn put(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        let store = self.store.as_deref_mut().expect("a processor that writes its store belongs to a node with a store");
+        store.put(key, value, self.out);
+    }
+
+    /// A peer store of the same partition, by name.
+    pub fn peer(&self, store: &str) -> Option<&ChangeloggedStore> {
+        self.peers.iter().find(|(name, _)| *name == store).map(|(_, s)| *s)
+    }
 }
 
 /// A node that handles records of one task.

@@ -35,7 +35,7 @@ impl Processor for TableProcessor {
                 return Ok(());
             }
         }
-        ctx.store.put(key, record.value.clone(), ctx.out);
+        ctx.put(key, record.value.clone());
         metrics::counter!("millrace_table_updates_total", "topic" => record.topic.clone()).increment(1);
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! broker address, the state directory, an HTTP listener and a shutdown signal.
 
 use super::catalog::{Catalog, StoreView};
-use super::engine::{Engine, EngineSettings, RebalanceHandler, Route};
+use super::engine::{Engine, EngineSettings, RebalanceHandler, Route, RouteStore};
 use super::registry::Registry;
 use super::topics;
 use crate::topology::TopicNeed;
@@ -92,11 +92,14 @@ impl App {
             let make = registered.processor.clone();
             let renderer = (registered.renderer)(store_format);
             routes.insert(a.commands.clone(), Route {
-                store: a.store.clone(),
-                changelog: topology.changelog_topic(&a.store),
                 processor: Arc::new(move || make(settings.clone())),
-                accept: Arc::new(|_| true),
-                indexer: indexer(&topology.store_spec(&a.store).indexes, renderer),
+                state: Some(RouteStore {
+                    name: a.store.clone(),
+                    changelog: topology.changelog_topic(&a.store),
+                    accept: Arc::new(|_| true),
+                    indexer: indexer(&topology.store_spec(&a.store).indexes, renderer),
+                }),
+                peers: Vec::new(),
             });
         }
         for t in topology.tables.values() {
@@ -114,13 +117,16 @@ impl App {
                 t.topic.clone()
             };
             routes.insert(t.topic.clone(), Route {
-                store: t.store.clone(),
-                changelog,
                 processor: Arc::new(move || {
                     Box::new(TableProcessor { format, dead_letter_topic: dead_letter_topic.clone() })
                 }),
-                accept: Arc::new(move |v| TableProcessor::accepts(format, v)),
-                indexer: indexer(&topology.store_spec(&t.store).indexes, renderer),
+                state: Some(RouteStore {
+                    name: t.store.clone(),
+                    changelog,
+                    accept: Arc::new(move |v| TableProcessor::accepts(format, v)),
+                    indexer: indexer(&topology.store_spec(&t.store).indexes, renderer),
+                }),
+                peers: Vec::new(),
             });
         }
         Ok(Self { topology, config, routes, catalog })

@@ -26,15 +26,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How the records of one input topic are processed: a fresh processor per task, and
-/// the store (with its changelog) every task of the topic writes.
+/// How the records of one input topic are processed: a fresh processor per task, the
+/// store its tasks write (if any), and the peer stores it reads.
 #[derive(Clone)]
 pub(crate) struct Route {
-    pub store: String,
+    pub processor: Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>,
+    pub state: Option<RouteStore>,
+    /// Stores of other nodes this node reads, from the task of the same partition.
+    pub peers: Vec<String>,
+}
+
+/// The store of a route's tasks.
+#[derive(Clone)]
+pub(crate) struct RouteStore {
+    pub name: String,
     /// The topic the store restores from: its own changelog, or (a table without one)
     /// the input topic itself.
     pub changelog: String,
-    pub processor: Arc<dyn Fn() -> Box<dyn Processor> + Send + Sync>,
     /// Which restored records to apply. An input topic serving as changelog may hold
     /// records the processor dead-lettered.
     pub accept: Arc<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>,
@@ -42,7 +50,7 @@ pub(crate) struct Route {
     pub indexer: Option<Indexer>,
 }
 
-impl Route {
+impl RouteStore {
     /// The input topic is the changelog: no changelog records are written, and the
     /// checkpoint is the last input offset the store applied.
     pub fn source_is_changelog(&self, input: &str) -> bool {
@@ -134,7 +142,26 @@ impl Engine {
             self.txn_started = Instant::now();
             self.txn_records = 0;
         }
-        if let Err(e) = task.process(&record, &mut self.out) {
+        let route = &self.settings.routes[&tp.topic];
+        let result = if route.peers.is_empty() {
+            task.process(&record, &mut self.out, &[])
+        } else {
+            // A join reads its table from the task of the same partition, overlay included.
+            let mut task = self.tasks.remove(&tp).expect("task looked up above");
+            let peers: Vec<(&str, &ChangeloggedStore)> = self
+                .tasks
+                .iter()
+                .filter(|(other, _)| other.partition == tp.partition)
+                .filter_map(|(other, t)| {
+                    let name = self.settings.routes[&other.topic].state.as_ref()?.name.as_str();
+                    route.peers.iter().any(|p| p == name).then_some((name, t.store()?))
+                })
+                .collect();
+            let r = task.process(&record, &mut self.out, &peers);
+            self.tasks.insert(tp.clone(), task);
+            r
+        };
+        if let Err(e) = result {
             tracing::error!(task = %tp, error = %e, "processing failed");
             return match e.recovery() {
                 Recovery::RestoreTask => {
@@ -224,11 +251,10 @@ impl Engine {
         match self.sink.commit(&offsets, &group) {
             Ok(delivered) => {
                 for (tp, task) in self.tasks.iter_mut() {
-                    let route = &self.settings.routes[&tp.topic];
-                    let checkpoint = if route.source_is_changelog(&tp.topic) {
-                        task.offset_to_commit().map(|next| next - 1)
-                    } else {
-                        delivered.get(&TopicPartition::new(route.changelog.as_str(), tp.partition)).copied()
+                    let checkpoint = match &self.settings.routes[&tp.topic].state {
+                        Some(st) if st.source_is_changelog(&tp.topic) => task.offset_to_commit().map(|next| next - 1),
+                        Some(st) => delivered.get(&TopicPartition::new(st.changelog.as_str(), tp.partition)).copied(),
+                        None => None,
                     };
                     task.committed(checkpoint)?;
                 }
@@ -252,9 +278,10 @@ impl Engine {
     /// Store sizes for /metrics: RocksDB's key estimate, read at most every few seconds.
     fn update_store_gauges(&mut self) {
         for (tp, task) in &self.tasks {
-            let store = task.store().inner();
-            metrics::gauge!("millrace_store_keys", "store" => store.name().to_string(), "partition" => tp.partition.to_string())
-                .set(store.estimated_keys() as f64);
+            if let Some(store) = task.store().map(|s| s.inner()) {
+                metrics::gauge!("millrace_store_keys", "store" => store.name().to_string(), "partition" => tp.partition.to_string())
+                    .set(store.estimated_keys() as f64);
+            }
         }
         self.gauges_updated = Instant::now();
     }
@@ -333,26 +360,38 @@ impl Engine {
 
     fn open_task(&mut self, tp: TopicPartition) -> Result<(), RuntimeError> {
         let route = self.settings.routes[&tp.topic].clone();
-        let rocks = Arc::new(open_store(&self.settings.state_dir, &route, tp.partition, &self.resources)?);
-        let store = if route.source_is_changelog(&tp.topic) {
-            ChangeloggedStore::without_changelog(rocks.clone())
-        } else {
-            ChangeloggedStore::new(rocks.clone(), route.changelog.as_str())
+        let store = match &route.state {
+            None => None,
+            Some(st) => {
+                let rocks = Arc::new(open_store(&self.settings.state_dir, st, tp.partition, &self.resources)?);
+                restore(&rocks, &st.changelog, &self.settings.bootstrap_servers, st.accept.as_ref())?;
+                metrics::gauge!("millrace_store_keys", "store" => st.name.clone(), "partition" => tp.partition.to_string())
+                    .set(rocks.estimated_keys() as f64);
+                self.catalog.attach(&rocks);
+                Some(if st.source_is_changelog(&tp.topic) {
+                    ChangeloggedStore::without_changelog(rocks)
+                } else {
+                    ChangeloggedStore::new(rocks, st.changelog.as_str())
+                })
+            }
         };
         let mut task = Task::new(tp.clone(), (route.processor)(), store);
+        // Restore ran above, before the task exists to take input.
         task.transition(TaskState::Restoring);
-        restore(&rocks, &route.changelog, &self.settings.bootstrap_servers, route.accept.as_ref())?;
         task.transition(TaskState::Running);
-        metrics::gauge!("millrace_store_keys", "store" => route.store.clone(), "partition" => tp.partition.to_string())
-            .set(rocks.estimated_keys() as f64);
-        self.catalog.attach(&rocks);
         self.tasks.insert(tp, task);
         Ok(())
     }
 
+    fn detach(&self, tp: &TopicPartition) {
+        if let Some(st) = &self.settings.routes[&tp.topic].state {
+            self.catalog.detach(&st.name, tp.partition);
+        }
+    }
+
     fn reopen(&mut self, tp: &TopicPartition) -> Result<(), RuntimeError> {
         if let Some(mut t) = self.tasks.remove(tp) {
-            self.catalog.detach(&self.settings.routes[&tp.topic].store, tp.partition);
+            self.detach(tp);
             t.close();
         }
         self.open_task(tp.clone())
@@ -361,7 +400,7 @@ impl Engine {
     fn close_all(&mut self) {
         for (tp, mut task) in std::mem::take(&mut self.tasks) {
             task.aborted();
-            self.catalog.detach(&self.settings.routes[&tp.topic].store, tp.partition);
+            self.detach(&tp);
             task.close();
         }
     }
@@ -401,10 +440,10 @@ impl Engine {
 
 /// Opens a store, waiting a little if its previous owner in this process (a just-closed
 /// task, a query in flight) still holds the RocksDB lock.
-fn open_store(dir: &std::path::Path, route: &Route, partition: i32, res: &StoreResources) -> Result<RocksStore, StoreError> {
+fn open_store(dir: &std::path::Path, st: &RouteStore, partition: i32, res: &StoreResources) -> Result<RocksStore, StoreError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match RocksStore::open(dir, &route.store, partition, res, route.indexer.clone()) {
+        match RocksStore::open(dir, &st.name, partition, res, st.indexer.clone()) {
             Ok(s) => return Ok(s),
             Err(e) if e.recovery() == Recovery::Retry && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));

@@ -32,7 +32,7 @@ pub struct Task {
     tp: TopicPartition,
     state: TaskState,
     processor: Box<dyn Processor>,
-    store: ChangeloggedStore,
+    store: Option<ChangeloggedStore>,
     /// First input offset of the open transaction: where to rewind to if it aborts.
     txn_first_offset: Option<i64>,
     /// Next input offset to consume: what the transaction commits for this partition.
@@ -40,7 +40,7 @@ pub struct Task {
 }
 
 impl Task {
-    pub fn new(tp: TopicPartition, processor: Box<dyn Processor>, store: ChangeloggedStore) -> Self {
+    pub fn new(tp: TopicPartition, processor: Box<dyn Processor>, store: Option<ChangeloggedStore>) -> Self {
         Self { tp, state: TaskState::Created, processor, store, txn_first_offset: None, next_offset: None }
     }
 
@@ -52,8 +52,8 @@ impl Task {
         self.state
     }
 
-    pub fn store(&self) -> &ChangeloggedStore {
-        &self.store
+    pub fn store(&self) -> Option<&ChangeloggedStore> {
+        self.store.as_ref()
     }
 
     pub fn transition(&mut self, next: TaskState) {
@@ -67,13 +67,18 @@ impl Task {
         self.state = next;
     }
 
-    pub fn process(&mut self, record: &InRecord, out: &mut dyn Collector) -> Result<(), ProcessError> {
+    pub fn process(
+        &mut self,
+        record: &InRecord,
+        out: &mut dyn Collector,
+        peers: &[(&str, &ChangeloggedStore)],
+    ) -> Result<(), ProcessError> {
         debug_assert_eq!(self.state, TaskState::Running);
         if self.txn_first_offset.is_none() {
             self.txn_first_offset = Some(record.offset);
         }
         self.next_offset = Some(record.offset + 1);
-        let mut ctx = Context { store: &mut self.store, out };
+        let mut ctx = Context { store: self.store.as_mut(), out, peers };
         self.processor.process(record, &mut ctx)
     }
 
@@ -85,23 +90,30 @@ impl Task {
     /// The transaction committed: its writes and the changelog offset go to RocksDB.
     pub fn committed(&mut self, changelog_offset: Option<i64>) -> Result<(), StoreError> {
         self.txn_first_offset = None;
-        self.store.commit(changelog_offset)
+        match &mut self.store {
+            Some(s) => s.commit(changelog_offset),
+            None => Ok(()),
+        }
     }
 
     /// The transaction aborted: drop its writes; returns the offset to rewind the input to.
     pub fn aborted(&mut self) -> Option<i64> {
-        self.store.abort();
+        if let Some(s) = &mut self.store {
+            s.abort();
+        }
         self.next_offset = None;
         self.txn_first_offset.take()
     }
 
     pub fn close(&mut self) {
-        if self.store.has_pending_writes() {
-            // Never written to RocksDB: the transaction did not commit.
-            self.store.abort();
-        }
-        if let Err(e) = self.store.inner().flush() {
-            tracing::warn!(task = %self.tp, error = %e, "flush on close failed; restore will replay the tail");
+        if let Some(store) = &mut self.store {
+            if store.has_pending_writes() {
+                // Never written to RocksDB: the transaction did not commit.
+                store.abort();
+            }
+            if let Err(e) = store.inner().flush() {
+                tracing::warn!(task = %self.tp, error = %e, "flush on close failed; restore will replay the tail");
+            }
         }
         self.transition(TaskState::Closed);
     }

@@ -21,7 +21,7 @@
 
 use crate::codec::murmur2::partition_for_key;
 use crate::record::{Headers, InRecord, OutRecord, TopicPartition};
-use crate::runtime::engine::Route;
+use crate::runtime::engine::{Route, RouteStore};
 use crate::runtime::{App, AppConfig, Catalog, Registry, RuntimeError, Task, TaskState};
 use crate::store::{ChangeloggedStore, RocksStore, StoreResources};
 use crate::topology::Topology;
@@ -108,22 +108,27 @@ impl TopologyDriver {
         self.topology.topics.get(topic).map_or(1, |t| t.partitions)
     }
 
-    /// Opens and restores a task for every partition of every command topic.
+    /// Opens and restores a task for every partition of every input topic.
     fn assign(&mut self) -> Result<(), RuntimeError> {
         for (topic, route) in self.routes.clone() {
             for p in 0..self.partitions(&topic) {
                 let tp = TopicPartition::new(topic.as_str(), p);
-                let rocks = Arc::new(RocksStore::open(&self.state_dir, &route.store, p, &self.resources, route.indexer.clone())?);
-                let store = if route.source_is_changelog(&topic) {
-                    ChangeloggedStore::without_changelog(rocks.clone())
-                } else {
-                    ChangeloggedStore::new(rocks.clone(), route.changelog.as_str())
+                let store = match &route.state {
+                    None => None,
+                    Some(st) => {
+                        let rocks = Arc::new(RocksStore::open(&self.state_dir, &st.name, p, &self.resources, st.indexer.clone())?);
+                        self.restored += self.restore(&rocks, st)?;
+                        self.catalog.attach(&rocks);
+                        Some(if st.source_is_changelog(&topic) {
+                            ChangeloggedStore::without_changelog(rocks)
+                        } else {
+                            ChangeloggedStore::new(rocks, st.changelog.as_str())
+                        })
+                    }
                 };
                 let mut task = Task::new(tp.clone(), (route.processor)(), store);
                 task.transition(TaskState::Restoring);
-                self.restored += self.restore(&rocks, &route)?;
                 task.transition(TaskState::Running);
-                self.catalog.attach(&rocks);
                 self.tasks.insert(tp, task);
             }
         }
@@ -134,15 +139,15 @@ impl TopologyDriver {
     }
 
     /// Replays the changelog partition after the store's checkpoint, as runtime::restore does.
-    fn restore(&self, store: &RocksStore, route: &Route) -> Result<u64, RuntimeError> {
-        let tp = TopicPartition::new(route.changelog.as_str(), store.partition());
+    fn restore(&self, store: &RocksStore, st: &RouteStore) -> Result<u64, RuntimeError> {
+        let tp = TopicPartition::new(st.changelog.as_str(), store.partition());
         let from = store.checkpoint()?.map_or(0, |o| o + 1);
         let tail: Vec<&DriverRecord> =
             self.log.get(&tp).map(|l| l.iter().filter(|r| r.offset >= from).collect()).unwrap_or_default();
         if let Some(last) = tail.last() {
             let entries = tail
                 .iter()
-                .filter(|r| (route.accept)(r.value.as_deref()))
+                .filter(|r| (st.accept)(r.value.as_deref()))
                 .filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref())));
             store.write(entries, Some(last.offset))?;
         }
@@ -151,8 +156,14 @@ impl TopologyDriver {
 
     fn close_tasks(&mut self) {
         for (tp, mut task) in std::mem::take(&mut self.tasks) {
-            self.catalog.detach(&self.routes[&tp.topic].store, tp.partition);
+            self.detach(&tp);
             task.close();
+        }
+    }
+
+    fn detach(&self, tp: &TopicPartition) {
+        if let Some(st) = &self.routes[&tp.topic].state {
+            self.catalog.detach(&st.name, tp.partition);
         }
     }
 
@@ -202,8 +213,21 @@ impl TopologyDriver {
             value: r.value,
             headers: r.headers,
         };
-        let task = self.tasks.get_mut(tp).expect("task exists for piped partition");
-        task.process(&record, &mut self.pending)?;
+        // As the engine does: a node with peers reads their stores of the same partition.
+        let route = &self.routes[&tp.topic];
+        let mut task = self.tasks.remove(tp).expect("task exists for piped partition");
+        let peers: Vec<(&str, &ChangeloggedStore)> = self
+            .tasks
+            .iter()
+            .filter(|(other, _)| other.partition == tp.partition)
+            .filter_map(|(other, t)| {
+                let name = self.routes[&other.topic].state.as_ref()?.name.as_str();
+                route.peers.iter().any(|p| p == name).then_some((name, t.store()?))
+            })
+            .collect();
+        let result = task.process(&record, &mut self.pending, &peers);
+        self.tasks.insert(tp.clone(), task);
+        result?;
         self.position.insert(tp.clone(), next + 1);
         Ok(())
     }
@@ -243,11 +267,10 @@ impl TopologyDriver {
     pub fn commit(&mut self) -> Result<(), RuntimeError> {
         let last = self.publish();
         for (tp, task) in self.tasks.iter_mut() {
-            let route = &self.routes[&tp.topic];
-            let checkpoint = if route.source_is_changelog(&tp.topic) {
-                task.offset_to_commit().map(|next| next - 1)
-            } else {
-                last.get(&TopicPartition::new(route.changelog.as_str(), tp.partition)).copied()
+            let checkpoint = match &self.routes[&tp.topic].state {
+                Some(st) if st.source_is_changelog(&tp.topic) => task.offset_to_commit().map(|next| next - 1),
+                Some(st) => last.get(&TopicPartition::new(st.changelog.as_str(), tp.partition)).copied(),
+                None => None,
             };
             task.committed(checkpoint)?;
         }
@@ -290,10 +313,9 @@ impl TopologyDriver {
     }
 
     fn drop_tasks_and_reassign(&mut self) -> Result<(), RuntimeError> {
-        for (tp, task) in self.tasks.iter_mut() {
+        for task in self.tasks.values_mut() {
             // Dropped without committing: the overlay never reaches RocksDB.
             task.aborted();
-            self.catalog.detach(&self.routes[&tp.topic].store, tp.partition);
         }
         self.close_tasks();
         self.assign()
