@@ -82,6 +82,8 @@ pub mod header {
     pub const VERSION: &str = "millrace.version";
     pub const SCHEMA_VERSION: &str = "millrace.schema-version";
     pub const COMMAND_ID: &str = "millrace.command-id";
+    /// The key a record had before a re-key node replaced it.
+    pub const ORIGINAL_KEY: &str = "millrace.original-key";
     pub const DLQ_REASON: &str = "millrace.dlq.reason";
     pub const DLQ_TOPIC: &str = "millrace.dlq.topic";
     pub const DLQ_PARTITION: &str = "millrace.dlq.partition";

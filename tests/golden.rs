@@ -88,7 +88,7 @@ fn every_topology_matches_its_golden_output() {
                 d.pipe(topic, key, &serde_json::to_vec(&v["value"]).unwrap()).unwrap();
             }
         }
-        d.commit().unwrap();
+        d.flush().unwrap();
         let mut actual: Vec<String> = Vec::new();
         for a in t.aggregates.values() {
             let reply_fmt = t.topics[&a.replies].codec;
@@ -112,6 +112,11 @@ fn every_topology_matches_its_golden_output() {
                 }
             }
         }
+        for j in t.joins.values() {
+            for r in d.read_output(&j.output) {
+                actual.push(json!({"joined": {"key": r.key_str(), "value": r.json()}}).to_string());
+            }
+        }
         for r in d.read_output(&t.dead_letter_topic()) {
             let reason = r.headers.get_str("millrace.dlq.reason").unwrap_or_default();
             actual.push(json!({"dead_letter": {"key": r.key_str(), "reason": reason}}).to_string());
@@ -126,5 +131,5 @@ fn every_topology_matches_its_golden_output() {
         assert_eq!(actual, want, "{stem}: golden output differs");
         checked += 1;
     }
-    assert!(checked >= 3, "every shipped topology is covered");
+    assert!(checked >= 4, "every shipped topology is covered");
 }

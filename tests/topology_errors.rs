@@ -194,3 +194,50 @@ fn protobuf_message_names_are_checked() {
     expect("cmds: { partitions: 2, codec: json }", "cmds: { partitions: 2, codec: json, message: x.Y }", 4, 48,
         "`message` names a protobuf message, but the topic's codec is json");
 }
+
+const SHOP: &str = "\
+version: 1
+application_id: shop
+topics:
+  customers: { partitions: 4, compacted: true }
+  orders: { partitions: 3 }
+  enriched: { partitions: 3 }
+tables:
+  customer-table: { topic: customers, store: customers }
+rekeys:
+  by-customer: { from: orders, key_field: customer_id, into: customer-table }
+joins:
+  enrich: { stream: by-customer, table: customer-table, kind: left, output: enriched }
+";
+
+fn shop_fails(from: &str, to: &str) -> (usize, usize, String) {
+    match parse(Path::new("shop.yaml"), &SHOP.replacen(from, to, 1)) {
+        Err(TopologyError::Invalid { at, message }) => (at.line, at.column, message),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn join_topology_parses_and_derives_its_repartition_topic() {
+    let t = parse(Path::new("shop.yaml"), SHOP).unwrap();
+    let rep = t.topic_needs().into_iter().find(|n| n.name == "shop-by-customer-repartition").unwrap();
+    assert_eq!(rep.partitions, 4, "partitioned like the table it feeds, not like its input");
+    let d = millrace::topology::describe::text(&t);
+    assert!(d.contains("shop-by-customer-repartition (4 partitions, cleanup.policy=delete, Repartition)"), "{d}");
+    assert!(d.contains("[customers, shop-customers-changelog, shop-by-customer-repartition] (4 partitions each)"), "{d}");
+    assert!(d.contains("Processor: enrich (left join with table customer-table, stores: [customers])"), "{d}");
+}
+
+#[test]
+fn join_of_a_topic_with_another_partition_count_names_both() {
+    let (l, c, msg) = shop_fails("stream: by-customer", "stream: orders");
+    assert_eq!((l, c), (12, 21), "{msg}");
+    assert!(msg.contains("stream topic orders has 3 partitions but table topic customers has 4"), "{msg}");
+}
+
+#[test]
+fn rekey_into_something_that_is_not_a_table() {
+    let (l, c, msg) = shop_fails("into: customer-table", "into: customers");
+    assert_eq!((l, c), (10, 62), "{msg}");
+    assert!(msg.contains("\"customers\" is not a table node; expected one of [\"customer-table\"]"), "{msg}");
+}

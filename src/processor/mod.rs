@@ -7,12 +7,16 @@
 pub mod aggregate;
 mod aggregate_processor;
 mod dead_letter;
+mod join;
+mod rekey;
 mod table;
 pub mod wire;
 
 pub use aggregate::{Aggregate, Rejection};
 pub use aggregate_processor::{AggregateProcessor, AggregateSettings, SnapshotRenderer};
 pub use dead_letter::dead_letter;
+pub use join::{JoinKind, JoinProcessor};
+pub use rekey::RekeyProcessor;
 pub use table::{TableProcessor, TableRenderer};
 
 use crate::error::Recovery;

@@ -9,7 +9,7 @@ use super::topics;
 use crate::topology::TopicNeed;
 use super::RuntimeError;
 use crate::codec::Format;
-use crate::processor::{AggregateSettings, TableProcessor, TableRenderer, ValueRenderer};
+use crate::processor::{AggregateSettings, JoinProcessor, RekeyProcessor, TableProcessor, TableRenderer, ValueRenderer};
 use crate::store::Indexer;
 use crate::record::{Headers, InRecord};
 use crate::store::StoreResources;
@@ -127,6 +127,38 @@ impl App {
                     indexer: indexer(&topology.store_spec(&t.store).indexes, renderer),
                 }),
                 peers: Vec::new(),
+            });
+        }
+        for (node, r) in &topology.rekeys {
+            let (key_field, repartition_topic, dead_letter_topic) =
+                (r.key_field.clone(), topology.repartition_topic(node), topology.dead_letter_topic());
+            routes.insert(r.from.clone(), Route {
+                processor: Arc::new(move || {
+                    Box::new(RekeyProcessor {
+                        key_field: key_field.clone(),
+                        repartition_topic: repartition_topic.clone(),
+                        dead_letter_topic: dead_letter_topic.clone(),
+                    })
+                }),
+                state: None,
+                peers: Vec::new(),
+            });
+        }
+        for j in topology.joins.values() {
+            let table_store = topology.tables[&j.table].store.clone();
+            let (kind, output_topic, dead_letter_topic) = (j.kind, j.output.clone(), topology.dead_letter_topic());
+            let store = table_store.clone();
+            routes.insert(topology.join_stream_topic(j), Route {
+                processor: Arc::new(move || {
+                    Box::new(JoinProcessor {
+                        table_store: store.clone(),
+                        kind,
+                        output_topic: output_topic.clone(),
+                        dead_letter_topic: dead_letter_topic.clone(),
+                    })
+                }),
+                state: None,
+                peers: vec![table_store],
             });
         }
         Ok(Self { topology, config, routes, catalog })

@@ -104,8 +104,10 @@ impl TopologyDriver {
         Ok(driver)
     }
 
+    /// Partition count of a declared or internal topic (1 for topics the topology does not
+    /// know, such as a client's reply-to topic).
     fn partitions(&self, topic: &str) -> i32 {
-        self.topology.topics.get(topic).map_or(1, |t| t.partitions)
+        self.topology.topic_needs().iter().find(|n| n.name == topic).map_or(1, |n| n.partitions)
     }
 
     /// Opens and restores a task for every partition of every input topic.
@@ -275,6 +277,19 @@ impl TopologyDriver {
             task.committed(checkpoint)?;
         }
         Ok(())
+    }
+
+    /// Commits, then lets every task consume what the commit made visible on its inputs
+    /// (a re-key node's repartition topic feeding a join), and commits again, until
+    /// nothing is left to process.
+    pub fn flush(&mut self) -> Result<(), RuntimeError> {
+        loop {
+            self.commit()?;
+            self.reprocess_uncommitted()?;
+            if self.pending.is_empty() && self.tasks.values().all(|t| t.offset_to_commit().is_none()) {
+                return Ok(());
+            }
+        }
     }
 
     /// Moves time forward; commits when the topology's commit interval is reached.

@@ -6,38 +6,73 @@
 use super::{TopicRole, Topology};
 use std::fmt::Write;
 
-/// One aggregate's sub-topology, as the three renderings need it.
-struct Sub<'a> {
+/// One node's sub-topology, as the three renderings need it.
+struct Sub {
     index: usize,
-    node: &'a str,
-    /// `aggregate: <name>` or `table`.
+    node: String,
+    /// `aggregate: <name>`, `table`, `rekey by <field>`, `inner join with table <t>`.
     kind: String,
-    source: &'a str,
+    source: String,
     sinks: Vec<String>,
-    store: &'a str,
-    changelog: String,
+    /// The node's own store and its changelog; stateless nodes have none.
+    store: Option<(String, String)>,
+    /// Stores of other nodes it reads (a join's table).
+    reads: Vec<String>,
 }
 
-fn subs(t: &Topology) -> Vec<Sub<'_>> {
-    let aggregates = t.aggregates.iter().map(|(node, a)| Sub {
-        index: 0,
-        node,
-        kind: format!("aggregate: {}", a.aggregate),
-        source: &a.commands,
-        sinks: vec![a.events.clone(), a.replies.clone(), t.dead_letter_topic()],
-        store: &a.store,
-        changelog: t.changelog_topic(&a.store),
-    });
-    let tables = t.tables.iter().map(|(node, x)| Sub {
-        index: 0,
-        node,
-        kind: "table".to_string(),
-        source: &x.topic,
-        sinks: vec![t.dead_letter_topic()],
-        store: &x.store,
-        changelog: t.changelog_topic(&x.store),
-    });
-    aggregates.chain(tables).enumerate().map(|(index, s)| Sub { index, ..s }).collect()
+fn subs(t: &Topology) -> Vec<Sub> {
+    let dlq = t.dead_letter_topic();
+    let store = |name: &str| Some((name.to_string(), t.changelog_topic(name)));
+    let mut all = Vec::new();
+    for (node, a) in &t.aggregates {
+        all.push(Sub {
+            index: 0,
+            node: node.clone(),
+            kind: format!("aggregate: {}", a.aggregate),
+            source: a.commands.clone(),
+            sinks: vec![a.events.clone(), a.replies.clone(), dlq.clone()],
+            store: store(&a.store),
+            reads: vec![],
+        });
+    }
+    for (node, x) in &t.tables {
+        let changelog = if t.store_spec(&x.store).changelog { t.changelog_topic(&x.store) } else { format!("{} (input topic)", x.topic) };
+        all.push(Sub {
+            index: 0,
+            node: node.clone(),
+            kind: "table".into(),
+            source: x.topic.clone(),
+            sinks: vec![dlq.clone()],
+            store: Some((x.store.clone(), changelog)),
+            reads: vec![],
+        });
+    }
+    for (node, r) in &t.rekeys {
+        all.push(Sub {
+            index: 0,
+            node: node.clone(),
+            kind: format!("rekey by {}", r.key_field),
+            source: r.from.clone(),
+            sinks: vec![t.repartition_topic(node), dlq.clone()],
+            store: None,
+            reads: vec![],
+        });
+    }
+    for (node, j) in &t.joins {
+        all.push(Sub {
+            index: 0,
+            node: node.clone(),
+            kind: format!("{} join with table {}", if j.kind == crate::processor::JoinKind::Inner { "inner" } else { "left" }, j.table),
+            source: t.join_stream_topic(j),
+            sinks: vec![j.output.clone(), dlq.clone()],
+            store: None,
+            reads: t.tables.get(&j.table).map(|x| x.store.clone()).into_iter().collect(),
+        });
+    }
+    for (i, s) in all.iter_mut().enumerate() {
+        s.index = i;
+    }
+    all
 }
 
 fn topic_line(t: &Topology, name: &str) -> String {
@@ -51,17 +86,20 @@ pub fn text(t: &Topology) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Topology {} (version {})", t.application_id, t.version);
     for s in subs(t) {
+        let stores: Vec<&str> = s.store.iter().map(|(n, _)| n.as_str()).chain(s.reads.iter().map(String::as_str)).collect();
         let _ = writeln!(out, "  Sub-topology: {}", s.index);
-        let _ = writeln!(out, "    Source: {} (topics: [{}])", s.source, topic_line(t, s.source));
+        let _ = writeln!(out, "    Source: {} (topics: [{}])", s.source, topic_line(t, &s.source));
         let _ = writeln!(out, "      --> {}", s.node);
-        let _ = writeln!(out, "    Processor: {} ({}, stores: [{}])", s.node, s.kind, s.store);
+        let _ = writeln!(out, "    Processor: {} ({}, stores: [{}])", s.node, s.kind, stores.join(", "));
         let _ = writeln!(out, "      --> {}", s.sinks.join(", "));
         let _ = writeln!(out, "      <-- {}", s.source);
         for sink in &s.sinks {
             let _ = writeln!(out, "    Sink: {sink} (topic: {})", topic_line(t, sink));
             let _ = writeln!(out, "      <-- {}", s.node);
         }
-        let _ = writeln!(out, "    Store: {} (RocksDB, changelog: {})", s.store, s.changelog);
+        if let Some((name, changelog)) = &s.store {
+            let _ = writeln!(out, "    Store: {name} (RocksDB, changelog: {changelog})");
+        }
     }
     let _ = writeln!(out, "  Internal topics:");
     for n in t.topic_needs().iter().filter(|n| n.role != TopicRole::Declared) {
@@ -69,9 +107,9 @@ pub fn text(t: &Topology) -> String {
         let _ = writeln!(out, "    {} ({} partitions, cleanup.policy={policy}, {:?})", n.name, n.partitions, n.role);
     }
     let _ = writeln!(out, "  Co-partitioned groups:");
-    for s in subs(t) {
-        let p = t.topics[s.source].partitions;
-        let _ = writeln!(out, "    [{}, {}] ({p} partitions each)", s.source, s.changelog);
+    for g in co_partitioned(t) {
+        let p = t.topic_needs().iter().find(|n| n.name == g[0]).map_or(0, |n| n.partitions);
+        let _ = writeln!(out, "    [{}] ({p} partitions each)", g.join(", "));
     }
     let guarantee = if t.processing.exactly_once { "exactly once" } else { "at least once" };
     let _ = writeln!(out, "  Processing: commit every {} ms or {} records, {guarantee}, {} thread(s)",
@@ -79,17 +117,44 @@ pub fn text(t: &Topology) -> String {
     out
 }
 
+/// Topics whose partition p must live on one instance: an input and its store's
+/// changelog; a join's stream, its table's input and that table's changelog.
+fn co_partitioned(t: &Topology) -> Vec<Vec<String>> {
+    let mut groups = Vec::new();
+    for a in t.aggregates.values() {
+        groups.push(vec![a.commands.clone(), t.changelog_topic(&a.store)]);
+    }
+    for (node, x) in &t.tables {
+        let mut g = vec![x.topic.clone()];
+        if t.store_spec(&x.store).changelog {
+            g.push(t.changelog_topic(&x.store));
+        }
+        for j in t.joins.values().filter(|j| &j.table == node) {
+            g.push(t.join_stream_topic(j));
+        }
+        groups.push(g);
+    }
+    groups
+}
+
 pub fn dot(t: &Topology) -> String {
     let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n", t.application_id);
     for s in subs(t) {
         let _ = writeln!(out, "  subgraph cluster_{} {{\n    label=\"sub-topology {}\";", s.index, s.index);
         let _ = writeln!(out, "    \"{}\" [shape=box, label=\"{}\\n({})\"];", s.node, s.node, s.kind);
-        let _ = writeln!(out, "    \"store:{}\" [shape=cylinder, label=\"{}\"];", s.store, s.store);
+        if let Some((name, _)) = &s.store {
+            let _ = writeln!(out, "    \"store:{name}\" [shape=cylinder, label=\"{name}\"];");
+        }
         let _ = writeln!(out, "  }}");
         let _ = writeln!(out, "  \"{}\" [shape=ellipse];", s.source);
         let _ = writeln!(out, "  \"{}\" -> \"{}\";", s.source, s.node);
-        let _ = writeln!(out, "  \"{}\" -> \"store:{}\" [dir=both];", s.node, s.store);
-        let _ = writeln!(out, "  \"store:{}\" -> \"{}\" [style=dashed];", s.store, s.changelog);
+        if let Some((name, changelog)) = &s.store {
+            let _ = writeln!(out, "  \"{}\" -> \"store:{name}\" [dir=both];", s.node);
+            let _ = writeln!(out, "  \"store:{name}\" -> \"{changelog}\" [style=dashed];");
+        }
+        for r in &s.reads {
+            let _ = writeln!(out, "  \"store:{r}\" -> \"{}\" [style=dotted, label=\"lookup\"];", s.node);
+        }
         for sink in &s.sinks {
             let _ = writeln!(out, "  \"{}\" -> \"{sink}\";", s.node);
         }
@@ -107,14 +172,21 @@ pub fn mermaid(t: &Topology) -> String {
     let mut out = String::from("flowchart LR\n");
     for s in subs(t) {
         let _ = writeln!(out, "  subgraph sub{}[\"sub-topology {}\"]", s.index, s.index);
-        let _ = writeln!(out, "    {}[\"{} ({})\"]", id("p", s.node), s.node, s.kind);
-        let _ = writeln!(out, "    {}[(\"{}\")]", id("s", s.store), s.store);
+        let _ = writeln!(out, "    {}[\"{} ({})\"]", id("p", &s.node), s.node, s.kind);
+        if let Some((name, _)) = &s.store {
+            let _ = writeln!(out, "    {}[(\"{name}\")]", id("s", name));
+        }
         let _ = writeln!(out, "  end");
-        let _ = writeln!(out, "  {}([\"{}\"]) --> {}", id("t", s.source), s.source, id("p", s.node));
-        let _ = writeln!(out, "  {} <--> {}", id("p", s.node), id("s", s.store));
-        let _ = writeln!(out, "  {} -.-> {}([\"{}\"])", id("s", s.store), id("t", &s.changelog), s.changelog);
+        let _ = writeln!(out, "  {}([\"{}\"]) --> {}", id("t", &s.source), s.source, id("p", &s.node));
+        if let Some((name, changelog)) = &s.store {
+            let _ = writeln!(out, "  {} <--> {}", id("p", &s.node), id("s", name));
+            let _ = writeln!(out, "  {} -.-> {}([\"{changelog}\"])", id("s", name), id("t", changelog));
+        }
+        for r in &s.reads {
+            let _ = writeln!(out, "  {} -. lookup .-> {}", id("s", r), id("p", &s.node));
+        }
         for sink in &s.sinks {
-            let _ = writeln!(out, "  {} --> {}([\"{sink}\"])", id("p", s.node), id("t", sink));
+            let _ = writeln!(out, "  {} --> {}([\"{sink}\"])", id("p", &s.node), id("t", sink));
         }
     }
     out

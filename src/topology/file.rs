@@ -23,6 +23,12 @@ pub struct Topology {
     /// Tables: a topic's latest value per key, materialized in a queryable store.
     #[serde(default)]
     pub tables: BTreeMap<String, TableNode>,
+    /// Re-key nodes: a new key from a value field, through a repartition topic.
+    #[serde(default)]
+    pub rekeys: BTreeMap<String, RekeyNode>,
+    /// Stream–table joins, co-partitioned.
+    #[serde(default)]
+    pub joins: BTreeMap<String, JoinNode>,
     #[serde(default)]
     pub processing: Processing,
     /// Options of named stores; a store a node names but this map omits gets the defaults.
@@ -118,6 +124,40 @@ impl Default for StoreSpec {
     fn default() -> Self {
         Self { changelog: true, retention_ms: None, indexes: Vec::new() }
     }
+}
+
+/// A re-key node: records of `from` get the value of `key_field` as their key and go to
+/// the repartition topic `<application_id>-<node>-repartition`, which has the partition
+/// count of the topic of table `into`, so they meet that table co-partitioned.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyNode {
+    /// Input topic (JSON values).
+    pub from: String,
+    /// Top-level field of the value that becomes the key.
+    pub key_field: String,
+    /// The table node the re-keyed stream is joined with.
+    pub into: String,
+}
+
+/// A stream–table join: each record of `stream` (a re-key node, or a topic already keyed
+/// and partitioned like the table's) looks its key up in `table`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinNode {
+    /// A re-key node or a declared topic.
+    pub stream: String,
+    /// A table node.
+    pub table: String,
+    /// `inner` drops records without a match; `left` emits them with `"table": null`.
+    #[serde(default = "default_join_kind")]
+    pub kind: crate::processor::JoinKind,
+    /// Output topic (declared under `topics`).
+    pub output: String,
+}
+
+fn default_join_kind() -> crate::processor::JoinKind {
+    crate::processor::JoinKind::Inner
 }
 
 /// A table node: the latest value per key of `topic`, kept in `store`.
@@ -223,6 +263,20 @@ impl Topology {
 
     pub fn changelog_topic(&self, store: &str) -> String {
         names::changelog_topic(&self.application_id, store)
+    }
+
+    pub fn repartition_topic(&self, rekey_node: &str) -> String {
+        names::repartition_topic(&self.application_id, rekey_node)
+    }
+
+    /// The topic a join reads its stream from: a re-key node's repartition topic, or a
+    /// declared topic.
+    pub fn join_stream_topic(&self, join: &JoinNode) -> String {
+        if self.rekeys.contains_key(&join.stream) {
+            self.repartition_topic(&join.stream)
+        } else {
+            join.stream.clone()
+        }
     }
 
     /// The options of `store`: declared under `stores`, or the defaults.
@@ -364,6 +418,7 @@ impl Topology {
                     "table {node}: store {:?} is already used by {other}; each node needs its own store", t.store)));
             }
         }
+        self.validate_rekeys_and_joins(&mut command_topics)?;
         for (name, spec) in &self.stores {
             for (i, field) in spec.indexes.iter().enumerate() {
                 if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -378,11 +433,11 @@ impl Topology {
                 });
             }
         }
-        if self.aggregates.is_empty() && self.tables.is_empty() {
+        if self.aggregates.is_empty() && self.tables.is_empty() && self.rekeys.is_empty() && self.joins.is_empty() {
             return Err(self.error_at("aggregates", "the topology has no nodes; expected at least one aggregate or table".into()));
         }
         // Internal topics derive their partition counts; one declared under `topics` must agree.
-        for need in self.topic_needs().iter().filter(|n| n.role == super::TopicRole::Changelog) {
+        for need in self.topic_needs().iter().filter(|n| matches!(n.role, super::TopicRole::Changelog | super::TopicRole::Repartition)) {
             if let Some(declared) = self.topics.get(&need.name) {
                 if declared.partitions != need.partitions {
                     return Err(self.error_at(&format!("topics.{}.partitions", need.name), format!(
@@ -410,6 +465,75 @@ impl Topology {
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(self.error_at("http.listen", format!(
                 "http.listen {:?} is not a socket address; expected host:port such as 127.0.0.1:8080", self.http.listen)));
+        }
+        Ok(())
+    }
+
+    fn validate_rekeys_and_joins(&self, inputs: &mut BTreeMap<String, String>) -> Result<(), TopologyError> {
+        let mut nodes: Vec<(&str, &String)> = self.aggregates.keys().map(|n| ("aggregates", n))
+            .chain(self.tables.keys().map(|n| ("tables", n)))
+            .collect();
+        for (section, names) in [("rekeys", self.rekeys.keys().collect::<Vec<_>>()), ("joins", self.joins.keys().collect())] {
+            for name in names {
+                if let Some((other, _)) = nodes.iter().find(|(_, n)| *n == name) {
+                    return Err(TopologyError::Invalid {
+                        at: self.key_position(&format!("{section}.{name}")),
+                        message: format!("node name {name:?} is already used under `{other}`; node names are unique across sections"),
+                    });
+                }
+                nodes.push((section, name));
+            }
+        }
+        for (node, r) in &self.rekeys {
+            let at = |key: &str| format!("rekeys.{node}.{key}");
+            if !self.topics.contains_key(&r.from) {
+                return Err(self.error_at(&at("from"), format!(
+                    "rekey {node}: topic {:?} is not declared under `topics`; expected one of {:?}", r.from, self.topics.keys().collect::<Vec<_>>())));
+            }
+            if self.topics[&r.from].codec != Format::Json {
+                return Err(self.error_at(&at("from"), format!(
+                    "rekey {node}: topic {} must use the json codec to read field {:?} from its values", r.from, r.key_field)));
+            }
+            if !self.tables.contains_key(&r.into) {
+                return Err(self.error_at(&at("into"), format!(
+                    "rekey {node}: {:?} is not a table node; expected one of {:?}", r.into, self.tables.keys().collect::<Vec<_>>())));
+            }
+            if let Some(other) = inputs.insert(r.from.clone(), node.clone()) {
+                return Err(self.error_at(&at("from"), format!(
+                    "rekey {node}: topic {:?} is already read by {other}; each input topic feeds one node", r.from)));
+            }
+        }
+        for (node, j) in &self.joins {
+            let at = |key: &str| format!("joins.{node}.{key}");
+            let Some(table) = self.tables.get(&j.table) else {
+                return Err(self.error_at(&at("table"), format!(
+                    "join {node}: {:?} is not a table node; expected one of {:?}", j.table, self.tables.keys().collect::<Vec<_>>())));
+            };
+            let table_partitions = self.topics[&table.topic].partitions;
+            if let Some(r) = self.rekeys.get(&j.stream) {
+                if r.into != j.table {
+                    return Err(self.error_at(&at("table"), format!(
+                        "join {node}: rekey {} is partitioned for table {}, not {}", j.stream, r.into, j.table)));
+                }
+            } else if let Some(t) = self.topics.get(&j.stream) {
+                if t.partitions != table_partitions {
+                    return Err(self.error_at(&at("stream"), format!(
+                        "join {node}: stream topic {} has {} partitions but table topic {} has {}; co-partitioned inputs need equal counts (re-key the stream into the table instead)",
+                        j.stream, t.partitions, table.topic, table_partitions)));
+                }
+            } else {
+                return Err(self.error_at(&at("stream"), format!(
+                    "join {node}: {:?} is neither a rekey node nor a declared topic", j.stream)));
+            }
+            if !self.topics.contains_key(&j.output) {
+                return Err(self.error_at(&at("output"), format!(
+                    "join {node}: output topic {:?} is not declared under `topics`", j.output)));
+            }
+            let stream_topic = self.join_stream_topic(j);
+            if let Some(other) = inputs.insert(stream_topic.clone(), node.clone()) {
+                return Err(self.error_at(&at("stream"), format!(
+                    "join {node}: topic {stream_topic:?} is already read by {other}; each input topic feeds one node")));
+            }
         }
         Ok(())
     }

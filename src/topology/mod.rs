@@ -13,8 +13,8 @@ mod positions;
 pub use needs::{TopicNeed, TopicRole};
 pub use positions::Positions;
 
-pub use file::{AggregateNode, HttpSettings, Processing, StoreSpec, TableNode, TopicSpec, Topology};
-pub use names::{changelog_topic, dead_letter_topic};
+pub use file::{AggregateNode, HttpSettings, JoinNode, Processing, RekeyNode, StoreSpec, TableNode, TopicSpec, Topology};
+pub use names::{changelog_topic, dead_letter_topic, repartition_topic};
 
 use crate::error::Recovery;
 use std::fmt;

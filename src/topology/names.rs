@@ -10,3 +10,8 @@ pub fn changelog_topic(application_id: &str, store: &str) -> String {
 pub fn dead_letter_topic(application_id: &str) -> String {
     format!("{application_id}-dead-letters")
 }
+
+/// `<application_id>-<rekey node>-repartition`, as Kafka Streams names its repartition topics.
+pub fn repartition_topic(application_id: &str, node: &str) -> String {
+    format!("{application_id}-{node}-repartition")
+}

@@ -12,6 +12,8 @@ pub enum TopicRole {
     Changelog,
     /// Where records that cannot be processed go.
     DeadLetters,
+    /// A re-key node's output, partitioned like the table it feeds.
+    Repartition,
 }
 
 /// A topic the application needs.
@@ -72,6 +74,18 @@ impl Topology {
                 compacted: true,
                 retention_ms: spec.retention_ms,
                 role: TopicRole::Changelog,
+            });
+        }
+        for (node, r) in &self.rekeys {
+            let Some(table) = self.tables.get(&r.into) else { continue };
+            let target = &self.topics[&table.topic];
+            needs.push(TopicNeed {
+                name: self.repartition_topic(node),
+                partitions: target.partitions,
+                replication: target.replication,
+                compacted: false,
+                retention_ms: None,
+                role: TopicRole::Repartition,
             });
         }
         if !self.topics.contains_key(&self.dead_letter_topic()) {

@@ -1,0 +1,109 @@
+//! Re-key through a repartition topic and a co-partitioned stream–table join, against the
+//! real broker, with one and with two instances of the application.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+struct Shop {
+    setup: Setup,
+    customers: String,
+    orders: String,
+    enriched: String,
+}
+
+fn shop(name: &str) -> Shop {
+    let app = unique(name);
+    let (customers, orders, enriched) = (format!("{app}-customers"), format!("{app}-orders"), format!("{app}-enriched"));
+    let dir_setup = Setup::new(&format!("{name}-unused"), 1, "json");
+    let topology = dir_setup.dir.path().join("shop.yaml");
+    std::fs::write(&topology, format!("version: 1
+application_id: {app}
+topics:
+  {customers}: {{ partitions: 4, compacted: true }}
+  {orders}: {{ partitions: 3 }}
+  {enriched}: {{ partitions: 3 }}
+tables:
+  customers: {{ topic: {customers}, store: customers }}
+rekeys:
+  by-customer: {{ from: {orders}, key_field: customer_id, into: customers }}
+joins:
+  enrich: {{ stream: by-customer, table: customers, kind: inner, output: {enriched} }}
+")).unwrap();
+    Shop { setup: Setup { topology, app, ..dir_setup }, customers, orders, enriched }
+}
+
+fn load_customers(s: &Shop, n: usize, instances: &[&Instance]) {
+    let p = producer();
+    for c in 0..n {
+        send(&p, &s.customers, &format!("c{c}"), format!(r#"{{"name":"N{c}"}}"#).as_bytes(), &[]);
+    }
+    flush(&p);
+    // Wait until every customer is in the table, on whichever instance owns it: the join
+    // has no time synchronization across inputs yet (next step of the joins issue).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for c in 0..n {
+        while !instances.iter().any(|i| i.get(&format!("/stores/customers/keys/c{c}")).0 == 200) {
+            assert!(Instant::now() < deadline, "customer c{c} never reached the table");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn send_orders(s: &Shop, n: usize, customers: usize) {
+    let p = producer();
+    for o in 0..n {
+        let body = format!(r#"{{"customer_id":"c{}","qty":{o}}}"#, o % customers);
+        send(&p, &s.orders, &format!("o{o}"), body.as_bytes(), &[]);
+    }
+    flush(&p);
+}
+
+fn check_enriched(s: &Shop, n: usize, customers: usize) {
+    let out = wait_for(&s.enriched, n, Duration::from_secs(60));
+    assert_eq!(out.len(), n, "every order enriched exactly once");
+    let mut keys: Vec<String> = out.iter().map(|r| r.key.clone().unwrap()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "no order twice");
+    for r in &out {
+        let v = r.json();
+        let o: usize = r.key.as_deref().unwrap()[1..].parse().unwrap();
+        assert_eq!(v["stream"]["qty"], o);
+        assert_eq!(v["table"]["name"], format!("N{}", o % customers), "{v}");
+    }
+}
+
+#[test]
+fn orders_rekeyed_and_joined_with_the_customer_table() {
+    let s = shop("join1");
+    let inst = Instance::start(&s.setup, "j0", &s.setup.dir.path().join("state"));
+    load_customers(&s, 10, &[&inst]);
+    send_orders(&s, 50, 10);
+    check_enriched(&s, 50, 10);
+    let repartition = read_all(&format!("{}-by-customer-repartition", s.setup.app));
+    assert_eq!(repartition.len(), 50);
+    for r in &repartition {
+        let k = r.key.as_deref().unwrap();
+        assert_eq!(r.partition, millrace::codec::murmur2::partition_for_key(k.as_bytes(), 4), "repartitioned like the table");
+    }
+}
+
+#[test]
+fn two_instances_keep_join_partitions_together() {
+    let s = shop("join2");
+    let a = Instance::start(&s.setup, "a", &s.setup.dir.path().join("state-a"));
+    let b = Instance::start(&s.setup, "b", &s.setup.dir.path().join("state-b"));
+    // Let the second member's rebalance settle: both ready, the table split between them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.get("/ready").0 != 200 || b.get("/ready").0 != 200
+        || a.get("/stores/customers?limit=1").1["partitions"].as_array().map_or(0, Vec::len) == 4
+    {
+        assert!(Instant::now() < deadline, "the two instances never split the partitions");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    load_customers(&s, 20, &[&a, &b]);
+    send_orders(&s, 60, 20);
+    check_enriched(&s, 60, 20);
+}
