@@ -99,22 +99,8 @@ async fn list(
 ) -> Result<Json<Value>, QueryError> {
     let view = ctx.catalog.view(&store).ok_or_else(|| QueryError::UnknownStore(store.clone()))?;
     let (limit, after) = page_params(&q)?;
-    let parts = ctx.catalog.local_partitions(&store);
-    let mut owned: Vec<i32> = parts.iter().map(|p| p.partition()).collect();
-    owned.sort_unstable();
-    let entries = tokio::task::spawn_blocking(move || {
-        let mut all = Vec::new();
-        for p in &parts {
-            all.extend(p.scan(after.as_deref().map(str::as_bytes), limit)?);
-        }
-        Ok::<_, crate::store::StoreError>(all)
-    })
-    .await
-    .map_err(|_| QueryError::Internal)?
-    .map_err(|e| {
-        tracing::error!(error = %e, "store scan failed");
-        QueryError::Internal
-    })?;
+    let (entries, owned) =
+        gather(ctx.catalog.local_partitions(&store), move |p| p.scan(after.as_deref().map(str::as_bytes), limit)).await?;
     page(&view, entries, limit, owned)
 }
 
@@ -131,23 +117,37 @@ async fn by_index(
         return Err(QueryError::UnknownIndex { store, field, known: view.indexes.clone() });
     }
     let (limit, after) = page_params(&q)?;
-    let parts = ctx.catalog.local_partitions(&store);
+    let (entries, owned) = gather(ctx.catalog.local_partitions(&store), move |p| {
+        p.index_scan(&field, &value, after.as_deref().map(str::as_bytes), limit)
+    })
+    .await?;
+    page(&view, entries, limit, owned)
+}
+
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Runs `scan` over this instance's partitions of a store, off the async threads (RocksDB
+/// reads block). Returns the entries and the partitions they came from.
+async fn gather(
+    parts: Vec<std::sync::Arc<crate::store::RocksStore>>,
+    scan: impl Fn(&crate::store::RocksStore) -> Result<Entries, crate::store::StoreError> + Send + 'static,
+) -> Result<(Entries, Vec<i32>), QueryError> {
     let mut owned: Vec<i32> = parts.iter().map(|p| p.partition()).collect();
     owned.sort_unstable();
     let entries = tokio::task::spawn_blocking(move || {
         let mut all = Vec::new();
         for p in &parts {
-            all.extend(p.index_scan(&field, &value, after.as_deref().map(str::as_bytes), limit)?);
+            all.extend(scan(p)?);
         }
         Ok::<_, crate::store::StoreError>(all)
     })
     .await
     .map_err(|_| QueryError::Internal)?
     .map_err(|e| {
-        tracing::error!(error = %e, "index scan failed");
+        tracing::error!(error = %e, "store scan failed");
         QueryError::Internal
     })?;
-    page(&view, entries, limit, owned)
+    Ok((entries, owned))
 }
 
 fn page_params(q: &HashMap<String, String>) -> Result<(usize, Option<String>), QueryError> {
@@ -173,7 +173,7 @@ fn page_params(q: &HashMap<String, String>) -> Result<(usize, Option<String>), Q
 
 /// Merges per-partition results in key order and renders one page. `next` is the last key
 /// of a full page: the `after` of the next request.
-fn page(view: &StoreView, mut entries: Vec<(Vec<u8>, Vec<u8>)>, limit: usize, owned: Vec<i32>) -> Result<Json<Value>, QueryError> {
+fn page(view: &StoreView, mut entries: Entries, limit: usize, owned: Vec<i32>) -> Result<Json<Value>, QueryError> {
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries.truncate(limit);
     let next = (entries.len() == limit).then(|| entries.last().map(|(k, _)| String::from_utf8_lossy(k).into_owned())).flatten();

@@ -56,6 +56,33 @@ impl RouteStore {
     pub fn source_is_changelog(&self, input: &str) -> bool {
         self.changelog == input
     }
+
+    /// The store a task of `input` writes through.
+    pub fn wrap(&self, rocks: Arc<RocksStore>, input: &str) -> ChangeloggedStore {
+        if self.source_is_changelog(input) {
+            ChangeloggedStore::without_changelog(rocks)
+        } else {
+            ChangeloggedStore::new(rocks, self.changelog.as_str())
+        }
+    }
+}
+
+/// The stores a task of `tp` may read besides its own: those its route names as peers,
+/// from the other tasks of the same partition (a join's table, overlay included).
+pub(crate) fn peer_stores<'a>(
+    routes: &'a BTreeMap<String, Route>,
+    tasks: &'a BTreeMap<TopicPartition, Task>,
+    tp: &TopicPartition,
+) -> Vec<(&'a str, &'a ChangeloggedStore)> {
+    let wanted = &routes[&tp.topic].peers;
+    tasks
+        .iter()
+        .filter(|(other, _)| other.partition == tp.partition && *other != tp)
+        .filter_map(|(other, t)| {
+            let name = routes[&other.topic].state.as_ref()?.name.as_str();
+            wanted.iter().any(|p| p == name).then_some((name, t.store()?))
+        })
+        .collect()
 }
 
 /// What the engine needs to build and commit tasks.
@@ -142,21 +169,12 @@ impl Engine {
             self.txn_started = Instant::now();
             self.txn_records = 0;
         }
-        let route = &self.settings.routes[&tp.topic];
-        let result = if route.peers.is_empty() {
+        let result = if self.settings.routes[&tp.topic].peers.is_empty() {
             task.process(&record, &mut self.out, &[])
         } else {
-            // A join reads its table from the task of the same partition, overlay included.
+            // The task leaves the map while it runs, so the peers can be borrowed from it.
             let mut task = self.tasks.remove(&tp).expect("task looked up above");
-            let peers: Vec<(&str, &ChangeloggedStore)> = self
-                .tasks
-                .iter()
-                .filter(|(other, _)| other.partition == tp.partition)
-                .filter_map(|(other, t)| {
-                    let name = self.settings.routes[&other.topic].state.as_ref()?.name.as_str();
-                    route.peers.iter().any(|p| p == name).then_some((name, t.store()?))
-                })
-                .collect();
+            let peers = peer_stores(&self.settings.routes, &self.tasks, &tp);
             let r = task.process(&record, &mut self.out, &peers);
             self.tasks.insert(tp.clone(), task);
             r
@@ -368,11 +386,7 @@ impl Engine {
                 metrics::gauge!("millrace_store_keys", "store" => st.name.clone(), "partition" => tp.partition.to_string())
                     .set(rocks.estimated_keys() as f64);
                 self.catalog.attach(&rocks);
-                Some(if st.source_is_changelog(&tp.topic) {
-                    ChangeloggedStore::without_changelog(rocks)
-                } else {
-                    ChangeloggedStore::new(rocks, st.changelog.as_str())
-                })
+                Some(st.wrap(rocks, &tp.topic))
             }
         };
         let mut task = Task::new(tp.clone(), (route.processor)(), store);

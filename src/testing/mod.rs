@@ -21,9 +21,9 @@
 
 use crate::codec::murmur2::partition_for_key;
 use crate::record::{Headers, InRecord, OutRecord, TopicPartition};
-use crate::runtime::engine::{Route, RouteStore};
+use crate::runtime::engine::{peer_stores, Route, RouteStore};
 use crate::runtime::{App, AppConfig, Catalog, Registry, RuntimeError, Task, TaskState};
-use crate::store::{ChangeloggedStore, RocksStore, StoreResources};
+use crate::store::{RocksStore, StoreResources};
 use crate::topology::Topology;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -121,11 +121,7 @@ impl TopologyDriver {
                         let rocks = Arc::new(RocksStore::open(&self.state_dir, &st.name, p, &self.resources, st.indexer.clone())?);
                         self.restored += self.restore(&rocks, st)?;
                         self.catalog.attach(&rocks);
-                        Some(if st.source_is_changelog(&topic) {
-                            ChangeloggedStore::without_changelog(rocks)
-                        } else {
-                            ChangeloggedStore::new(rocks, st.changelog.as_str())
-                        })
+                        Some(st.wrap(rocks, &topic))
                     }
                 };
                 let mut task = Task::new(tp.clone(), (route.processor)(), store);
@@ -216,17 +212,8 @@ impl TopologyDriver {
             headers: r.headers,
         };
         // As the engine does: a node with peers reads their stores of the same partition.
-        let route = &self.routes[&tp.topic];
         let mut task = self.tasks.remove(tp).expect("task exists for piped partition");
-        let peers: Vec<(&str, &ChangeloggedStore)> = self
-            .tasks
-            .iter()
-            .filter(|(other, _)| other.partition == tp.partition)
-            .filter_map(|(other, t)| {
-                let name = self.routes[&other.topic].state.as_ref()?.name.as_str();
-                route.peers.iter().any(|p| p == name).then_some((name, t.store()?))
-            })
-            .collect();
+        let peers = peer_stores(&self.routes, &self.tasks, tp);
         let result = task.process(&record, &mut self.pending, &peers);
         self.tasks.insert(tp.clone(), task);
         result?;
