@@ -107,3 +107,53 @@ fn two_instances_keep_join_partitions_together() {
     send_orders(&s, 60, 20);
     check_enriched(&s, 60, 20);
 }
+
+#[test]
+fn global_table_is_bootstrapped_before_orders_and_kept_current() {
+    let app = unique("global");
+    let (customers, orders, enriched) = (format!("{app}-customers"), format!("{app}-orders"), format!("{app}-enriched"));
+    let base = Setup::new("global-unused", 1, "json");
+    let topology = base.dir.path().join("global.yaml");
+    std::fs::write(&topology, format!("version: 1
+application_id: {app}
+topics:
+  {customers}: {{ partitions: 4, compacted: true }}
+  {orders}: {{ partitions: 3 }}
+  {enriched}: {{ partitions: 3 }}
+global_tables:
+  customers: {{ topic: {customers}, store: customers }}
+joins:
+  enrich: {{ stream: {orders}, table: customers, key_field: customer_id, kind: inner, output: {enriched} }}
+")).unwrap();
+    let s = Shop { setup: Setup { topology, app: app.clone(), ..base }, customers, orders, enriched };
+    millrace::runtime::topics::ensure(&bootstrap(), &[
+        millrace::runtime::topics::TopicNeed::plain(s.customers.clone(), 4),
+    ]).unwrap();
+    // Customers exist before any instance starts: the bootstrap must load them all.
+    let p = producer();
+    for c in 0..20 {
+        send(&p, &s.customers, &format!("c{c}"), format!(r#"{{"name":"N{c}"}}"#).as_bytes(), &[]);
+    }
+    flush(&p);
+    let a = Instance::start(&s.setup, "ga", &s.setup.dir.path().join("state-a"));
+    let b = Instance::start(&s.setup, "gb", &s.setup.dir.path().join("state-b"));
+    for inst in [&a, &b] {
+        let (_, page) = inst.get("/stores/customers?limit=100");
+        assert_eq!(page["entries"].as_array().unwrap().len(), 20, "every instance holds the whole table once ready");
+    }
+    send_orders(&s, 60, 20);
+    check_enriched(&s, 60, 20);
+    // Kept current: a customer created now is joined once it has arrived.
+    send(&p, &s.customers, "c20", br#"{"name":"N20"}"#, &[]);
+    flush(&p);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [&a, &b].iter().any(|i| i.get("/stores/customers/keys/c20").0 != 200) {
+        assert!(Instant::now() < deadline, "c20 never reached both instances");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send(&p, &s.orders, "o-new", br#"{"customer_id":"c20","qty":1}"#, &[]);
+    flush(&p);
+    let out = wait_for(&s.enriched, 61, Duration::from_secs(30));
+    let new = out.iter().find(|r| r.key.as_deref() == Some("o-new")).expect("the new order was enriched");
+    assert_eq!(new.json()["table"]["name"], "N20");
+}

@@ -5,6 +5,22 @@
 
 use super::{dead_letter, Context, ProcessError, Processor};
 use crate::record::{header, InRecord, OutRecord};
+use crate::store::StoreError;
+use std::sync::Arc;
+
+/// A table held whole on every instance (a global table), looked up by key.
+pub trait Lookup: Send + Sync {
+    fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// Where a join finds its table.
+#[derive(Clone)]
+pub enum TableSource {
+    /// A co-partitioned table: the peer store of the same partition, by store name.
+    Peer(String),
+    /// A global table, with the stream field that holds the join key.
+    Global { table: Arc<dyn Lookup>, key_field: String },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -14,7 +30,7 @@ pub enum JoinKind {
 }
 
 pub struct JoinProcessor {
-    pub table_store: String,
+    pub table: TableSource,
     pub kind: JoinKind,
     pub output_topic: String,
     pub dead_letter_topic: String,
@@ -33,16 +49,28 @@ impl Processor for JoinProcessor {
                 return Ok(());
             }
         };
-        let table = ctx
-            .peer(&self.table_store)
-            .expect("co-partitioning puts the table's task of this partition on this instance")
-            .get(key)?
-            .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok());
+        let (join_key, found) = match &self.table {
+            TableSource::Peer(store) => {
+                let peer = ctx.peer(store).expect("co-partitioning puts the table's task of this partition on this instance");
+                (key.to_vec(), peer.get(key)?)
+            }
+            TableSource::Global { table, key_field } => {
+                let Some(k) = field_key(&stream, key_field) else {
+                    let reason = format!("field {key_field:?} is missing or not a string or number");
+                    ctx.out.send(dead_letter(record, &reason, &self.dead_letter_topic));
+                    return Ok(());
+                };
+                let found = table.lookup(k.as_bytes())?;
+                (k.into_bytes(), found)
+            }
+        };
+        let table = found.and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok());
         if table.is_none() && self.kind == JoinKind::Inner {
-            metrics::counter!("millrace_join_unmatched_total", "store" => self.table_store.clone()).increment(1);
+            metrics::counter!("millrace_join_unmatched_total").increment(1);
             return Ok(());
         }
         let out_key = record.headers.get(header::ORIGINAL_KEY).map(<[u8]>::to_vec).unwrap_or_else(|| key.to_vec());
+        let key = join_key.as_slice();
         let joined = serde_json::json!({
             "key": String::from_utf8_lossy(key),
             "stream": stream,
@@ -56,5 +84,14 @@ impl Processor for JoinProcessor {
             headers: Default::default(),
         });
         Ok(())
+    }
+}
+
+/// A join or re-key key from a top-level field: strings as they are, numbers as text.
+pub fn field_key(value: &serde_json::Value, field: &str) -> Option<String> {
+    match value.get(field)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }

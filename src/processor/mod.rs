@@ -15,7 +15,7 @@ pub mod wire;
 pub use aggregate::{Aggregate, Rejection};
 pub use aggregate_processor::{AggregateProcessor, AggregateSettings, SnapshotRenderer};
 pub use dead_letter::dead_letter;
-pub use join::{JoinKind, JoinProcessor};
+pub use join::{field_key, JoinKind, JoinProcessor, Lookup, TableSource};
 pub use rekey::RekeyProcessor;
 pub use table::{TableProcessor, TableRenderer};
 

@@ -25,10 +25,9 @@ impl Processor for RekeyProcessor {
                 return Ok(());
             }
         };
-        let key = match value.get(&self.key_field) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            _ => {
+        let key = match super::join::field_key(&value, &self.key_field) {
+            Some(k) => k,
+            None => {
                 let reason = format!("field {:?} is missing or not a string or number", self.key_field);
                 ctx.out.send(dead_letter(record, &reason, &self.dead_letter_topic));
                 return Ok(());

@@ -9,7 +9,8 @@ use super::topics;
 use crate::topology::TopicNeed;
 use super::RuntimeError;
 use crate::codec::Format;
-use crate::processor::{AggregateSettings, JoinProcessor, RekeyProcessor, TableProcessor, TableRenderer, ValueRenderer};
+use crate::processor::{AggregateSettings, JoinProcessor, Lookup, RekeyProcessor, TableProcessor, TableRenderer, TableSource, ValueRenderer};
+use super::global::GlobalTable;
 use crate::store::Indexer;
 use crate::record::{Headers, InRecord};
 use crate::store::StoreResources;
@@ -44,6 +45,7 @@ pub struct App {
     config: AppConfig,
     routes: BTreeMap<String, Route>,
     catalog: Arc<Catalog>,
+    globals: BTreeMap<String, Arc<GlobalTable>>,
 }
 
 impl App {
@@ -144,24 +146,41 @@ impl App {
                 peers: Vec::new(),
             });
         }
+        let mut globals = BTreeMap::new();
+        for (node, g) in &topology.global_tables {
+            let table = Arc::new(GlobalTable::new(node, &g.topic, &g.store));
+            catalog.define(&g.store, StoreView {
+                partitions: topology.topics[&g.topic].partitions,
+                renderer: Arc::new(TableRenderer { format: topology.topics[&g.topic].codec }),
+                indexes: Vec::new(),
+            });
+            globals.insert(node.clone(), table);
+        }
         for j in topology.joins.values() {
-            let table_store = topology.tables[&j.table].store.clone();
+            let (source, peers) = match (globals.get(&j.table), &j.key_field) {
+                (Some(g), Some(field)) => {
+                    (TableSource::Global { table: g.clone() as Arc<dyn Lookup>, key_field: field.clone() }, vec![])
+                }
+                _ => {
+                    let store = topology.tables[&j.table].store.clone();
+                    (TableSource::Peer(store.clone()), vec![store])
+                }
+            };
             let (kind, output_topic, dead_letter_topic) = (j.kind, j.output.clone(), topology.dead_letter_topic());
-            let store = table_store.clone();
             routes.insert(topology.join_stream_topic(j), Route {
                 processor: Arc::new(move || {
                     Box::new(JoinProcessor {
-                        table_store: store.clone(),
+                        table: source.clone(),
                         kind,
                         output_topic: output_topic.clone(),
                         dead_letter_topic: dead_letter_topic.clone(),
                     })
                 }),
                 state: None,
-                peers: vec![table_store],
+                peers,
             });
         }
-        Ok(Self { topology, config, routes, catalog })
+        Ok(Self { topology, config, routes, catalog, globals })
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -170,6 +189,11 @@ impl App {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The global tables, by node name.
+    pub fn globals(&self) -> &BTreeMap<String, Arc<GlobalTable>> {
+        &self.globals
     }
 
     /// How each command topic is processed; the broker-free driver builds its tasks from it.
@@ -202,6 +226,29 @@ impl App {
         let threads = self.topology.processing.threads.max(1);
         self.catalog.expect_threads(threads);
         let resources = StoreResources::new(&self.topology.rocksdb);
+        // Global tables load to their end before any input is processed, then follow.
+        let mut followers = Vec::new();
+        for g in self.globals.values() {
+            let (g, dir, partitions, res, bootstrap) = (
+                g.clone(),
+                self.config.state_dir.join(&self.topology.application_id).join("global"),
+                self.topology.topics[&g.topic].partitions,
+                resources.clone(),
+                self.config.bootstrap_servers.clone(),
+            );
+            let catalog = self.catalog.clone();
+            let g = tokio::task::spawn_blocking(move || {
+                for s in g.open(&dir, partitions, &res)? {
+                    catalog.attach(&s);
+                }
+                let n = g.bootstrap(&bootstrap)?;
+                tracing::info!(table = %g.name, records = n, "global table bootstrapped");
+                Ok::<_, RuntimeError>(g)
+            })
+            .await
+            .expect("global bootstrap does not panic")?;
+            followers.push(g.follow(self.config.bootstrap_servers.clone(), stop.clone()));
+        }
         let mut processing = Vec::with_capacity(threads);
         for thread in 0..threads {
             // One member id per thread: `<app>-<instance>` alone, `<app>-<instance>-<n>` for more.
@@ -265,9 +312,14 @@ impl App {
             _ = rx => {}
         }
         stop.store(true, Ordering::SeqCst);
-        tokio::task::spawn_blocking(move || watcher.join().expect("watcher does not panic"))
-            .await
-            .expect("join does not panic")
+        tokio::task::spawn_blocking(move || {
+            for f in followers {
+                let _ = f.join();
+            }
+            watcher.join().expect("watcher does not panic")
+        })
+        .await
+        .expect("join does not panic")
     }
 
     fn consumer_config(&self, member: &str) -> ClientConfig {

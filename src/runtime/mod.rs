@@ -7,6 +7,7 @@
 mod app;
 mod catalog;
 pub(crate) mod engine;
+pub mod global;
 mod registry;
 mod restore;
 mod task;

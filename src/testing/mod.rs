@@ -69,6 +69,8 @@ pub struct TopologyDriver {
     now_ms: i64,
     since_commit_ms: i64,
     restored: u64,
+    /// Global tables mirror their topic as records arrive, outside any transaction.
+    globals: Vec<Arc<crate::runtime::global::GlobalTable>>,
 }
 
 impl TopologyDriver {
@@ -84,6 +86,7 @@ impl TopologyDriver {
         };
         let app = App::new(topology, registry, config)?;
         let topology = app.topology().clone();
+        let globals: Vec<Arc<crate::runtime::global::GlobalTable>> = app.globals().values().cloned().collect();
         let mut driver = Self {
             routes: app.routes().clone(),
             catalog: app.catalog(),
@@ -99,7 +102,15 @@ impl TopologyDriver {
             now_ms: 0,
             since_commit_ms: 0,
             restored: 0,
+            globals: Vec::new(),
         };
+        for g in globals {
+            let partitions = driver.partitions(&g.topic);
+            for s in g.open(&driver.state_dir.join("global"), partitions, &driver.resources)? {
+                driver.catalog.attach(&s);
+            }
+            driver.globals.push(g);
+        }
         driver.assign()?;
         Ok(driver)
     }
@@ -193,6 +204,10 @@ impl TopologyDriver {
             value,
             headers,
         });
+        for g in self.globals.iter().filter(|g| g.topic == topic) {
+            let record = &self.log[&tp][offset as usize];
+            g.stores()[partition as usize].write([(key.as_bytes(), record.value.as_deref())], Some(offset))?;
+        }
         if self.tasks.contains_key(&tp) {
             self.process_next(&tp)?;
         }

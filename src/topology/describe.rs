@@ -58,6 +58,17 @@ fn subs(t: &Topology) -> Vec<Sub> {
             reads: vec![],
         });
     }
+    for (node, g) in &t.global_tables {
+        all.push(Sub {
+            index: 0,
+            node: node.clone(),
+            kind: "global table, every instance, outside the group".into(),
+            source: g.topic.clone(),
+            sinks: vec![],
+            store: Some((g.store.clone(), format!("{} (input topic)", g.topic))),
+            reads: vec![],
+        });
+    }
     for (node, j) in &t.joins {
         all.push(Sub {
             index: 0,
@@ -66,7 +77,7 @@ fn subs(t: &Topology) -> Vec<Sub> {
             source: t.join_stream_topic(j),
             sinks: vec![j.output.clone(), dlq.clone()],
             store: None,
-            reads: t.tables.get(&j.table).map(|x| x.store.clone()).into_iter().collect(),
+            reads: t.tables.get(&j.table).or_else(|| t.global_tables.get(&j.table)).map(|x| x.store.clone()).into_iter().collect(),
         });
     }
     for (i, s) in all.iter_mut().enumerate() {

@@ -26,9 +26,12 @@ pub struct Topology {
     /// Re-key nodes: a new key from a value field, through a repartition topic.
     #[serde(default)]
     pub rekeys: BTreeMap<String, RekeyNode>,
-    /// Stream–table joins, co-partitioned.
+    /// Stream–table joins: co-partitioned with a table, or against a global table.
     #[serde(default)]
     pub joins: BTreeMap<String, JoinNode>,
+    /// Global tables: the whole topic on every instance, outside the consumer group.
+    #[serde(default)]
+    pub global_tables: BTreeMap<String, TableNode>,
     #[serde(default)]
     pub processing: Processing,
     /// Options of named stores; a store a node names but this map omits gets the defaults.
@@ -154,6 +157,10 @@ pub struct JoinNode {
     pub kind: crate::processor::JoinKind,
     /// Output topic (declared under `topics`).
     pub output: String,
+    /// With a global table only: the stream value field that holds the join key (no
+    /// repartitioning needed, since every instance holds the whole table).
+    #[serde(default)]
+    pub key_field: Option<String>,
 }
 
 fn default_join_kind() -> crate::processor::JoinKind {
@@ -433,7 +440,7 @@ impl Topology {
                 });
             }
         }
-        if self.aggregates.is_empty() && self.tables.is_empty() && self.rekeys.is_empty() && self.joins.is_empty() {
+        if self.aggregates.is_empty() && self.tables.is_empty() && self.rekeys.is_empty() && self.joins.is_empty() && self.global_tables.is_empty() {
             return Err(self.error_at("aggregates", "the topology has no nodes; expected at least one aggregate or table".into()));
         }
         // Internal topics derive their partition counts; one declared under `topics` must agree.
@@ -473,7 +480,11 @@ impl Topology {
         let mut nodes: Vec<(&str, &String)> = self.aggregates.keys().map(|n| ("aggregates", n))
             .chain(self.tables.keys().map(|n| ("tables", n)))
             .collect();
-        for (section, names) in [("rekeys", self.rekeys.keys().collect::<Vec<_>>()), ("joins", self.joins.keys().collect())] {
+        for (section, names) in [
+            ("rekeys", self.rekeys.keys().collect::<Vec<_>>()),
+            ("joins", self.joins.keys().collect()),
+            ("global_tables", self.global_tables.keys().collect()),
+        ] {
             for name in names {
                 if let Some((other, _)) = nodes.iter().find(|(_, n)| *n == name) {
                     return Err(TopologyError::Invalid {
@@ -503,11 +514,45 @@ impl Topology {
                     "rekey {node}: topic {:?} is already read by {other}; each input topic feeds one node", r.from)));
             }
         }
+        for (node, g) in &self.global_tables {
+            if !self.topics.contains_key(&g.topic) {
+                return Err(self.error_at(&format!("global_tables.{node}.topic"), format!(
+                    "global table {node}: topic {:?} is not declared under `topics`", g.topic)));
+            }
+            if self.tables.values().any(|t| t.store == g.store) || self.aggregates.values().any(|a| a.store == g.store) {
+                return Err(self.error_at(&format!("global_tables.{node}.store"), format!(
+                    "global table {node}: store {:?} is already used by another node", g.store)));
+            }
+        }
         for (node, j) in &self.joins {
             let at = |key: &str| format!("joins.{node}.{key}");
+            if self.global_tables.contains_key(&j.table) {
+                if j.key_field.is_none() {
+                    return Err(self.error_at(&at("table"), format!(
+                        "join {node}: joining global table {} needs `key_field`, the stream field that holds the join key", j.table)));
+                }
+                if !self.topics.contains_key(&j.stream) {
+                    return Err(self.error_at(&at("stream"), format!(
+                        "join {node}: a global-table join reads a declared topic directly; {:?} is not one", j.stream)));
+                }
+                if !self.topics.contains_key(&j.output) {
+                    return Err(self.error_at(&at("output"), format!(
+                        "join {node}: output topic {:?} is not declared under `topics`", j.output)));
+                }
+                if let Some(other) = inputs.insert(j.stream.clone(), node.clone()) {
+                    return Err(self.error_at(&at("stream"), format!(
+                        "join {node}: topic {:?} is already read by {other}; each input topic feeds one node", j.stream)));
+                }
+                continue;
+            }
+            if j.key_field.is_some() {
+                return Err(self.error_at(&at("key_field"), format!(
+                    "join {node}: `key_field` is for global tables; a co-partitioned join uses the record key (re-key the stream first)")));
+            }
             let Some(table) = self.tables.get(&j.table) else {
                 return Err(self.error_at(&at("table"), format!(
-                    "join {node}: {:?} is not a table node; expected one of {:?}", j.table, self.tables.keys().collect::<Vec<_>>())));
+                    "join {node}: {:?} is not a table or global table node; expected one of {:?}",
+                    j.table, self.tables.keys().chain(self.global_tables.keys()).collect::<Vec<_>>())));
             };
             let table_partitions = self.topics[&table.topic].partitions;
             if let Some(r) = self.rekeys.get(&j.stream) {

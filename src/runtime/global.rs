@@ -1,0 +1,103 @@
+//! Global tables: every instance holds the whole table, outside the consumer group. Before
+//! any input is processed, each partition of the table's topic is bootstrapped to its end
+//! offset; a background reader keeps it current after that. The table is stored as one
+//! RocksDB per topic partition, each with its own offset checkpoint, so a restart reads only
+//! what it has not seen, and a key is found in the partition a Java producer put it in.
+
+use super::restore::restore;
+use super::RuntimeError;
+use crate::codec::murmur2::partition_for_key;
+use crate::processor::Lookup;
+use crate::store::{RocksStore, StoreError, StoreResources};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub struct GlobalTable {
+    pub name: String,
+    pub topic: String,
+    pub store: String,
+    partitions: RwLock<Vec<Arc<RocksStore>>>,
+}
+
+impl GlobalTable {
+    pub fn new(name: &str, topic: &str, store: &str) -> Self {
+        Self { name: name.into(), topic: topic.into(), store: store.into(), partitions: RwLock::new(Vec::new()) }
+    }
+
+    /// Opens one store per topic partition.
+    pub fn open(&self, dir: &Path, partitions: i32, resources: &StoreResources) -> Result<Vec<Arc<RocksStore>>, RuntimeError> {
+        let mut opened = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            opened.push(Arc::new(RocksStore::open(dir, &self.store, p, resources, None)?));
+        }
+        *self.partitions.write().expect("global table lock") = opened.clone();
+        Ok(opened)
+    }
+
+    /// Reads every partition up to its end: nothing joins against a half-loaded table.
+    pub fn bootstrap(&self, bootstrap_servers: &str) -> Result<u64, RuntimeError> {
+        let stores = self.partitions.read().expect("global table lock").clone();
+        let mut total = 0;
+        for s in &stores {
+            total += restore(s, &self.topic, bootstrap_servers, &|_| true)?;
+        }
+        Ok(total)
+    }
+
+    /// Tails the topic from each partition's checkpoint until `stop`, applying records as
+    /// they come. Global tables mirror their topic; there is no transaction to join.
+    pub fn follow(self: Arc<Self>, bootstrap_servers: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name(format!("millrace-global-{}", self.name))
+            .spawn(move || {
+                if let Err(e) = self.follow_loop(&bootstrap_servers, &stop) {
+                    tracing::error!(table = %self.name, error = %e, "global table reader stopped");
+                }
+            })
+            .expect("spawn global table reader")
+    }
+
+    fn follow_loop(&self, bootstrap_servers: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+        let kafka = |source| RuntimeError::Kafka { op: "follow global table", topic: self.topic.clone(), source };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap_servers)
+            .set("group.id", format!("millrace-global-{}", self.topic))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(kafka)?;
+        let stores = self.partitions.read().expect("global table lock").clone();
+        let mut tpl = TopicPartitionList::new();
+        for s in &stores {
+            let from = s.checkpoint()?.map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
+            tpl.add_partition_offset(&self.topic, s.partition(), from).map_err(kafka)?;
+        }
+        consumer.assign(&tpl).map_err(kafka)?;
+        while !stop.load(Ordering::SeqCst) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                if let (Some(k), Some(store)) = (m.key(), stores.get(m.partition() as usize)) {
+                    store.write([(k, m.payload())], Some(m.offset()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stores(&self) -> Vec<Arc<RocksStore>> {
+        self.partitions.read().expect("global table lock").clone()
+    }
+}
+
+impl Lookup for GlobalTable {
+    fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let stores = self.partitions.read().expect("global table lock");
+        if stores.is_empty() {
+            return Ok(None);
+        }
+        stores[partition_for_key(key, stores.len() as i32) as usize].get(key)
+    }
+}
