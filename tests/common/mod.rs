@@ -170,9 +170,14 @@ impl Instance {
             .sum()
     }
 
-    pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    pub fn kill9(self) {
+        self.kill9_ref();
+    }
+
+    /// SIGKILL without giving up the handle (its Drop then has nothing left to do).
+    pub fn kill9_ref(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
     }
 
     /// SIGTERM, then wait for the clean exit.
