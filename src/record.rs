@@ -61,6 +61,10 @@ pub struct OutRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Headers,
+    /// Event time, carried over from the input record, as Kafka Streams does: a re-keyed
+    /// record keeps its order's time, so the join downstream can order it against the
+    /// table by time. None lets the producer stamp it.
+    pub timestamp: Option<i64>,
 }
 
 /// Where a processor's output goes. In production, the open Kafka transaction; in the

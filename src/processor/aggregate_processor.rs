@@ -65,6 +65,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
             key: Some(reply.command_id.clone().into_bytes()),
             value: Some(wire::encode_reply(self.settings.reply_format, &reply)),
             headers,
+            timestamp: record.timestamp,
         });
     }
 
@@ -163,6 +164,7 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
                                 event,
                             )),
                             headers,
+                            timestamp: record.timestamp,
                         });
                     }
                     metrics::counter!("millrace_events_total").increment(events.len() as u64);

@@ -17,5 +17,6 @@ pub fn dead_letter(record: &InRecord, reason: &str, topic: &str) -> OutRecord {
         key: record.key.clone(),
         value: record.value.clone(),
         headers,
+        timestamp: record.timestamp,
     }
 }

@@ -82,6 +82,7 @@ impl Processor for JoinProcessor {
             key: Some(out_key),
             value: Some(serde_json::to_vec(&joined).expect("JSON values serialize")),
             headers: Default::default(),
+            timestamp: record.timestamp,
         });
         Ok(())
     }

@@ -43,6 +43,7 @@ impl Processor for RekeyProcessor {
             key: Some(key.into_bytes()),
             value: record.value.clone(),
             headers,
+            timestamp: record.timestamp,
         });
         Ok(())
     }

@@ -191,6 +191,16 @@ impl App {
         &self.topology
     }
 
+    /// Topics to read in time order against each other: each co-partitioned join's table
+    /// topic (first: it wins ties) and stream topic.
+    fn sync_groups(&self) -> Vec<Vec<String>> {
+        self.topology
+            .joins
+            .values()
+            .filter_map(|j| Some(vec![self.topology.tables.get(&j.table)?.topic.clone(), self.topology.join_stream_topic(j)]))
+            .collect()
+    }
+
     /// The global tables, by node name.
     pub fn globals(&self) -> &BTreeMap<String, Arc<GlobalTable>> {
         &self.globals
@@ -269,6 +279,8 @@ impl App {
                 dead_letter_topic: self.topology.dead_letter_topic(),
                 thread,
                 exactly_once: self.topology.processing.exactly_once,
+                sync_groups: self.sync_groups(),
+                max_task_idle: Duration::from_millis(self.topology.processing.max_task_idle_ms),
             };
             let consumer_cfg = self.consumer_config(&member);
             let (resources, catalog, stop) = (resources.clone(), self.catalog.clone(), stop.clone());
@@ -412,8 +424,9 @@ fn poll_loop(
                 return Err(f);
             }
             if let Some(r) = record {
-                engine.process(&consumer, r)?;
+                engine.buffer(r);
             }
+            engine.drain(&consumer)?;
             engine.maybe_commit(&consumer)?;
         }
         Ok(())

@@ -12,6 +12,7 @@
 
 use super::catalog::Catalog;
 use super::restore::restore;
+use super::sync::InputSync;
 use super::task::{Task, TaskState};
 use super::RuntimeError;
 use crate::error::Recovery;
@@ -101,6 +102,9 @@ pub(crate) struct EngineSettings {
     pub thread: usize,
     /// Transactions (true) or at-least-once batches (false).
     pub exactly_once: bool,
+    /// Topics read in time order against each other, per partition (a join's table and stream).
+    pub sync_groups: Vec<Vec<String>>,
+    pub max_task_idle: Duration,
 }
 
 pub(crate) struct Engine {
@@ -110,6 +114,7 @@ pub(crate) struct Engine {
     resources: StoreResources,
     catalog: Arc<Catalog>,
     out: Vec<OutRecord>,
+    sync: InputSync,
     txn_records: usize,
     txn_started: Instant,
     gauges_updated: Instant,
@@ -130,6 +135,7 @@ impl Engine {
             settings.exactly_once,
             &settings.producer_overrides,
         )?;
+        let sync = InputSync::new(settings.sync_groups.clone(), settings.max_task_idle);
         Ok(Self {
             settings,
             sink,
@@ -137,6 +143,7 @@ impl Engine {
             resources,
             catalog,
             out: Vec::with_capacity(16),
+            sync,
             txn_records: 0,
             txn_started: Instant::now(),
             gauges_updated: Instant::now(),
@@ -321,12 +328,32 @@ impl Engine {
             }
             return Err(e.into());
         }
+        // Rewind every partition to its first record not yet committed: the first one the
+        // aborted transaction processed, or else the first one still buffered.
+        let mut targets = self.sync.first_offsets();
+        self.sync.clear();
         for (tp, task) in self.tasks.iter_mut() {
             if let Some(o) = task.aborted() {
-                consumer
-                    .seek(&tp.topic, tp.partition, Offset::Offset(o), Duration::from_secs(10))
-                    .map_err(|source| RuntimeError::Kafka { op: "seek", topic: tp.to_string(), source })?;
+                targets.insert(tp.clone(), o);
             }
+        }
+        for (tp, o) in targets.into_iter().filter(|(tp, _)| self.tasks.contains_key(tp)) {
+            consumer
+                .seek(&tp.topic, tp.partition, Offset::Offset(o), Duration::from_secs(10))
+                .map_err(|source| RuntimeError::Kafka { op: "seek", topic: tp.to_string(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Takes a polled record; `drain` decides when it is processed.
+    pub fn buffer(&mut self, record: InRecord) {
+        self.sync.push(record);
+    }
+
+    /// Processes every buffered record that time synchronization lets through now.
+    pub fn drain<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        while let Some(r) = self.sync.next(Instant::now()) {
+            self.process(consumer, r)?;
         }
         Ok(())
     }
@@ -336,6 +363,7 @@ impl Engine {
     /// the committed offsets.
     fn give_up<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
         metrics::counter!("millrace_fenced_total").increment(1);
+        self.sync.clear();
         self.close_all();
         self.sink = TransactionalSink::new(
             &self.settings.bootstrap_servers,
@@ -431,6 +459,8 @@ impl Engine {
             tracing::warn!(error = %e, "could not finish the transaction on revoke");
             let _ = self.sink.abort();
         }
+        // Buffered records of revoked partitions are the new owner's, from the committed offsets.
+        self.sync.clear();
         self.close_all();
     }
 

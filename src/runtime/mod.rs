@@ -10,6 +10,7 @@ pub(crate) mod engine;
 pub mod global;
 mod registry;
 mod restore;
+mod sync;
 mod task;
 pub mod plan;
 pub mod topics;

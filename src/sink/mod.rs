@@ -164,6 +164,9 @@ impl TransactionalSink {
         if let Some(p) = r.partition {
             record = record.partition(p);
         }
+        if let Some(ts) = r.timestamp {
+            record = record.timestamp(ts);
+        }
         if let Some(k) = &r.key {
             record = record.key(k.as_slice());
         }

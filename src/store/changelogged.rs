@@ -54,6 +54,7 @@ impl ChangeloggedStore {
                 key: Some(key.to_vec()),
                 value: value.clone(),
                 headers: Headers::default(),
+                timestamp: None,
             });
         }
         self.overlay.insert(key.to_vec(), value);

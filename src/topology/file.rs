@@ -200,6 +200,11 @@ pub struct Processing {
     /// offsets committed, and a crash can repeat a batch's outputs.
     #[serde(default = "default_true")]
     pub exactly_once: bool,
+    /// How long a join's input with records waits for its other input (table or stream)
+    /// when that one has nothing buffered, so the two are read in timestamp order. 0: never
+    /// wait (lowest latency; a replay may then see the table later than live processing did).
+    #[serde(default)]
+    pub max_task_idle_ms: u64,
 }
 
 fn default_true() -> bool {
@@ -219,7 +224,7 @@ fn default_max_batch() -> usize {
 
 impl Default for Processing {
     fn default() -> Self {
-        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads(), exactly_once: true }
+        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads(), exactly_once: true, max_task_idle_ms: 0 }
     }
 }
 

@@ -242,6 +242,20 @@ pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str
     }
 }
 
+/// Sends with an explicit record timestamp (CreateTime, ms).
+pub fn send_at(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &[u8], ts: i64) {
+    let mut rec = BaseRecord::to(topic).key(key).payload(value).timestamp(ts);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
 pub fn command_json(command_id: &str, aggregate_id: &str, expected: Option<u64>, ty: &str, payload: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "command_id": command_id, "aggregate_id": aggregate_id, "expected_version": expected,
