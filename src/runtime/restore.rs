@@ -5,12 +5,28 @@
 
 use super::RuntimeError;
 use crate::store::RocksStore;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 2_000;
+
+/// A restore consumer's context. Reaching the end of a partition is how a restore
+/// finishes, not an error; rdkafka reports it as a global error too, so that report is
+/// kept at debug level.
+pub(crate) struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::PartitionEOF) => tracing::debug!(reason, "end of partition"),
+            _ => tracing::warn!(%error, reason, "restore consumer error"),
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
 
 type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
@@ -25,14 +41,14 @@ pub fn restore(
 ) -> Result<u64, RuntimeError> {
     let partition = store.partition();
     let kafka = |source| RuntimeError::Kafka { op: "restore", topic: changelog.to_string(), source };
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap_servers)
         .set("group.id", format!("millrace-restore-{changelog}"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(RestoreContext)
         .map_err(kafka)?;
     let checkpoint = store.checkpoint().map_err(RuntimeError::Store)?;
     let (low, high) = consumer

@@ -3,7 +3,8 @@
 //! Prints commands/s for both, their ratio, and millrace's peak RSS. A benchmark, never a
 //! test: it prints figures and asserts nothing about time.
 //!
-//! Usage: millrace-bench [COMMANDS] [KEYS]   (bootstrap from KAFKA_BOOTSTRAP; processing
+//! Usage: millrace-bench [COMMANDS] [KEYS]     the exactly-once aggregate
+//!        millrace-bench join [ORDERS]         enriched orders/s, both join variants   (bootstrap from KAFKA_BOOTSTRAP; processing
 //! threads from MILLRACE_BENCH_THREADS, default 1)
 
 use millrace::runtime::topics::{self, TopicNeed};
@@ -18,8 +19,13 @@ use std::time::{Duration, Instant};
 const PARTITIONS: i32 = 4;
 const COMMIT_MS: u64 = 100;
 
+mod join;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("join") {
+        return join::run(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000));
+    }
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let keys: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into());
@@ -105,7 +111,7 @@ fn load(bootstrap: &str, topic: &str, n: usize, keys: usize) {
 
 /// The baseline: consume, produce one record per input, commit every COMMIT_MS with the
 /// offsets in the transaction. What millrace does minus decoding, state and the extra outputs.
-fn raw_copy(bootstrap: &str, input: &str, output: &str, group: &str, done: &AtomicBool) {
+pub(crate) fn raw_copy(bootstrap: &str, input: &str, output: &str, group: &str, done: &AtomicBool) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -163,7 +169,7 @@ fn raw_copy(bootstrap: &str, input: &str, output: &str, group: &str, done: &Atom
 }
 
 /// Offsets `group` has committed on `topic`, summed over partitions (0 while unknown).
-fn committed_sum(bootstrap: &str, group: &str, topic: &str) -> i64 {
+pub(crate) fn committed_sum(bootstrap: &str, group: &str, topic: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -179,7 +185,7 @@ fn committed_sum(bootstrap: &str, group: &str, topic: &str) -> i64 {
 }
 
 /// Waits until `group` has committed `total` offsets on `topic`.
-fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i64) {
+pub(crate) fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i64) {
     while committed_sum(bootstrap, group, topic) < total {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -188,10 +194,7 @@ fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i64) {
 fn run_millrace(bootstrap: &str, run: &str, input: &str, n: usize) -> (f64, u64) {
     let app = format!("{run}-app");
     let threads: usize = std::env::var("MILLRACE_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
-    let dir = std::env::temp_dir().join(format!("{app}-millrace"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let topology = dir.join("topology.yaml");
-    std::fs::write(&topology, format!(
+    let topology = format!(
 "version: 1
 application_id: {app}
 topics:
@@ -208,7 +211,18 @@ aggregates:
 processing:
   commit_interval_ms: {COMMIT_MS}
   threads: {threads}
-")).unwrap();
+");
+    run_topology(bootstrap, &app, &topology, input, n)
+}
+
+/// Runs `millrace` on `topology` (application `app`) until the group has committed `n`
+/// offsets on `measured`, counting from readiness. Returns the seconds and the peak RSS (KiB).
+pub(crate) fn run_topology(bootstrap: &str, app: &str, topology_text: &str, measured: &str, n: usize) -> (f64, u64) {
+    let input = measured;
+    let dir = std::env::temp_dir().join(format!("{app}-millrace"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let topology = dir.join("topology.yaml");
+    std::fs::write(&topology, topology_text).unwrap();
     let exe = std::env::current_exe().unwrap().with_file_name("millrace");
     let http = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
     let spawned = Instant::now();
@@ -228,9 +242,9 @@ processing:
     let started = Instant::now();
     // With several threads, the first member may process before the last one joined and
     // the instance reports ready: count only what is committed from here on.
-    let before = committed_sum(bootstrap, &app, input);
+    let before = committed_sum(bootstrap, app, input);
     eprintln!("millrace ready after {:.2} s ({before} commands already committed)", spawned.elapsed().as_secs_f64());
-    wait_committed(bootstrap, &app, input, n as i64);
+    wait_committed(bootstrap, app, input, n as i64);
     let secs = started.elapsed().as_secs_f64() * n as f64 / (n as i64 - before).max(1) as f64;
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
