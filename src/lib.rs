@@ -37,5 +37,6 @@ pub use runtime::{App, AppConfig, Registry};
 pub fn builtin_registry() -> Registry {
     let mut r = Registry::new();
     r.register::<domain::customer::CustomerAggregate>("customer");
+    r.register::<domain::product::ProductAggregate>("product");
     r
 }

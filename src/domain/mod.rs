@@ -2,3 +2,4 @@
 //! it sees them only through `processor::Aggregate`. The binary registers them by name.
 
 pub mod customer;
+pub mod product;
