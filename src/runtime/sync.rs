@@ -42,6 +42,10 @@ impl InputSync {
 
     /// The next record that may be processed now, if any.
     pub fn next(&mut self, now: Instant) -> Option<InRecord> {
+        if self.groups.is_empty() {
+            // No joins: arrival order, no allocation on the per-record path.
+            return self.buffers.values_mut().find_map(VecDeque::pop_front);
+        }
         let candidates: Vec<TopicPartition> =
             self.buffers.iter().filter(|(_, b)| !b.is_empty()).map(|(tp, _)| tp.clone()).collect();
         for tp in candidates {
