@@ -11,6 +11,10 @@ use std::sync::Arc;
 /// A table held whole on every instance (a global table), looked up by key.
 pub trait Lookup: Send + Sync {
     fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Waits, at most `max`, until the table has applied its records up to event time
+    /// `ts` (or has nothing more to read), so a lookup sees what existed at that time.
+    fn wait_for(&self, _ts: i64, _max: std::time::Duration) {}
 }
 
 /// Where a join finds its table.
@@ -18,8 +22,9 @@ pub trait Lookup: Send + Sync {
 pub enum TableSource {
     /// A co-partitioned table: the peer store of the same partition, by store name.
     Peer(String),
-    /// A global table, with the stream field that holds the join key.
-    Global { table: Arc<dyn Lookup>, key_field: String },
+    /// A global table, with the stream field that holds the join key, and how long a
+    /// lookup may wait for the table to reach the record's time.
+    Global { table: Arc<dyn Lookup>, key_field: String, max_wait: std::time::Duration },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -54,7 +59,10 @@ impl Processor for JoinProcessor {
                 let peer = ctx.peer(store).expect("co-partitioning puts the table's task of this partition on this instance");
                 (key.to_vec(), peer.get(key)?)
             }
-            TableSource::Global { table, key_field } => {
+            TableSource::Global { table, key_field, max_wait } => {
+                if let (Some(ts), false) = (record.timestamp, max_wait.is_zero()) {
+                    table.wait_for(ts, *max_wait);
+                }
                 let Some(k) = field_key(&stream, key_field) else {
                     let reason = format!("field {key_field:?} is missing or not a string or number");
                     ctx.out.send(dead_letter(record, &reason, &self.dead_letter_topic));

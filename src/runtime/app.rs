@@ -158,9 +158,14 @@ impl App {
         }
         for j in topology.joins.values() {
             let (source, peers) = match (globals.get(&j.table), &j.key_field) {
-                (Some(g), Some(field)) => {
-                    (TableSource::Global { table: g.clone() as Arc<dyn Lookup>, key_field: field.clone() }, vec![])
-                }
+                (Some(g), Some(field)) => (
+                    TableSource::Global {
+                        table: g.clone() as Arc<dyn Lookup>,
+                        key_field: field.clone(),
+                        max_wait: Duration::from_millis(topology.processing.max_task_idle_ms),
+                    },
+                    vec![],
+                ),
                 _ => {
                     let store = topology.tables[&j.table].store.clone();
                     (TableSource::Peer(store.clone()), vec![store])

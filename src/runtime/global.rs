@@ -12,7 +12,7 @@ use crate::store::{RocksStore, StoreError, StoreResources};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -21,11 +21,22 @@ pub struct GlobalTable {
     pub topic: String,
     pub store: String,
     partitions: RwLock<Vec<Arc<RocksStore>>>,
+    /// Largest record timestamp applied so far.
+    applied_ts: AtomicI64,
+    /// The reader found nothing new on its last poll.
+    caught_up: AtomicBool,
 }
 
 impl GlobalTable {
     pub fn new(name: &str, topic: &str, store: &str) -> Self {
-        Self { name: name.into(), topic: topic.into(), store: store.into(), partitions: RwLock::new(Vec::new()) }
+        Self {
+            name: name.into(),
+            topic: topic.into(),
+            store: store.into(),
+            partitions: RwLock::new(Vec::new()),
+            applied_ts: AtomicI64::new(i64::MIN),
+            caught_up: AtomicBool::new(false),
+        }
     }
 
     /// Opens one store per topic partition.
@@ -78,13 +89,26 @@ impl GlobalTable {
         }
         consumer.assign(&tpl).map_err(kafka)?;
         while !stop.load(Ordering::SeqCst) {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                if let (Some(k), Some(store)) = (m.key(), stores.get(m.partition() as usize)) {
-                    store.write([(k, m.payload())], Some(m.offset()))?;
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    if let (Some(k), Some(store)) = (m.key(), stores.get(m.partition() as usize)) {
+                        store.write([(k, m.payload())], Some(m.offset()))?;
+                    }
+                    if let Some(ts) = m.timestamp().to_millis() {
+                        self.applied_ts.fetch_max(ts, Ordering::SeqCst);
+                    }
+                    self.caught_up.store(false, Ordering::SeqCst);
                 }
+                Some(Err(e)) => tracing::warn!(table = %self.name, error = %e, "global table reader"),
+                None => self.caught_up.store(true, Ordering::SeqCst),
             }
         }
         Ok(())
+    }
+
+    /// For a table fed synchronously (the broker-free driver): it is always up to date.
+    pub fn mark_caught_up(&self) {
+        self.caught_up.store(true, Ordering::SeqCst);
     }
 
     pub fn stores(&self) -> Vec<Arc<RocksStore>> {
@@ -99,5 +123,37 @@ impl Lookup for GlobalTable {
             return Ok(None);
         }
         stores[partition_for_key(key, stores.len() as i32) as usize].get(key)
+    }
+
+    fn wait_for(&self, ts: i64, max: Duration) {
+        let deadline = std::time::Instant::now() + max;
+        while self.applied_ts.load(Ordering::SeqCst) < ts
+            && !self.caught_up.load(Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn lookups_wait_for_the_table_to_reach_their_time_but_not_forever() {
+        let g = GlobalTable::new("g", "t", "s");
+        let started = Instant::now();
+        g.wait_for(1_000, Duration::from_millis(60));
+        assert!(started.elapsed() >= Duration::from_millis(60), "behind and not caught up: waits the maximum");
+        g.applied_ts.store(2_000, Ordering::SeqCst);
+        let started = Instant::now();
+        g.wait_for(1_500, Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_millis(50), "already past the record's time");
+        g.mark_caught_up();
+        let started = Instant::now();
+        g.wait_for(9_999, Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_millis(50), "nothing more to read");
     }
 }

@@ -109,6 +109,7 @@ impl TopologyDriver {
             for s in g.open(&driver.state_dir.join("global"), partitions, &driver.resources)? {
                 driver.catalog.attach(&s);
             }
+            g.mark_caught_up();
             driver.globals.push(g);
         }
         driver.assign()?;
