@@ -37,6 +37,7 @@ pub use runtime::{App, AppConfig, Registry};
 pub fn builtin_registry() -> Registry {
     let mut r = Registry::new();
     r.register::<domain::customer::CustomerAggregate>("customer");
+    r.register::<domain::order::OrderAggregate>("order");
     r.register::<domain::product::ProductAggregate>("product");
     r
 }

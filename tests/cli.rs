@@ -57,7 +57,7 @@ fn unregistered_aggregate_exits_2() {
     assert!(err.contains("no aggregate is registered as \"custard\""), "{err}");
     let line = good.lines().position(|l| l.contains("aggregate: customer")).unwrap() + 1;
     assert!(err.contains(&format!("{}:{line}:16", file.display())), "{err}");
-    assert!(err.contains("[\"customer\", \"product\"]"), "{err}");
+    assert!(err.contains("[\"customer\", \"order\", \"product\"]"), "{err}");
 }
 
 #[test]

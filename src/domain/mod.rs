@@ -2,4 +2,5 @@
 //! it sees them only through `processor::Aggregate`. The binary registers them by name.
 
 pub mod customer;
+pub mod order;
 pub mod product;
