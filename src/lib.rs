@@ -12,7 +12,7 @@
 //! | [`sink`] | the transactional producer and its fencing rules |
 //! | [`runtime`] | `App`: consumer group, tasks, restore, commit cycle, rebalances |
 //! | [`query`] | the HTTP query server |
-//! | [`domain`] | example aggregates (customer); the engine never names them |
+//! | [`domain`] | example aggregates (customer, product, order); the engine never names them |
 //! | `testing` | the broker-free `TopologyDriver` (feature `test-util`) |
 //! | [`error`] | `Recovery`: what each error asks the caller to do next |
 
