@@ -17,7 +17,20 @@ fn shop(name: &str) -> Shop {
     shop_with(name, "")
 }
 
+/// The co-partitioned shop: orders re-keyed by customer and joined with the table.
 fn shop_with(name: &str, processing: &str) -> Shop {
+    shop_topology(name, |customers, orders, enriched| format!("tables:
+  customers: {{ topic: {customers}, store: customers }}
+rekeys:
+  by-customer: {{ from: {orders}, key_field: customer_id, into: customers }}
+joins:
+  enrich: {{ stream: by-customer, table: customers, kind: inner, output: {enriched} }}
+{processing}"))
+}
+
+/// A shop application with its own topics; `nodes` writes the node sections given the
+/// customer, order and enriched-order topic names.
+fn shop_topology(name: &str, nodes: impl Fn(&str, &str, &str) -> String) -> Shop {
     let app = unique(name);
     let (customers, orders, enriched) = (format!("{app}-customers"), format!("{app}-orders"), format!("{app}-enriched"));
     let dir_setup = Setup::new(&format!("{name}-unused"), 1, "json");
@@ -28,13 +41,7 @@ topics:
   {customers}: {{ partitions: 4, compacted: true }}
   {orders}: {{ partitions: 3 }}
   {enriched}: {{ partitions: 3 }}
-tables:
-  customers: {{ topic: {customers}, store: customers }}
-rekeys:
-  by-customer: {{ from: {orders}, key_field: customer_id, into: customers }}
-joins:
-  enrich: {{ stream: by-customer, table: customers, kind: inner, output: {enriched} }}
-{processing}")).unwrap();
+{}", nodes(&customers, &orders, &enriched))).unwrap();
     Shop { setup: Setup { topology, app, ..dir_setup }, customers, orders, enriched }
 }
 
@@ -114,22 +121,11 @@ fn two_instances_keep_join_partitions_together() {
 
 #[test]
 fn global_table_is_bootstrapped_before_orders_and_kept_current() {
-    let app = unique("global");
-    let (customers, orders, enriched) = (format!("{app}-customers"), format!("{app}-orders"), format!("{app}-enriched"));
-    let base = Setup::new("global-unused", 1, "json");
-    let topology = base.dir.path().join("global.yaml");
-    std::fs::write(&topology, format!("version: 1
-application_id: {app}
-topics:
-  {customers}: {{ partitions: 4, compacted: true }}
-  {orders}: {{ partitions: 3 }}
-  {enriched}: {{ partitions: 3 }}
-global_tables:
+    let s = shop_topology("global", |customers, orders, enriched| format!("global_tables:
   customers: {{ topic: {customers}, store: customers }}
 joins:
   enrich: {{ stream: {orders}, table: customers, key_field: customer_id, kind: inner, output: {enriched} }}
-")).unwrap();
-    let s = Shop { setup: Setup { topology, app: app.clone(), ..base }, customers, orders, enriched };
+"));
     millrace::runtime::topics::ensure(&bootstrap(), &[
         millrace::runtime::topics::TopicNeed::plain(s.customers.clone(), 4),
     ]).unwrap();

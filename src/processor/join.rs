@@ -56,7 +56,11 @@ impl Processor for JoinProcessor {
         };
         let (join_key, found) = match &self.table {
             TableSource::Peer(store) => {
-                let peer = ctx.peer(store).expect("co-partitioning puts the table's task of this partition on this instance");
+                let peer = ctx.peer(store).ok_or_else(|| ProcessError::NotCoPartitioned {
+                    store: store.clone(),
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                })?;
                 (key.to_vec(), peer.get(key)?)
             }
             TableSource::Global { table, key_field, max_wait } => {

@@ -68,6 +68,8 @@ pub enum ProcessError {
     Store(#[from] StoreError),
     #[error("stored snapshot for key {key} in {store} cannot be read: {reason}")]
     CorruptSnapshot { store: String, key: String, reason: String },
+    #[error("join input {topic}-{partition} has no task of store {store} beside it: inputs are not co-partitioned")]
+    NotCoPartitioned { store: String, topic: String, partition: i32 },
 }
 
 impl ProcessError {
@@ -75,6 +77,8 @@ impl ProcessError {
         match self {
             ProcessError::Store(e) => e.recovery(),
             ProcessError::CorruptSnapshot { .. } => Recovery::RestoreTask,
+            // A broken assumption, not a passing fault: stop rather than join against nothing.
+            ProcessError::NotCoPartitioned { .. } => Recovery::Fatal,
         }
     }
 }

@@ -10,11 +10,16 @@ use crate::codec::murmur2::partition_for_key;
 use crate::processor::Lookup;
 use crate::store::{RocksStore, StoreError, StoreResources};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// Records a follower applies per RocksDB batch at most.
+const FOLLOW_BATCH: usize = 1_000;
 
 pub struct GlobalTable {
     pub name: String,
@@ -89,19 +94,39 @@ impl GlobalTable {
         }
         consumer.assign(&tpl).map_err(kafka)?;
         while !stop.load(Ordering::SeqCst) {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    if let (Some(k), Some(store)) = (m.key(), stores.get(m.partition() as usize)) {
-                        store.write([(k, m.payload())], Some(m.offset()))?;
-                    }
-                    if let Some(ts) = m.timestamp().to_millis() {
-                        self.applied_ts.fetch_max(ts, Ordering::SeqCst);
-                    }
-                    self.caught_up.store(false, Ordering::SeqCst);
+            let first = match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => m.detach(),
+                Some(Err(e)) => {
+                    tracing::warn!(table = %self.name, error = %e, "global table reader");
+                    continue;
                 }
-                Some(Err(e)) => tracing::warn!(table = %self.name, error = %e, "global table reader"),
-                None => self.caught_up.store(true, Ordering::SeqCst),
+                None => {
+                    self.caught_up.store(true, Ordering::SeqCst);
+                    continue;
+                }
+            };
+            // Take what is already fetched, and write one batch per partition rather than
+            // one per record. Lookups learn the new time only after the data is written.
+            let mut batch = vec![first];
+            while batch.len() < FOLLOW_BATCH {
+                match consumer.poll(Duration::ZERO) {
+                    Some(Ok(m)) => batch.push(m.detach()),
+                    _ => break,
+                }
             }
+            let mut per_partition: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();
+            for m in &batch {
+                per_partition.entry(m.partition()).or_default().push(m);
+            }
+            for (partition, msgs) in per_partition {
+                let (Some(store), Some(last)) = (stores.get(partition as usize), msgs.last()) else { continue };
+                let entries = msgs.iter().filter_map(|m| Some((m.key()?, m.payload())));
+                store.write(entries, Some(last.offset()))?;
+            }
+            if let Some(ts) = batch.iter().filter_map(|m| m.timestamp().to_millis()).max() {
+                self.applied_ts.fetch_max(ts, Ordering::SeqCst);
+            }
+            self.caught_up.store(false, Ordering::SeqCst);
         }
         Ok(())
     }

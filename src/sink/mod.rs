@@ -156,11 +156,15 @@ impl TransactionalSink {
 
     /// Queues one record in the open transaction.
     pub fn send(&mut self, r: &OutRecord) -> Result<(), SinkError> {
-        let mut headers = OwnedHeaders::new_with_capacity(r.headers.0.len());
-        for (k, v) in &r.headers.0 {
-            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&r.topic);
+        // Changelog records carry no headers: skip the native header list for them.
+        if !r.headers.0.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.0.len());
+            for (k, v) in &r.headers.0 {
+                headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+            }
+            record = record.headers(headers);
         }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&r.topic).headers(headers);
         if let Some(p) = r.partition {
             record = record.partition(p);
         }

@@ -69,6 +69,8 @@ pub struct TopologyDriver {
     now_ms: i64,
     since_commit_ms: i64,
     restored: u64,
+    /// Partition counts of declared and internal topics, derived once from the topology.
+    partition_counts: BTreeMap<String, i32>,
     /// Global tables mirror their topic as records arrive, outside any transaction.
     globals: Vec<Arc<crate::runtime::global::GlobalTable>>,
 }
@@ -103,7 +105,9 @@ impl TopologyDriver {
             since_commit_ms: 0,
             restored: 0,
             globals: Vec::new(),
+            partition_counts: BTreeMap::new(),
         };
+        driver.partition_counts = driver.topology.topic_needs().into_iter().map(|n| (n.name, n.partitions)).collect();
         for g in globals {
             let partitions = driver.partitions(&g.topic);
             for s in g.open(&driver.state_dir.join("global"), partitions, &driver.resources)? {
@@ -119,7 +123,7 @@ impl TopologyDriver {
     /// Partition count of a declared or internal topic (1 for topics the topology does not
     /// know, such as a client's reply-to topic).
     fn partitions(&self, topic: &str) -> i32 {
-        self.topology.topic_needs().iter().find(|n| n.name == topic).map_or(1, |n| n.partitions)
+        self.partition_counts.get(topic).copied().unwrap_or(1)
     }
 
     /// Opens and restores a task for every partition of every input topic.

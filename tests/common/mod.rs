@@ -230,29 +230,19 @@ pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str
     for (k, v) in headers {
         h = h.insert(Header { key: k, value: Some(*v) });
     }
-    let mut rec = BaseRecord::to(topic).key(key).payload(value).headers(h);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((_, r)) => {
-                rec = r;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
+    send_record(p, BaseRecord::to(topic).key(key).payload(value).headers(h));
 }
 
 /// Sends with an explicit record timestamp (CreateTime, ms).
 pub fn send_at(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &[u8], ts: i64) {
-    let mut rec = BaseRecord::to(topic).key(key).payload(value).timestamp(ts);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((_, r)) => {
-                rec = r;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+    send_record(p, BaseRecord::to(topic).key(key).payload(value).timestamp(ts));
+}
+
+/// Queues a record, waiting while the producer's queue is full.
+fn send_record<'a>(p: &ThreadedProducer<DefaultProducerContext>, mut rec: BaseRecord<'a, str, [u8]>) {
+    while let Err((_, r)) = p.send(rec) {
+        rec = r;
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
