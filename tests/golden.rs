@@ -5,6 +5,8 @@
 //!
 //! Input lines: `{"topic": T, "key": K, "command": {...JSON contract command...}}`. For a
 //! protobuf command topic the command is encoded as a protobuf CommandEnvelope.
+//! `{"advance_ms": N}` moves the driver's clock (records are stamped with it; tasks are
+//! punctuated, and the transaction commits when its interval is reached).
 //! Expected lines (compared as sorted sets; per-key order is in the versions):
 //! `{"reply": {...}}`, `{"event": {"aggregate_id", "version", "type"}}`,
 //! `{"snapshot": {"key", "version", "state"}}`.
@@ -76,6 +78,10 @@ fn every_topology_matches_its_golden_output() {
         let mut keys = BTreeSet::new();
         for line in input.lines().filter(|l| !l.trim().is_empty()) {
             let v: Value = serde_json::from_str(line).unwrap();
+            if let Some(ms) = v.get("advance_ms") {
+                d.advance_time(ms.as_i64().unwrap()).unwrap();
+                continue;
+            }
             let (topic, key) = (v["topic"].as_str().unwrap(), v["key"].as_str().unwrap());
             keys.insert(key.to_string());
             if let Some(c) = v.get("command") {

@@ -2,8 +2,12 @@
 //! or REJECTED, once. Confirming (after stock was reserved) and rejecting (a product that
 //! never appeared, stock that ran out) are commands, so the outcome is an event like any
 //! other, replayable and auditable.
+//!
+//! A PENDING order waits for its products (`awaiting`): with `awaits` in the topology, the
+//! engine confirms it once every product exists, or rejects it with the reason when they
+//! do not appear in time. This is the seed's "stash until the dependency arrives".
 
-use crate::processor::{Aggregate, Rejection};
+use crate::processor::{Aggregate, Await, Rejection};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,8 +28,10 @@ pub enum OrderCommand {
 #[serde(tag = "type", content = "payload")]
 pub enum OrderEvent {
     OrderPlaced { customer_id: String, items: Vec<Item> },
-    OrderConfirmed {},
-    OrderRejected { reason: String },
+    // Every event names the customer, so downstream nodes (shipping's enrichment) can key
+    // any of them by customer without state of their own.
+    OrderConfirmed { customer_id: String },
+    OrderRejected { customer_id: String, reason: String },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,8 +75,10 @@ impl Aggregate for OrderAggregate {
                 Ok(vec![OrderEvent::OrderPlaced { customer_id: customer_id.clone(), items: items.clone() }])
             }
             (PlaceOrder { .. }, _) => Err(Rejection::Rule("order already placed".into())),
-            (ConfirmOrder {}, OrderStatus::Pending) => Ok(vec![OrderEvent::OrderConfirmed {}]),
-            (RejectOrder { reason }, OrderStatus::Pending) => Ok(vec![OrderEvent::OrderRejected { reason: reason.clone() }]),
+            (ConfirmOrder {}, OrderStatus::Pending) => Ok(vec![OrderEvent::OrderConfirmed { customer_id: s.customer_id.clone() }]),
+            (RejectOrder { reason }, OrderStatus::Pending) => {
+                Ok(vec![OrderEvent::OrderRejected { customer_id: s.customer_id.clone(), reason: reason.clone() }])
+            }
             (ConfirmOrder {} | RejectOrder { .. }, OrderStatus::None) => Err(Rejection::Rule("order does not exist".into())),
             (ConfirmOrder {} | RejectOrder { .. }, done) => {
                 Err(Rejection::Rule(format!("order is already {}", if done == OrderStatus::Confirmed { "CONFIRMED" } else { "REJECTED" })))
@@ -83,15 +91,23 @@ impl Aggregate for OrderAggregate {
             OrderEvent::OrderPlaced { customer_id, items } => {
                 Order { status: OrderStatus::Pending, customer_id: customer_id.clone(), items: items.clone(), reason: None }
             }
-            OrderEvent::OrderConfirmed {} => Order { status: OrderStatus::Confirmed, ..s },
-            OrderEvent::OrderRejected { reason } => Order { status: OrderStatus::Rejected, reason: Some(reason.clone()), ..s },
+            OrderEvent::OrderConfirmed { .. } => Order { status: OrderStatus::Confirmed, ..s },
+            OrderEvent::OrderRejected { reason, .. } => Order { status: OrderStatus::Rejected, reason: Some(reason.clone()), ..s },
         }
+    }
+
+    fn awaiting(s: &Order) -> Option<Await<OrderCommand>> {
+        (s.status == OrderStatus::Pending).then(|| Await {
+            keys: s.items.iter().map(|i| i.product_id.clone()).collect(),
+            ready: OrderCommand::ConfirmOrder {},
+            expired: |reason| OrderCommand::RejectOrder { reason },
+        })
     }
 
     fn event_type(e: &OrderEvent) -> &'static str {
         match e {
             OrderEvent::OrderPlaced { .. } => "OrderPlaced",
-            OrderEvent::OrderConfirmed {} => "OrderConfirmed",
+            OrderEvent::OrderConfirmed { .. } => "OrderConfirmed",
             OrderEvent::OrderRejected { .. } => "OrderRejected",
         }
     }

@@ -15,6 +15,16 @@ pub enum Rejection {
     Malformed(String),
 }
 
+/// What a state waits for before it can move on: keys of another table (an order's
+/// products), and the command that moves it on when they are all there, or when the wait
+/// times out. The topology's `awaits` names the table and the timeout.
+pub struct Await<C> {
+    pub keys: Vec<String>,
+    pub ready: C,
+    /// Gets the reason (which keys did not appear in time).
+    pub expired: fn(String) -> C,
+}
+
 /// An event-sourced aggregate.
 ///
 /// JSON support comes from serde: commands and events are adjacently tagged enums
@@ -34,6 +44,14 @@ pub trait Aggregate: Send + Sync + 'static {
 
     /// The event's type name, as in its JSON `type` (used by the protobuf envelope).
     fn event_type(event: &Self::Event) -> &'static str;
+
+    /// While the state waits for keys of another table, what it waits for. Pure. The
+    /// engine holds the aggregate in a pending set (in its snapshot, so it survives crashes
+    /// and rebalances) and runs `ready` or `expired` as the aggregate's next command.
+    fn awaiting(state: &Self::State) -> Option<Await<Self::Command>> {
+        let _ = state;
+        None
+    }
 
     /// Schema version of the events this build writes (header `millrace.schema-version`).
     const EVENT_SCHEMA_VERSION: u32 = 1;

@@ -2,13 +2,27 @@
 //! dedup by command id, check the expected version, `decide`, `evolve`, then write the
 //! events, the new snapshot (store + changelog) and the reply. All of it lands in the task's
 //! open transaction; none of it is visible until that commits.
+//!
+//! With `awaits`, this is also the stash: an aggregate whose state waits for keys of a
+//! global table (`Aggregate::awaiting`) keeps the deadline in its snapshot, and is checked
+//! again as event time moves (each record of the partition) and as the wall clock moves
+//! (punctuation). The decision is a function of the data, not of timing: the wait succeeds
+//! if every key exists in the table as of the deadline, and fails otherwise. A replay, with
+//! the table already loaded, decides as live processing did.
 
 use super::aggregate::{Aggregate, Rejection};
 use super::wire::{self, Outcome, Processed, Reply, Snapshot};
-use super::{dead_letter, Context, ProcessError, Processor, ValueRenderer};
+use super::{dead_letter, Context, Lookup, ProcessError, Processor, ValueRenderer};
 use crate::codec::Format;
 use crate::record::{header, Headers, InRecord, OutRecord};
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The index an aggregate store keeps over the aggregates that wait (value `yes`), so the
+/// pending set is found without scanning the store.
+pub const AWAITING_INDEX: &str = "millrace.awaiting";
 
 /// Where an aggregate's records go and in which formats. Built from the topology.
 #[derive(Debug, Clone)]
@@ -23,21 +37,55 @@ pub struct AggregateSettings {
     pub dead_letter_topic: String,
     /// How many answered command ids each aggregate remembers for dedup.
     pub dedup_window: usize,
+    pub awaits: Option<AwaitSettings>,
+}
+
+/// The table an aggregate's waits look in, and how long they last.
+#[derive(Clone)]
+pub struct AwaitSettings {
+    pub table_name: String,
+    pub table: Arc<dyn Lookup>,
+    /// Event time from the start of a wait to its deadline.
+    pub timeout_ms: i64,
+    /// A wait times out only once the table has reached the deadline: each partition
+    /// past it, or at its end for this long (nothing more is coming).
+    pub quiet: Duration,
+    /// How long one check may wait for the table to reach the time it asks about.
+    pub max_wait: Duration,
+}
+
+impl std::fmt::Debug for AwaitSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwaitSettings").field("table", &self.table_name).field("timeout_ms", &self.timeout_ms).finish()
+    }
+}
+
+/// Where a command came from: a record of the command topic, or the stash.
+struct Source<'a> {
+    headers: &'a Headers,
+    offset: Option<i64>,
+    timestamp: Option<i64>,
+    internal: bool,
 }
 
 pub struct AggregateProcessor<A> {
     settings: AggregateSettings,
+    /// Aggregates that wait, with their deadline: a cache of the `millrace.awaiting` index
+    /// plus this transaction's changes. Dropped on abort and reloaded from the store.
+    pending: Option<BTreeMap<String, i64>>,
+    /// Largest record time seen by this task.
+    stream_time: i64,
     _aggregate: PhantomData<fn() -> A>,
 }
 
 impl<A: Aggregate> AggregateProcessor<A> {
     pub fn new(settings: AggregateSettings) -> Self {
-        Self { settings, _aggregate: PhantomData }
+        Self { settings, pending: None, stream_time: i64::MIN, _aggregate: PhantomData }
     }
 
     fn load(&self, ctx: &Context<'_>, id: &str) -> Result<Snapshot<A::State>, ProcessError> {
         match ctx.get(id.as_bytes())? {
-            None => Ok(Snapshot { version: 0, state: A::State::default(), source_offset: -1, recent: vec![] }),
+            None => Ok(Snapshot { version: 0, state: A::State::default(), source_offset: -1, recent: vec![], await_deadline: None }),
             Some(bytes) => wire::decode_snapshot::<A>(self.settings.store_format, &bytes).map_err(|e| {
                 ProcessError::CorruptSnapshot {
                     store: self.settings.store.clone(),
@@ -48,15 +96,15 @@ impl<A: Aggregate> AggregateProcessor<A> {
         }
     }
 
-    fn reply(&self, ctx: &mut Context<'_>, record: &InRecord, cmd: &wire::Command<A::Command>, reply: Reply) {
+    fn reply(&self, ctx: &mut Context<'_>, source: &Source<'_>, cmd: &wire::Command<A::Command>, reply: Reply) {
         metrics::counter!("millrace_commands_total", "outcome" => reply.outcome.as_str()).increment(1);
         let mut headers = Headers::default();
-        let correlation = record.headers.get(header::CORRELATION_ID).map(<[u8]>::to_vec)
+        let correlation = source.headers.get(header::CORRELATION_ID).map(<[u8]>::to_vec)
             .or_else(|| cmd.correlation_id.clone().map(String::into_bytes));
         if let Some(c) = correlation {
             headers.insert(header::CORRELATION_ID, c);
         }
-        let topic = record.headers.get_str(header::REPLY_TO).map(str::to_string)
+        let topic = source.headers.get_str(header::REPLY_TO).map(str::to_string)
             .or_else(|| cmd.reply_to.clone())
             .unwrap_or_else(|| self.settings.reply_topic.clone());
         ctx.out.send(OutRecord {
@@ -65,7 +113,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
             key: Some(reply.command_id.clone().into_bytes()),
             value: Some(wire::encode_reply(self.settings.reply_format, &reply)),
             headers,
-            timestamp: record.timestamp,
+            timestamp: source.timestamp,
         });
     }
 
@@ -79,31 +127,15 @@ impl<A: Aggregate> AggregateProcessor<A> {
         let excess = snap.recent.len().saturating_sub(self.settings.dedup_window.max(1));
         snap.recent.drain(..excess);
     }
-}
 
-impl<A: Aggregate> Processor for AggregateProcessor<A> {
-    fn process(&mut self, record: &InRecord, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        let dlq = |ctx: &mut Context<'_>, reason: &str| {
-            ctx.out.send(dead_letter(record, reason, &self.settings.dead_letter_topic));
-        };
-        let Some(value) = record.value.as_deref() else {
-            dlq(ctx, "command record has no value");
-            return Ok(());
-        };
-        let cmd = match wire::decode_command::<A>(self.settings.command_format, value) {
-            Ok(c) => c,
-            Err(e) => {
-                dlq(ctx, &format!("cannot decode {} command: {e}", self.settings.command_format));
-                return Ok(());
-            }
-        };
-        // The key decides the partition, and so which task owns the aggregate. A key that
-        // disagrees with the envelope would let two tasks write one aggregate.
-        if record.key.as_deref() != Some(cmd.aggregate_id.as_bytes()) {
-            dlq(ctx, &format!("record key does not equal aggregate_id {:?}", cmd.aggregate_id));
-            return Ok(());
-        }
-
+    /// Runs one decoded command. Malformed commands come back as `Err(reason)` for the
+    /// caller to dead-letter.
+    fn handle(
+        &mut self,
+        ctx: &mut Context<'_>,
+        source: &Source<'_>,
+        cmd: &wire::Command<A::Command>,
+    ) -> Result<Result<(), String>, ProcessError> {
         let id = cmd.aggregate_id.as_str();
         let mut snap = self.load(ctx, id)?;
         let base = Reply {
@@ -126,8 +158,8 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
                 original_outcome: Some(prev.outcome),
                 ..base
             };
-            self.reply(ctx, record, &cmd, reply);
-            return Ok(());
+            self.reply(ctx, source, cmd, reply);
+            return Ok(Ok(()));
         }
 
         let reply = match cmd.expected_version {
@@ -138,13 +170,8 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
                 ..base
             },
             _ => match A::decide(&snap.state, &cmd.body) {
-                Err(Rejection::Malformed(reason)) => {
-                    dlq(ctx, &format!("malformed command: {reason}"));
-                    return Ok(());
-                }
-                Err(Rejection::Rule(reason)) => {
-                    Reply { outcome: Outcome::Rejected, reason: Some(reason), ..base }
-                }
+                Err(Rejection::Malformed(reason)) => return Ok(Err(format!("malformed command: {reason}"))),
+                Err(Rejection::Rule(reason)) => Reply { outcome: Outcome::Rejected, reason: Some(reason), ..base },
                 Ok(events) => {
                     for event in &events {
                         snap.version += 1;
@@ -157,31 +184,176 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
                             topic: self.settings.events_topic.clone(),
                             partition: None,
                             key: Some(id.as_bytes().to_vec()),
-                            value: Some(wire::encode_event::<A>(
-                                self.settings.event_format,
-                                id,
-                                snap.version,
-                                event,
-                            )),
+                            value: Some(wire::encode_event::<A>(self.settings.event_format, id, snap.version, event)),
                             headers,
-                            timestamp: record.timestamp,
+                            timestamp: source.timestamp,
                         });
                     }
                     metrics::counter!("millrace_events_total").increment(events.len() as u64);
-                    Reply {
-                        version: snap.version,
-                        event_count: Some(events.len() as u32),
-                        ..base
-                    }
+                    Reply { version: snap.version, event_count: Some(events.len() as u32), ..base }
                 }
             },
         };
         self.remember(&mut snap, &reply);
-        snap.source_offset = record.offset;
+        if let Some(offset) = source.offset {
+            snap.source_offset = offset;
+        }
+        if let Some(aw) = &self.settings.awaits {
+            snap.await_deadline = match (A::awaiting(&snap.state), snap.await_deadline) {
+                (None, _) => None,
+                // The stash's own command left the state waiting: stop, rather than run it
+                // again and again. Its reply says why.
+                (Some(_), Some(_)) if source.internal => {
+                    tracing::warn!(aggregate = id, command = %cmd.command_id, "a command of the stash left the aggregate waiting; the wait ends");
+                    None
+                }
+                (Some(_), Some(deadline)) => Some(deadline),
+                (Some(_), None) => Some(source.timestamp.unwrap_or(self.stream_time).saturating_add(aw.timeout_ms)),
+            };
+            if let Some(pending) = &mut self.pending {
+                match snap.await_deadline {
+                    Some(d) => pending.insert(id.to_string(), d),
+                    None => pending.remove(id),
+                };
+            }
+        }
         let bytes = wire::encode_snapshot::<A>(self.settings.store_format, &snap);
         ctx.put(id.as_bytes(), Some(bytes));
-        self.reply(ctx, record, &cmd, reply);
+        self.reply(ctx, source, cmd, reply);
+        Ok(Ok(()))
+    }
+
+    /// The waiting aggregates, loaded from the store's index on first use.
+    fn pending(&mut self, ctx: &Context<'_>) -> Result<&mut BTreeMap<String, i64>, ProcessError> {
+        if self.pending.is_none() {
+            let mut found = BTreeMap::new();
+            let store = ctx.store.as_deref().expect("an aggregate has a store").inner().clone();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = store.index_scan(AWAITING_INDEX, "yes", after.as_deref(), 1_000)?;
+                let Some(last) = page.last().map(|(k, _)| k.clone()) else { break };
+                for (k, _) in page {
+                    let id = String::from_utf8_lossy(&k).into_owned();
+                    // The overlay may have moved on since the commit the index reflects.
+                    if let Some(deadline) = self.load(ctx, &id)?.await_deadline {
+                        found.insert(id, deadline);
+                    }
+                }
+                after = Some(last);
+            }
+            self.pending = Some(found);
+        }
+        Ok(self.pending.as_mut().expect("loaded above"))
+    }
+
+    /// Checks every waiting aggregate at time `clock` (event time, or the wall clock):
+    /// all keys there as of min(clock, deadline) → `ready`; deadline passed and the table
+    /// has reached it → `expired`; otherwise it keeps waiting.
+    fn check_waits(&mut self, ctx: &mut Context<'_>, clock: i64) -> Result<(), ProcessError> {
+        let Some(aw) = self.settings.awaits.clone() else { return Ok(()) };
+        let due: Vec<(String, i64)> = self.pending(ctx)?.iter().map(|(k, d)| (k.clone(), *d)).collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let latest = due.iter().map(|(_, d)| clock.min(*d)).max().unwrap_or(clock);
+        aw.table.wait_for(latest, aw.max_wait);
+        for (id, deadline) in due {
+            let snap = self.load(ctx, &id)?;
+            let Some(wait) = A::awaiting(&snap.state).filter(|_| snap.await_deadline == Some(deadline)) else {
+                self.pending.as_mut().expect("loaded").remove(&id);
+                continue;
+            };
+            let as_of = clock.min(deadline);
+            let start = deadline.saturating_sub(aw.timeout_ms);
+            let (mut missing, mut satisfied_at) = (Vec::new(), start);
+            for k in &wait.keys {
+                match aw.table.exists_since(k.as_bytes(), as_of)? {
+                    Some(since) => satisfied_at = satisfied_at.max(since),
+                    None => missing.push(k.clone()),
+                }
+            }
+            // The command is stamped with the time the wait was decided in event time (when
+            // the last key appeared, or the deadline), never with the clock that noticed:
+            // everything downstream that reads by time then sees the same as in a replay.
+            let (body, at, tag) = if missing.is_empty() {
+                (wait.ready, satisfied_at, "ready")
+            } else if clock >= deadline && aw.table.reached(deadline, aw.quiet) {
+                let reason = format!(
+                    "waited {} ms for {:?} in table {}; not there by then",
+                    aw.timeout_ms, missing, aw.table_name
+                );
+                ((wait.expired)(reason), deadline, "expired")
+            } else {
+                continue;
+            };
+            metrics::counter!("millrace_awaits_total", "outcome" => tag).increment(1);
+            let cmd = wire::Command {
+                // Deterministic, so a replay's replies and dedup match live ones.
+                command_id: format!("{id}/await/{}", snap.version),
+                aggregate_id: id.clone(),
+                expected_version: Some(snap.version),
+                correlation_id: None,
+                reply_to: None,
+                body,
+            };
+            let headers = Headers::default();
+            let source = Source { headers: &headers, offset: None, timestamp: Some(at), internal: true };
+            let record_time = ctx.timestamp.replace(at);
+            let handled = self.handle(ctx, &source, &cmd);
+            ctx.timestamp = record_time;
+            if let Err(reason) = handled? {
+                tracing::warn!(aggregate = %id, %reason, "the stash's command was malformed; the wait ends");
+            }
+        }
         Ok(())
+    }
+}
+
+impl<A: Aggregate> Processor for AggregateProcessor<A> {
+    fn process(&mut self, record: &InRecord, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let dead_letter_topic = self.settings.dead_letter_topic.clone();
+        let dlq = |ctx: &mut Context<'_>, reason: &str| {
+            ctx.out.send(dead_letter(record, reason, &dead_letter_topic));
+        };
+        let Some(value) = record.value.as_deref() else {
+            dlq(ctx, "command record has no value");
+            return Ok(());
+        };
+        let cmd = match wire::decode_command::<A>(self.settings.command_format, value) {
+            Ok(c) => c,
+            Err(e) => {
+                dlq(ctx, &format!("cannot decode {} command: {e}", self.settings.command_format));
+                return Ok(());
+            }
+        };
+        // The key decides the partition, and so which task owns the aggregate. A key that
+        // disagrees with the envelope would let two tasks write one aggregate.
+        if record.key.as_deref() != Some(cmd.aggregate_id.as_bytes()) {
+            dlq(ctx, &format!("record key does not equal aggregate_id {:?}", cmd.aggregate_id));
+            return Ok(());
+        }
+        if let Some(ts) = record.timestamp {
+            self.stream_time = self.stream_time.max(ts);
+        }
+        let source = Source { headers: &record.headers, offset: Some(record.offset), timestamp: record.timestamp, internal: false };
+        if let Err(reason) = self.handle(ctx, &source, &cmd)? {
+            dlq(ctx, &reason);
+        }
+        if self.settings.awaits.is_some() && self.stream_time > i64::MIN {
+            self.check_waits(ctx, self.stream_time)?;
+        }
+        Ok(())
+    }
+
+    fn punctuate(&mut self, now_ms: i64, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        if self.settings.awaits.is_some() {
+            self.check_waits(ctx, now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn aborted(&mut self) {
+        self.pending = None;
     }
 }
 
@@ -194,9 +366,13 @@ pub struct SnapshotRenderer<A> {
 impl<A: Aggregate> ValueRenderer for SnapshotRenderer<A> {
     fn render(&self, value: &[u8]) -> Result<serde_json::Value, String> {
         let snap = wire::decode_snapshot::<A>(self.format, value).map_err(|e| e.to_string())?;
-        Ok(serde_json::json!({
+        let mut doc = serde_json::json!({
             "version": snap.version,
             "state": serde_json::to_value(&snap.state).map_err(|e| e.to_string())?,
-        }))
+        });
+        if let Some(deadline) = snap.await_deadline {
+            doc["awaiting_until"] = deadline.into();
+        }
+        Ok(doc)
     }
 }

@@ -10,7 +10,25 @@ use std::sync::Arc;
 
 /// A table held whole on every instance (a global table), looked up by key.
 pub trait Lookup: Send + Sync {
+    /// The latest value.
     fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The value at event time `ts`; a table without history answers the latest.
+    fn lookup_as_of(&self, key: &[u8], _ts: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.lookup(key)
+    }
+
+    /// Since when `key` has existed without a break, as seen at event time `ts`; None if
+    /// it does not exist then. A table without history answers from the latest value.
+    fn exists_since(&self, key: &[u8], ts: i64) -> Result<Option<i64>, StoreError> {
+        Ok(self.lookup_as_of(key, ts)?.map(|_| i64::MIN))
+    }
+
+    /// Has the table applied everything up to event time `ts`? Each of its partitions is
+    /// either past `ts`, or has been at its end for at least `quiet`.
+    fn reached(&self, _ts: i64, _quiet: std::time::Duration) -> bool {
+        true
+    }
 
     /// Waits, at most `max`, until the table has applied its records up to event time
     /// `ts` (or has nothing more to read), so a lookup sees what existed at that time.
@@ -61,7 +79,14 @@ impl Processor for JoinProcessor {
                     topic: record.topic.clone(),
                     partition: record.partition,
                 })?;
-                (key.to_vec(), peer.get(key)?)
+                // As of the record's time, so a record that arrives after a newer table
+                // update (a repartition topic interleaves its writers differently on every
+                // run) still meets the value of its own time.
+                let found = match record.timestamp {
+                    Some(ts) => peer.get_as_of(key, ts)?,
+                    None => peer.get(key)?,
+                };
+                (key.to_vec(), found)
             }
             TableSource::Global { table, key_field, max_wait } => {
                 if let (Some(ts), false) = (record.timestamp, max_wait.is_zero()) {
@@ -72,7 +97,12 @@ impl Processor for JoinProcessor {
                     ctx.out.send(dead_letter(record, &reason, &self.dead_letter_topic));
                     return Ok(());
                 };
-                let found = table.lookup(k.as_bytes())?;
+                // As of the record's time: a replay, with the table already loaded to its end,
+                // finds what live processing found.
+                let found = match record.timestamp {
+                    Some(ts) => table.lookup_as_of(k.as_bytes(), ts)?,
+                    None => table.lookup(k.as_bytes())?,
+                };
                 (k.into_bytes(), found)
             }
         };
@@ -100,11 +130,29 @@ impl Processor for JoinProcessor {
     }
 }
 
-/// A join or re-key key from a top-level field: strings as they are, numbers as text.
+/// A join or re-key key from a field, `customer_id` or a dotted path into nested objects
+/// such as `payload.customer_id` (an event's payload): strings as they are, numbers as text.
 pub fn field_key(value: &serde_json::Value, field: &str) -> Option<String> {
-    match value.get(field)? {
+    let found = field.split('.').try_fold(value, |v, name| v.get(name))?;
+    match found {
         serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_key;
+    use serde_json::json;
+
+    #[test]
+    fn keys_come_from_top_level_or_dotted_fields() {
+        let v = json!({"customer_id": "c1", "payload": {"customer_id": 7, "empty": ""}});
+        assert_eq!(field_key(&v, "customer_id").as_deref(), Some("c1"));
+        assert_eq!(field_key(&v, "payload.customer_id").as_deref(), Some("7"));
+        assert_eq!(field_key(&v, "payload.empty"), None, "an empty key is no key");
+        assert_eq!(field_key(&v, "payload.missing"), None);
+        assert_eq!(field_key(&v, "customer_id.deeper"), None);
     }
 }

@@ -12,8 +12,8 @@ mod rekey;
 mod table;
 pub mod wire;
 
-pub use aggregate::{Aggregate, Rejection};
-pub use aggregate_processor::{AggregateProcessor, AggregateSettings, SnapshotRenderer};
+pub use aggregate::{Aggregate, Await, Rejection};
+pub use aggregate_processor::{AggregateProcessor, AggregateSettings, AwaitSettings, SnapshotRenderer, AWAITING_INDEX};
 pub use dead_letter::dead_letter;
 pub use join::{field_key, JoinKind, JoinProcessor, Lookup, TableSource};
 pub use rekey::RekeyProcessor;
@@ -32,6 +32,9 @@ pub struct Context<'a> {
     /// join reads its table here, overlay included, so it sees table updates of the open
     /// transaction. Co-partitioning puts partition p of both inputs on one member.
     pub peers: &'a [(&'a str, &'a ChangeloggedStore)],
+    /// Event time of the record being processed (or of a punctuation): what outputs and
+    /// changelog records carry.
+    pub timestamp: Option<i64>,
 }
 
 impl Context<'_> {
@@ -47,7 +50,7 @@ impl Context<'_> {
     /// Writes the task's own store and its changelog in the open transaction.
     pub fn put(&mut self, key: &[u8], value: Option<Vec<u8>>) {
         let store = self.store.as_deref_mut().expect("a processor that writes its store belongs to a node with a store");
-        store.put(key, value, self.out);
+        store.put(key, value, self.timestamp, self.out);
     }
 
     /// A peer store of the same partition, by name.
@@ -59,6 +62,17 @@ impl Context<'_> {
 /// A node that handles records of one task.
 pub trait Processor: Send {
     fn process(&mut self, record: &InRecord, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
+
+    /// Called as the wall clock moves (about once per commit interval), inside the open
+    /// transaction, for work no record triggers: a wait whose table entry arrived while
+    /// the partition was quiet.
+    fn punctuate(&mut self, now_ms: i64, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let _ = (now_ms, ctx);
+        Ok(())
+    }
+
+    /// The open transaction aborted: forget anything cached from it.
+    fn aborted(&mut self) {}
 }
 
 /// Failures a processor cannot turn into a reply or a dead letter.

@@ -213,6 +213,9 @@ pub struct Snapshot<S> {
     pub state: S,
     pub source_offset: i64,
     pub recent: Vec<Processed>,
+    /// While the aggregate waits for another table (`Aggregate::awaiting`): the event time
+    /// the wait times out.
+    pub await_deadline: Option<i64>,
 }
 
 pub fn encode_snapshot<A: Aggregate>(format: Format, s: &Snapshot<A::State>) -> Vec<u8> {
@@ -235,6 +238,7 @@ pub fn encode_snapshot<A: Aggregate>(format: Format, s: &Snapshot<A::State>) -> 
                 reason: p.reason.clone().unwrap_or_default(),
             })
             .collect(),
+        await_deadline: s.await_deadline,
     }
     .encode_to_vec()
 }
@@ -266,7 +270,7 @@ pub fn decode_snapshot<A: Aggregate>(
             })
         })
         .collect();
-    Ok(Snapshot { version: e.version, state, source_offset: e.source_offset, recent })
+    Ok(Snapshot { version: e.version, state, source_offset: e.source_offset, recent, await_deadline: e.await_deadline })
 }
 
 /// A decoded event with its envelope fields.
@@ -357,19 +361,22 @@ mod tests {
 
         #[test]
         fn snapshots_round_trip_in_both_formats(name in "[ -~]{0,30}", email in "[ -~]{0,30}", version in any::<u32>(),
-                                                 deleted in any::<bool>(), ids in prop::collection::vec("[a-z0-9]{1,8}", 0..5)) {
+                                                 deleted in any::<bool>(), ids in prop::collection::vec("[a-z0-9]{1,8}", 0..5),
+                                                 await_deadline in proptest::option::of(any::<i64>())) {
             let state = Customer { name, email, status: if deleted { Status::Deleted } else { Status::Active } };
             let snap = Snapshot {
                 version: version as u64,
                 state,
                 source_offset: 7,
                 recent: ids.into_iter().map(|c| Processed { command_id: c, outcome: Outcome::Accepted, version: 1, reason: None }).collect(),
+                await_deadline,
             };
             for f in [Format::Json, Format::Protobuf] {
                 let back = decode_snapshot::<CustomerAggregate>(f, &encode_snapshot::<CustomerAggregate>(f, &snap)).unwrap();
                 prop_assert_eq!(&back.state, &snap.state);
                 prop_assert_eq!(back.version, snap.version);
                 prop_assert_eq!(&back.recent, &snap.recent);
+                prop_assert_eq!(back.await_deadline, snap.await_deadline);
             }
         }
 

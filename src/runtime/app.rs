@@ -9,7 +9,7 @@ use super::topics;
 use crate::topology::TopicNeed;
 use super::RuntimeError;
 use crate::codec::Format;
-use crate::processor::{AggregateSettings, JoinProcessor, Lookup, RekeyProcessor, TableProcessor, TableRenderer, TableSource, ValueRenderer};
+use crate::processor::{AggregateSettings, AwaitSettings, AWAITING_INDEX, JoinProcessor, Lookup, RekeyProcessor, TableProcessor, TableRenderer, TableSource, ValueRenderer};
 use super::global::GlobalTable;
 use crate::store::Indexer;
 use crate::record::{Headers, InRecord};
@@ -53,6 +53,16 @@ impl App {
     pub fn new(topology: Topology, registry: &Registry, config: AppConfig) -> Result<Self, RuntimeError> {
         let mut routes = BTreeMap::new();
         let catalog = Catalog::new();
+        let mut globals = BTreeMap::new();
+        for (node, g) in &topology.global_tables {
+            let table = Arc::new(GlobalTable::new(node, &g.topic, &g.store));
+            catalog.define(&g.store, StoreView {
+                partitions: topology.topics[&g.topic].partitions,
+                renderer: Arc::new(TableRenderer { format: topology.topics[&g.topic].codec }),
+                indexes: Vec::new(),
+            });
+            globals.insert(node.clone(), table);
+        }
         for (node, a) in &topology.aggregates {
             let registered = registry.get(&a.aggregate).ok_or_else(|| RuntimeError::UnknownAggregate {
                 node: node.clone(),
@@ -75,6 +85,13 @@ impl App {
                 reply_topic: a.replies.clone(),
                 dead_letter_topic: topology.dead_letter_topic(),
                 dedup_window: a.dedup_window,
+                awaits: a.awaits.as_ref().map(|aw| AwaitSettings {
+                    table_name: aw.table.clone(),
+                    table: globals[&aw.table].clone() as Arc<dyn Lookup>,
+                    timeout_ms: aw.timeout_ms as i64,
+                    quiet: Duration::from_millis(aw.quiet_ms),
+                    max_wait: Duration::from_millis(aw.quiet_ms),
+                }),
             };
             if !registered.supports_protobuf {
                 for t in [&a.commands, &a.events, &a.replies] {
@@ -99,12 +116,13 @@ impl App {
                     name: a.store.clone(),
                     changelog: topology.changelog_topic(&a.store),
                     accept: Arc::new(|_| true),
-                    indexer: indexer(&topology.store_spec(&a.store).indexes, renderer),
+                    indexer: indexer(&topology.store_spec(&a.store).indexes, renderer, a.awaits.is_some()),
+                    versioned: false,
                 }),
                 peers: Vec::new(),
             });
         }
-        for t in topology.tables.values() {
+        for (node, t) in &topology.tables {
             let format = topology.topics[&t.topic].codec;
             let renderer: Arc<dyn ValueRenderer> = Arc::new(TableRenderer { format });
             catalog.define(&t.store, StoreView {
@@ -126,7 +144,9 @@ impl App {
                     name: t.store.clone(),
                     changelog,
                     accept: Arc::new(move |v| TableProcessor::accepts(format, v)),
-                    indexer: indexer(&topology.store_spec(&t.store).indexes, renderer),
+                    indexer: indexer(&topology.store_spec(&t.store).indexes, renderer, false),
+                    // A join reads it as of each stream record's time.
+                    versioned: topology.joins.values().any(|j| j.table == *node),
                 }),
                 peers: Vec::new(),
             });
@@ -145,16 +165,6 @@ impl App {
                 state: None,
                 peers: Vec::new(),
             });
-        }
-        let mut globals = BTreeMap::new();
-        for (node, g) in &topology.global_tables {
-            let table = Arc::new(GlobalTable::new(node, &g.topic, &g.store));
-            catalog.define(&g.store, StoreView {
-                partitions: topology.topics[&g.topic].partitions,
-                renderer: Arc::new(TableRenderer { format: topology.topics[&g.topic].codec }),
-                indexes: Vec::new(),
-            });
-            globals.insert(node.clone(), table);
         }
         for j in topology.joins.values() {
             let (source, peers) = match (globals.get(&j.table), &j.key_field) {
@@ -364,28 +374,35 @@ impl App {
 
 /// Indexes read their fields from the value as the query server renders it: the `state`
 /// of a snapshot, or the `value` of a table entry.
-fn indexer(fields: &[String], renderer: Arc<dyn ValueRenderer>) -> Option<Indexer> {
-    if fields.is_empty() {
+/// The store's secondary indexes: the declared fields of the state, plus, for an
+/// aggregate that can wait, `millrace.awaiting` (how its waiting aggregates are found).
+fn indexer(fields: &[String], renderer: Arc<dyn ValueRenderer>, awaiting: bool) -> Option<Indexer> {
+    if fields.is_empty() && !awaiting {
         return None;
     }
-    let names = fields.to_vec();
-    let wanted = names.clone();
+    let mut names = fields.to_vec();
+    if awaiting {
+        names.push(AWAITING_INDEX.to_string());
+    }
+    let wanted = fields.to_vec();
     Some(Indexer {
         names,
         extract: Arc::new(move |bytes| {
             let Ok(doc) = renderer.render(bytes) else { return Vec::new() };
-            let Some(body) = doc.get("state").or_else(|| doc.get("value")) else { return Vec::new() };
-            wanted
-                .iter()
-                .filter_map(|f| {
-                    let v = match body.get(f)? {
-                        serde_json::Value::Null => return None,
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    Some((f.clone(), v))
-                })
-                .collect()
+            let mut keys = Vec::new();
+            if awaiting && doc.get("awaiting_until").is_some() {
+                keys.push((AWAITING_INDEX.to_string(), "yes".to_string()));
+            }
+            let Some(body) = doc.get("state").or_else(|| doc.get("value")) else { return keys };
+            keys.extend(wanted.iter().filter_map(|f| {
+                let v = match body.get(f)? {
+                    serde_json::Value::Null => return None,
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                Some((f.clone(), v))
+            }));
+            keys
         }),
     })
 }
@@ -432,6 +449,7 @@ fn poll_loop(
                 engine.buffer(r);
             }
             engine.drain(&consumer)?;
+            engine.maybe_punctuate(&consumer)?;
             engine.maybe_commit(&consumer)?;
         }
         Ok(())

@@ -49,6 +49,8 @@ pub(crate) struct RouteStore {
     pub accept: Arc<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>,
     /// The store's secondary indexes, if it declares any.
     pub indexer: Option<Indexer>,
+    /// Keep every value with its time: a table a join reads as of the stream record's time.
+    pub versioned: bool,
 }
 
 impl RouteStore {
@@ -60,10 +62,15 @@ impl RouteStore {
 
     /// The store a task of `input` writes through.
     pub fn wrap(&self, rocks: Arc<RocksStore>, input: &str) -> ChangeloggedStore {
-        if self.source_is_changelog(input) {
+        let store = if self.source_is_changelog(input) {
             ChangeloggedStore::without_changelog(rocks)
         } else {
             ChangeloggedStore::new(rocks, self.changelog.as_str())
+        };
+        if self.versioned {
+            store.versioned()
+        } else {
+            store
         }
     }
 }
@@ -118,6 +125,7 @@ pub(crate) struct Engine {
     txn_records: usize,
     txn_started: Instant,
     gauges_updated: Instant,
+    punctuated: Instant,
     /// A failure inside the rebalance callback, where it cannot be returned; the poll loop
     /// picks it up.
     pub failure: Option<RuntimeError>,
@@ -147,6 +155,7 @@ impl Engine {
             txn_records: 0,
             txn_started: Instant::now(),
             gauges_updated: Instant::now(),
+            punctuated: Instant::now(),
             failure: None,
         })
     }
@@ -196,25 +205,73 @@ impl Engine {
                 _ => Err(e.into()),
             };
         }
-        let mut failed = None;
-        let mut out = std::mem::take(&mut self.out);
-        for r in out.iter_mut() {
-            self.check_destination(consumer, r);
-        }
-        self.out = out;
-        for r in self.out.drain(..) {
-            if let Err(e) = self.sink.send(&r) {
-                failed = Some(e);
-                break;
-            }
-        }
-        if let Some(e) = failed {
-            self.out.clear();
+        if let Err(e) = self.send_out(consumer) {
             return self.recover(consumer, e);
         }
         self.txn_records += 1;
         if self.txn_records >= self.settings.max_batch_records {
             self.commit(consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the last processor call wrote into the open transaction.
+    fn send_out<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), SinkError> {
+        let mut out = std::mem::take(&mut self.out);
+        for r in out.iter_mut() {
+            self.check_destination(consumer, r);
+        }
+        let mut result = Ok(());
+        for r in out.drain(..) {
+            if let Err(e) = self.sink.send(&r) {
+                result = Err(e);
+                break;
+            }
+        }
+        out.clear();
+        self.out = out;
+        result
+    }
+
+    /// Wall-clock punctuation of every task, about once per commit interval: work that no
+    /// input record triggers (a wait whose table entry arrived while its partition was
+    /// quiet). What it writes goes into the open transaction, opened if needed.
+    pub fn maybe_punctuate<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        if self.punctuated.elapsed() < self.settings.commit_interval {
+            return Ok(());
+        }
+        self.punctuated = Instant::now();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let tps: Vec<TopicPartition> = self.tasks.keys().cloned().collect();
+        for tp in tps {
+            let Some(task) = self.tasks.get_mut(&tp) else { continue };
+            if let Err(e) = task.punctuate(now_ms, &mut self.out) {
+                tracing::error!(task = %tp, error = %e, "punctuation failed");
+                self.out.clear();
+                return match e.recovery() {
+                    Recovery::RestoreTask => {
+                        self.abort_and_rewind(consumer)?;
+                        self.reopen(&tp)
+                    }
+                    _ => Err(e.into()),
+                };
+            }
+            if self.out.is_empty() {
+                continue;
+            }
+            if !self.sink.is_open() {
+                if let Err(e) = self.sink.begin() {
+                    self.out.clear();
+                    return self.recover(consumer, e);
+                }
+                self.txn_started = Instant::now();
+                self.txn_records = 0;
+            }
+            if let Err(e) = self.send_out(consumer) {
+                return self.recover(consumer, e);
+            }
         }
         Ok(())
     }
@@ -410,7 +467,7 @@ impl Engine {
             None => None,
             Some(st) => {
                 let rocks = Arc::new(open_store(&self.settings.state_dir, st, tp.partition, &self.resources)?);
-                restore(&rocks, &st.changelog, &self.settings.bootstrap_servers, st.accept.as_ref())?;
+                restore(&rocks, &st.changelog, &self.settings.bootstrap_servers, st.accept.as_ref(), st.versioned)?;
                 metrics::gauge!("millrace_store_keys", "store" => st.name.clone(), "partition" => tp.partition.to_string())
                     .set(rocks.estimated_keys() as f64);
                 self.catalog.attach(&rocks);

@@ -3,6 +3,12 @@
 //! offset; a background reader keeps it current after that. The table is stored as one
 //! RocksDB per topic partition, each with its own offset checkpoint, so a restart reads only
 //! what it has not seen, and a key is found in the partition a Java producer put it in.
+//!
+//! Every applied value is also kept as a version at its record's timestamp, so lookups can
+//! be made as of a stream record's time: a replay, which finds the table already loaded to
+//! its end, then sees what live processing saw (Kafka Streams' versioned stores, KIP-889).
+//! How far the table has come is tracked per partition: the largest timestamp applied, and
+//! since when the reader has been at the partition's end.
 
 use super::restore::restore;
 use super::RuntimeError;
@@ -14,9 +20,9 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Records a follower applies per RocksDB batch at most.
 const FOLLOW_BATCH: usize = 1_000;
@@ -26,10 +32,18 @@ pub struct GlobalTable {
     pub topic: String,
     pub store: String,
     partitions: RwLock<Vec<Arc<RocksStore>>>,
-    /// Largest record timestamp applied so far.
-    applied_ts: AtomicI64,
-    /// The reader found nothing new on its last poll.
-    caught_up: AtomicBool,
+    progress: Mutex<Vec<Progress>>,
+    /// Fed synchronously (the broker-free driver): always current.
+    always_current: AtomicBool,
+}
+
+/// How far the reader has come in one partition.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// Largest record timestamp applied.
+    applied_ts: i64,
+    /// Since when the reader has been at the partition's end, if it is.
+    at_end_since: Option<Instant>,
 }
 
 impl GlobalTable {
@@ -39,8 +53,8 @@ impl GlobalTable {
             topic: topic.into(),
             store: store.into(),
             partitions: RwLock::new(Vec::new()),
-            applied_ts: AtomicI64::new(i64::MIN),
-            caught_up: AtomicBool::new(false),
+            progress: Mutex::new(Vec::new()),
+            always_current: AtomicBool::new(false),
         }
     }
 
@@ -51,6 +65,8 @@ impl GlobalTable {
             opened.push(Arc::new(RocksStore::open(dir, &self.store, p, resources, None)?));
         }
         *self.partitions.write().expect("global table lock") = opened.clone();
+        *self.progress.lock().expect("global progress lock") =
+            vec![Progress { applied_ts: i64::MIN, at_end_since: None }; partitions as usize];
         Ok(opened)
     }
 
@@ -59,7 +75,7 @@ impl GlobalTable {
         let stores = self.partitions.read().expect("global table lock").clone();
         let mut total = 0;
         for s in &stores {
-            total += restore(s, &self.topic, bootstrap_servers, &|_| true)?;
+            total += restore(s, &self.topic, bootstrap_servers, &|_| true, true)?;
         }
         Ok(total)
     }
@@ -84,6 +100,7 @@ impl GlobalTable {
             .set("group.id", format!("millrace-global-{}", self.topic))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
             .create()
             .map_err(kafka)?;
         let stores = self.partitions.read().expect("global table lock").clone();
@@ -96,14 +113,15 @@ impl GlobalTable {
         while !stop.load(Ordering::SeqCst) {
             let first = match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => m.detach(),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    self.at_end(p);
+                    continue;
+                }
                 Some(Err(e)) => {
                     tracing::warn!(table = %self.name, error = %e, "global table reader");
                     continue;
                 }
-                None => {
-                    self.caught_up.store(true, Ordering::SeqCst);
-                    continue;
-                }
+                None => continue,
             };
             // Take what is already fetched, and write one batch per partition rather than
             // one per record. Lookups learn the new time only after the data is written.
@@ -120,20 +138,41 @@ impl GlobalTable {
             }
             for (partition, msgs) in per_partition {
                 let (Some(store), Some(last)) = (stores.get(partition as usize), msgs.last()) else { continue };
-                let entries = msgs.iter().filter_map(|m| Some((m.key()?, m.payload())));
-                store.write(entries, Some(last.offset()))?;
+                let ts = |m: &OwnedMessage| m.timestamp().to_millis().unwrap_or(i64::MIN);
+                let entries = msgs.iter().filter_map(|m| Some((m.key()?, m.payload(), ts(m))));
+                store.write_versions(entries, Some(last.offset()))?;
+                self.applied(partition, msgs.iter().map(|m| ts(m)).max().unwrap_or(i64::MIN));
             }
-            if let Some(ts) = batch.iter().filter_map(|m| m.timestamp().to_millis()).max() {
-                self.applied_ts.fetch_max(ts, Ordering::SeqCst);
-            }
-            self.caught_up.store(false, Ordering::SeqCst);
         }
+        Ok(())
+    }
+
+    fn applied(&self, partition: i32, ts: i64) {
+        if let Some(p) = self.progress.lock().expect("global progress lock").get_mut(partition as usize) {
+            p.applied_ts = p.applied_ts.max(ts);
+            p.at_end_since = None;
+        }
+    }
+
+    fn at_end(&self, partition: i32) {
+        if let Some(p) = self.progress.lock().expect("global progress lock").get_mut(partition as usize) {
+            p.at_end_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Applies records of one partition synchronously (the broker-free driver).
+    pub fn apply(&self, partition: i32, key: &[u8], value: Option<&[u8]>, ts: i64, offset: i64) -> Result<(), StoreError> {
+        let stores = self.stores();
+        if let Some(s) = stores.get(partition as usize) {
+            s.write_versions([(key, value, ts)], Some(offset))?;
+        }
+        self.applied(partition, ts);
         Ok(())
     }
 
     /// For a table fed synchronously (the broker-free driver): it is always up to date.
     pub fn mark_caught_up(&self) {
-        self.caught_up.store(true, Ordering::SeqCst);
+        self.always_current.store(true, Ordering::SeqCst);
     }
 
     pub fn stores(&self) -> Vec<Arc<RocksStore>> {
@@ -150,12 +189,34 @@ impl Lookup for GlobalTable {
         stores[partition_for_key(key, stores.len() as i32) as usize].get(key)
     }
 
+    fn lookup_as_of(&self, key: &[u8], ts: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let stores = self.partitions.read().expect("global table lock");
+        if stores.is_empty() {
+            return Ok(None);
+        }
+        stores[partition_for_key(key, stores.len() as i32) as usize].get_as_of(key, ts)
+    }
+
+    fn exists_since(&self, key: &[u8], ts: i64) -> Result<Option<i64>, StoreError> {
+        let stores = self.partitions.read().expect("global table lock");
+        if stores.is_empty() {
+            return Ok(None);
+        }
+        stores[partition_for_key(key, stores.len() as i32) as usize].exists_since(key, ts)
+    }
+
+    fn reached(&self, ts: i64, quiet: Duration) -> bool {
+        if self.always_current.load(Ordering::SeqCst) {
+            return true;
+        }
+        let progress = self.progress.lock().expect("global progress lock");
+        !progress.is_empty()
+            && progress.iter().all(|p| p.applied_ts >= ts || p.at_end_since.is_some_and(|s| s.elapsed() >= quiet))
+    }
+
     fn wait_for(&self, ts: i64, max: Duration) {
-        let deadline = std::time::Instant::now() + max;
-        while self.applied_ts.load(Ordering::SeqCst) < ts
-            && !self.caught_up.load(Ordering::SeqCst)
-            && std::time::Instant::now() < deadline
-        {
+        let deadline = Instant::now() + max;
+        while !self.reached(ts, Duration::ZERO) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -167,18 +228,22 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn lookups_wait_for_the_table_to_reach_their_time_but_not_forever() {
+    fn lookups_wait_for_every_partition_to_reach_their_time_but_not_forever() {
+        let dir = tempfile::tempdir().unwrap();
         let g = GlobalTable::new("g", "t", "s");
+        g.open(dir.path(), 2, &StoreResources::new(&Default::default())).unwrap();
         let started = Instant::now();
         g.wait_for(1_000, Duration::from_millis(60));
-        assert!(started.elapsed() >= Duration::from_millis(60), "behind and not caught up: waits the maximum");
-        g.applied_ts.store(2_000, Ordering::SeqCst);
+        assert!(started.elapsed() >= Duration::from_millis(60), "behind and not at the end: waits the maximum");
+        g.applied(0, 2_000);
+        assert!(!g.reached(1_500, Duration::ZERO), "partition 1 is behind");
+        g.at_end(1);
         let started = Instant::now();
         g.wait_for(1_500, Duration::from_secs(5));
-        assert!(started.elapsed() < Duration::from_millis(50), "already past the record's time");
-        g.mark_caught_up();
-        let started = Instant::now();
-        g.wait_for(9_999, Duration::from_secs(5));
-        assert!(started.elapsed() < Duration::from_millis(50), "nothing more to read");
+        assert!(started.elapsed() < Duration::from_millis(50), "one partition past the time, the other at its end");
+        assert!(!g.reached(1_500, Duration::from_secs(60)), "at the end, but not quiet for long");
+        g.apply(1, b"k", Some(b"v"), 3_000, 0).unwrap();
+        assert!(g.reached(1_500, Duration::from_secs(60)), "both partitions past the time");
+        assert_eq!(g.lookup_as_of(b"k", 2_999).unwrap(), None);
     }
 }

@@ -28,16 +28,18 @@ impl ClientContext for RestoreContext {
 
 impl ConsumerContext for RestoreContext {}
 
-type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+type Batch = Vec<(Vec<u8>, Option<Vec<u8>>, i64)>;
 
 /// Replays `changelog`'s partition into `store`; returns the number of records read.
 /// Records `accept` refuses are skipped (an input topic used as changelog may hold records
-/// the processor dead-lettered).
+/// the processor dead-lettered). With `versions`, each record is also kept as a version at
+/// its timestamp (a global table's history, for as-of lookups).
 pub fn restore(
     store: &RocksStore,
     changelog: &str,
     bootstrap_servers: &str,
     accept: &dyn Fn(Option<&[u8]>) -> bool,
+    versions: bool,
 ) -> Result<u64, RuntimeError> {
     let partition = store.partition();
     let kafka = |source| RuntimeError::Kafka { op: "restore", topic: changelog.to_string(), source };
@@ -71,9 +73,12 @@ pub fn restore(
     let mut last = checkpoint;
     let mut idle_since = Instant::now();
     let flush = |batch: &mut Batch, last: Option<i64>| {
-        store
-            .write(batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref())), last)
-            .map_err(RuntimeError::Store)?;
+        if versions {
+            store.write_versions(batch.iter().map(|(k, v, ts)| (k.as_slice(), v.as_deref(), *ts)), last)
+        } else {
+            store.write(batch.iter().map(|(k, v, _)| (k.as_slice(), v.as_deref())), last)
+        }
+        .map_err(RuntimeError::Store)?;
         batch.clear();
         Ok::<_, RuntimeError>(())
     };
@@ -81,7 +86,8 @@ pub fn restore(
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 if let (Some(k), true) = (m.key(), accept(m.payload())) {
-                    batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                    let ts = m.timestamp().to_millis().unwrap_or(i64::MIN);
+                    batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec), ts));
                 }
                 last = Some(m.offset());
                 restored += 1;

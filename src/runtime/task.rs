@@ -78,8 +78,15 @@ impl Task {
             self.txn_first_offset = Some(record.offset);
         }
         self.next_offset = Some(record.offset + 1);
-        let mut ctx = Context { store: self.store.as_mut(), out, peers };
+        let mut ctx = Context { store: self.store.as_mut(), out, peers, timestamp: record.timestamp };
         self.processor.process(record, &mut ctx)
+    }
+
+    /// Wall-clock punctuation, inside the open transaction.
+    pub fn punctuate(&mut self, now_ms: i64, out: &mut dyn Collector) -> Result<(), ProcessError> {
+        debug_assert_eq!(self.state, TaskState::Running);
+        let mut ctx = Context { store: self.store.as_mut(), out, peers: &[], timestamp: Some(now_ms) };
+        self.processor.punctuate(now_ms, &mut ctx)
     }
 
     /// The input offset the open transaction commits for this partition, if it consumed any.
@@ -101,6 +108,7 @@ impl Task {
         if let Some(s) = &mut self.store {
             s.abort();
         }
+        self.processor.aborted();
         self.next_offset = None;
         self.txn_first_offset.take()
     }

@@ -16,17 +16,40 @@ pub struct ChangeloggedStore {
     /// None: the input topic is the changelog, so writes emit no records.
     changelog_topic: Option<String>,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// A versioned store (a table a join reads as of a time) also keeps every write of the
+    /// open transaction with its time, in order.
+    versions: Option<Vec<(Vec<u8>, Option<Vec<u8>>, i64)>>,
 }
 
 impl ChangeloggedStore {
     pub fn new(inner: Arc<RocksStore>, changelog_topic: impl Into<String>) -> Self {
-        Self { inner, changelog_topic: Some(changelog_topic.into()), overlay: BTreeMap::new() }
+        Self { inner, changelog_topic: Some(changelog_topic.into()), overlay: BTreeMap::new(), versions: None }
     }
 
     /// A store whose input topic serves as its changelog (a table with `changelog: false`).
     /// It still writes through the overlay, so it never runs ahead of the commit.
     pub fn without_changelog(inner: Arc<RocksStore>) -> Self {
-        Self { inner, changelog_topic: None, overlay: BTreeMap::new() }
+        Self { inner, changelog_topic: None, overlay: BTreeMap::new(), versions: None }
+    }
+
+    /// Keeps every value with its time, for `get_as_of` (see `RocksStore::write_versions`).
+    pub fn versioned(mut self) -> Self {
+        self.versions = Some(Vec::new());
+        self
+    }
+
+    /// The value `key` had at event time `ts`, the open transaction's writes included.
+    pub fn get_as_of(&self, key: &[u8], ts: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(versions) = &self.versions else { return self.get(key) };
+        let open = versions.iter().rev().find(|(k, _, t)| k.as_slice() == key && *t <= ts);
+        let committed = self.inner.version_as_of(key, ts)?;
+        Ok(match (open, committed) {
+            // A later write of the same time wins: the open transaction's.
+            (Some((_, v, t)), Some((ct, cv))) => if *t >= ct { v.clone() } else { cv },
+            (Some((_, v, _)), None) => v.clone(),
+            (None, Some((_, cv))) => cv,
+            (None, None) => None,
+        })
     }
 
     pub fn inner(&self) -> &Arc<RocksStore> {
@@ -45,8 +68,10 @@ impl ChangeloggedStore {
     }
 
     /// Writes `value` (None = tombstone) in the open transaction. The changelog record goes
-    /// to the task's own partition: the changelog is co-partitioned with the input.
-    pub fn put(&mut self, key: &[u8], value: Option<Vec<u8>>, out: &mut dyn Collector) {
+    /// to the task's own partition: the changelog is co-partitioned with the input. It
+    /// carries the time of the input record that caused it (as Kafka Streams does), so a
+    /// table read from the changelog can be looked up as of a time.
+    pub fn put(&mut self, key: &[u8], value: Option<Vec<u8>>, timestamp: Option<i64>, out: &mut dyn Collector) {
         if let Some(topic) = &self.changelog_topic {
             out.send(OutRecord {
                 topic: topic.clone(),
@@ -54,8 +79,11 @@ impl ChangeloggedStore {
                 key: Some(key.to_vec()),
                 value: value.clone(),
                 headers: Headers::default(),
-                timestamp: None,
+                timestamp,
             });
+        }
+        if let Some(versions) = &mut self.versions {
+            versions.push((key.to_vec(), value.clone(), timestamp.unwrap_or(i64::MIN)));
         }
         self.overlay.insert(key.to_vec(), value);
     }
@@ -71,12 +99,21 @@ impl ChangeloggedStore {
             return Ok(());
         }
         let overlay = std::mem::take(&mut self.overlay);
-        self.inner.write(overlay.iter().map(|(k, v)| (k.as_slice(), v.as_deref())), changelog_offset)
+        match &mut self.versions {
+            Some(versions) => {
+                let versions = std::mem::take(versions);
+                self.inner.write_versions(versions.iter().map(|(k, v, t)| (k.as_slice(), v.as_deref(), *t)), changelog_offset)
+            }
+            None => self.inner.write(overlay.iter().map(|(k, v)| (k.as_slice(), v.as_deref())), changelog_offset),
+        }
     }
 
     /// The transaction aborted: forget everything it wrote.
     pub fn abort(&mut self) {
         self.overlay.clear();
+        if let Some(v) = &mut self.versions {
+            v.clear();
+        }
     }
 }
 
@@ -93,19 +130,41 @@ mod tests {
         let mut store = ChangeloggedStore::new(rocks.clone(), "app-s-changelog");
         let mut out: Vec<OutRecord> = Vec::new();
 
-        store.put(b"k", Some(b"v1".to_vec()), &mut out);
+        store.put(b"k", Some(b"v1".to_vec()), Some(5), &mut out);
         assert_eq!(store.get(b"k").unwrap(), Some(b"v1".to_vec()));
         assert_eq!(rocks.get(b"k").unwrap(), None, "state must not run ahead of the commit");
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "app-s-changelog");
         assert_eq!(out[0].partition, Some(0));
+        assert_eq!(out[0].timestamp, Some(5), "the changelog record keeps its input's time");
 
         store.abort();
         assert_eq!(store.get(b"k").unwrap(), None);
 
-        store.put(b"k", Some(b"v2".to_vec()), &mut out);
+        store.put(b"k", Some(b"v2".to_vec()), None, &mut out);
         store.commit(Some(7)).unwrap();
         assert_eq!(rocks.get(b"k").unwrap(), Some(b"v2".to_vec()));
         assert_eq!(rocks.checkpoint().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn a_versioned_store_answers_as_of_a_time_before_and_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = StoreResources::new(&StoreTuning::default());
+        let rocks = Arc::new(RocksStore::open(dir.path(), "t", 0, &res, None).unwrap());
+        let mut store = ChangeloggedStore::new(rocks.clone(), "app-t-changelog").versioned();
+        let mut out: Vec<OutRecord> = Vec::new();
+        store.put(b"c", Some(b"old".to_vec()), Some(100), &mut out);
+        store.put(b"c", Some(b"new".to_vec()), Some(200), &mut out);
+        assert_eq!(store.get_as_of(b"c", 150).unwrap(), Some(b"old".to_vec()), "open transaction, as of a time");
+        store.commit(Some(1)).unwrap();
+        assert_eq!(store.get_as_of(b"c", 150).unwrap(), Some(b"old".to_vec()));
+        assert_eq!(store.get_as_of(b"c", 99).unwrap(), None);
+        store.put(b"c", None, Some(300), &mut out);
+        assert_eq!(store.get_as_of(b"c", 300).unwrap(), None, "the open deletion wins over the committed value");
+        assert_eq!(store.get_as_of(b"c", 250).unwrap(), Some(b"new".to_vec()));
+        store.abort();
+        assert_eq!(store.get_as_of(b"c", 300).unwrap(), Some(b"new".to_vec()));
+        assert_eq!(store.get(b"c").unwrap(), Some(b"new".to_vec()));
     }
 }

@@ -5,6 +5,7 @@
 //! May use: record, codec. Never the Kafka client: restore input arrives as plain records.
 
 mod changelogged;
+mod history;
 mod index;
 mod rocks;
 

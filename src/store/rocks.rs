@@ -3,6 +3,7 @@
 //! All stores of an instance share one block cache and one write-buffer budget, so memory
 //! stays bounded however many partitions an instance owns.
 
+use super::history::{self, HISTORY_CF};
 use super::index::{self, Indexer, DEFINITION_KEY, INDEX_CF};
 use super::StoreError;
 use std::collections::BTreeMap;
@@ -91,6 +92,7 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone()),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
             ColumnFamilyDescriptor::new(INDEX_CF, Options::default()),
+            ColumnFamilyDescriptor::new(HISTORY_CF, Options::default()),
         ];
         std::fs::create_dir_all(&path).map_err(|e| StoreError::Open {
             store: name.into(),
@@ -184,6 +186,75 @@ impl RocksStore {
         checkpoint: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
+        self.put_latest(&mut batch, entries)?;
+        self.commit_batch(batch, checkpoint)
+    }
+
+    /// As `write`, and every entry is also kept as a version at its timestamp, for
+    /// `get_as_of`. Latest values, versions and checkpoint go in one WriteBatch.
+    pub fn write_versions<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>, i64)>,
+        checkpoint: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let entries: Vec<(&[u8], Option<&[u8]>, i64)> = entries.into_iter().collect();
+        let mut batch = WriteBatch::default();
+        self.put_latest(&mut batch, entries.iter().map(|(k, v, _)| (*k, *v)))?;
+        let cf = self.db.cf_handle(HISTORY_CF).expect("history column family is created at open");
+        for (k, v, ts) in &entries {
+            batch.put_cf(&cf, history::version_key(k, *ts), history::encode_value(*v));
+        }
+        self.commit_batch(batch, checkpoint)
+    }
+
+    /// The value `key` had at time `ts`: its last version at or before `ts`. None when it
+    /// did not exist yet, or was deleted then.
+    pub fn get_as_of(&self, key: &[u8], ts: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.version_as_of(key, ts)?.and_then(|(_, v)| v))
+    }
+
+    /// The last version of `key` at or before `ts`: its time and value (None = deleted).
+    pub fn version_as_of(&self, key: &[u8], ts: i64) -> Result<Option<(i64, Option<Vec<u8>>)>, StoreError> {
+        let cf = self.db.cf_handle(HISTORY_CF).expect("history column family is created at open");
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek_for_prev(history::version_key(key, ts));
+        let prefix = history::prefix(key);
+        match (it.key(), it.value()) {
+            (Some(k), Some(v)) if k.len() == prefix.len() + 8 && k.starts_with(&prefix) => {
+                Ok(Some((history::version_time(k), history::decode_value(v))))
+            }
+            _ => {
+                it.status().map_err(self.io("as-of lookup"))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Since when `key` has existed without a break, as seen at time `ts`: the time of the
+    /// first version of its current run. None if it does not exist at `ts`.
+    pub fn exists_since(&self, key: &[u8], ts: i64) -> Result<Option<i64>, StoreError> {
+        let cf = self.db.cf_handle(HISTORY_CF).expect("history column family is created at open");
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek_for_prev(history::version_key(key, ts));
+        let prefix = history::prefix(key);
+        let mut since = None;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k.len() != prefix.len() + 8 || !k.starts_with(&prefix) || history::decode_value(v).is_none() {
+                break;
+            }
+            since = Some(history::version_time(k));
+            it.prev();
+        }
+        it.status().map_err(self.io("as-of lookup"))?;
+        Ok(since)
+    }
+
+    /// Adds the latest values (and their index entries) to `batch`.
+    fn put_latest<'a>(
+        &self,
+        batch: &mut WriteBatch,
+        entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<(), StoreError> {
         match &self.indexer {
             None => {
                 for (k, v) in entries {
@@ -216,6 +287,10 @@ impl RocksStore {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn commit_batch(&self, mut batch: WriteBatch, checkpoint: Option<i64>) -> Result<(), StoreError> {
         if let Some(offset) = checkpoint {
             let cf = self.db.cf_handle(META_CF).expect("meta column family is created at open");
             batch.put_cf(&cf, CHECKPOINT_KEY, offset.to_be_bytes());
@@ -321,6 +396,27 @@ mod tests {
         assert_eq!(s.checkpoint().unwrap(), Some(42));
         assert_eq!(s.get(b"a").unwrap(), None);
         assert_eq!(s.get(b"b").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn as_of_lookups_see_the_value_of_their_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = StoreResources::new(&StoreTuning::default());
+        let s = RocksStore::open(dir.path(), "g", 0, &res, None).unwrap();
+        s.write_versions([(&b"p"[..], Some(&b"v1"[..]), 100), (&b"p\0"[..], Some(&b"other"[..]), 50)], Some(0)).unwrap();
+        s.write_versions([(&b"p"[..], Some(&b"v2"[..]), 200)], Some(1)).unwrap();
+        s.write_versions([(&b"p"[..], None, 300)], Some(2)).unwrap();
+        assert_eq!(s.get_as_of(b"p", 99).unwrap(), None, "not there yet");
+        assert_eq!(s.get_as_of(b"p", 100).unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(s.get_as_of(b"p", 250).unwrap(), Some(b"v2".to_vec()));
+        assert_eq!(s.get_as_of(b"p", 300).unwrap(), None, "deleted");
+        assert_eq!(s.get(b"p").unwrap(), None, "the latest value is the tombstone");
+        assert_eq!(s.get_as_of(b"q", 1_000).unwrap(), None);
+        assert_eq!(s.get_as_of(b"p\0", 60).unwrap(), Some(b"other".to_vec()));
+        assert_eq!(s.exists_since(b"p", 250).unwrap(), Some(100), "two versions in a row: since the first");
+        assert_eq!(s.exists_since(b"p", 300).unwrap(), None);
+        s.write_versions([(&b"p"[..], Some(&b"v3"[..]), 400)], Some(3)).unwrap();
+        assert_eq!(s.exists_since(b"p", 500).unwrap(), Some(400), "a new run after the deletion");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct DriverRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Headers,
+    /// Event time: the driver clock when piped, the input's time for outputs.
+    pub timestamp: i64,
 }
 
 impl DriverRecord {
@@ -162,8 +164,12 @@ impl TopologyDriver {
             let entries = tail
                 .iter()
                 .filter(|r| (st.accept)(r.value.as_deref()))
-                .filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref())));
-            store.write(entries, Some(last.offset))?;
+                .filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref(), r.timestamp)));
+            if st.versioned {
+                store.write_versions(entries, Some(last.offset))?;
+            } else {
+                store.write(entries.map(|(k, v, _)| (k, v)), Some(last.offset))?;
+            }
         }
         Ok(tail.len() as u64)
     }
@@ -208,13 +214,22 @@ impl TopologyDriver {
             key: Some(key.as_bytes().to_vec()),
             value,
             headers,
+            timestamp: self.now_ms,
         });
-        for g in self.globals.iter().filter(|g| g.topic == topic) {
-            let record = &self.log[&tp][offset as usize];
-            g.stores()[partition as usize].write([(key.as_bytes(), record.value.as_deref())], Some(offset))?;
-        }
+        self.mirror_to_globals(&tp, offset)?;
         if self.tasks.contains_key(&tp) {
             self.process_next(&tp)?;
+        }
+        Ok(())
+    }
+
+    /// Global tables read committed records of their topic, outside any transaction.
+    fn mirror_to_globals(&self, tp: &TopicPartition, offset: i64) -> Result<(), RuntimeError> {
+        for g in self.globals.iter().filter(|g| g.topic == tp.topic) {
+            let r = &self.log[tp][offset as usize];
+            if let Some(key) = &r.key {
+                g.apply(tp.partition, key, r.value.as_deref(), r.timestamp, offset)?;
+            }
         }
         Ok(())
     }
@@ -226,7 +241,7 @@ impl TopologyDriver {
             topic: r.topic,
             partition: r.partition,
             offset: r.offset,
-            timestamp: Some(self.now_ms),
+            timestamp: Some(r.timestamp),
             key: r.key,
             value: r.value,
             headers: r.headers,
@@ -255,6 +270,7 @@ impl TopologyDriver {
     /// Appends the open transaction's outputs to the log; returns the changelog offsets.
     fn publish(&mut self) -> BTreeMap<TopicPartition, i64> {
         let mut last = BTreeMap::new();
+        let mut published = Vec::new();
         for r in std::mem::take(&mut self.pending) {
             let partition = r.partition.unwrap_or_else(|| match &r.key {
                 Some(k) => partition_for_key(k, self.partitions(&r.topic)),
@@ -263,8 +279,15 @@ impl TopologyDriver {
             let tp = TopicPartition::new(r.topic.as_str(), partition);
             let log = self.log.entry(tp.clone()).or_default();
             let offset = log.len() as i64;
-            log.push(DriverRecord { topic: r.topic, partition, offset, key: r.key, value: r.value, headers: r.headers });
-            last.insert(tp, offset);
+            let timestamp = r.timestamp.unwrap_or(self.now_ms);
+            log.push(DriverRecord { topic: r.topic, partition, offset, key: r.key, value: r.value, headers: r.headers, timestamp });
+            last.insert(tp.clone(), offset);
+            published.push((tp, offset));
+        }
+        for (tp, offset) in published {
+            if let Err(e) = self.mirror_to_globals(&tp, offset) {
+                tracing::error!(error = %e, "driver: global table write failed");
+            }
         }
         self.committed = self.position.clone();
         self.since_commit_ms = 0;
@@ -299,10 +322,14 @@ impl TopologyDriver {
         }
     }
 
-    /// Moves time forward; commits when the topology's commit interval is reached.
+    /// Moves time forward and punctuates every task with the new time, as the engine does
+    /// with the wall clock; commits when the topology's commit interval is reached.
     pub fn advance_time(&mut self, ms: i64) -> Result<(), RuntimeError> {
         self.now_ms += ms;
         self.since_commit_ms += ms;
+        for task in self.tasks.values_mut() {
+            task.punctuate(self.now_ms, &mut self.pending)?;
+        }
         if self.since_commit_ms >= self.topology.processing.commit_interval_ms as i64 {
             self.commit()?;
         }

@@ -28,11 +28,14 @@ fn subs(t: &Topology) -> Vec<Sub> {
         all.push(Sub {
             index: 0,
             node: node.clone(),
-            kind: format!("aggregate: {}", a.aggregate),
+            kind: match &a.awaits {
+                None => format!("aggregate: {}", a.aggregate),
+                Some(aw) => format!("aggregate: {}, awaits global table {} for {} ms", a.aggregate, aw.table, aw.timeout_ms),
+            },
             source: a.commands.clone(),
             sinks: vec![a.events.clone(), a.replies.clone(), dlq.clone()],
             store: store(&a.store),
-            reads: vec![],
+            reads: a.awaits.iter().filter_map(|aw| Some(t.global_tables.get(&aw.table)?.store.clone())).collect(),
         });
     }
     for (node, x) in &t.tables {

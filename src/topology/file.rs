@@ -102,6 +102,28 @@ pub struct AggregateNode {
     /// Answered command ids each aggregate remembers for dedup.
     #[serde(default = "default_dedup_window")]
     pub dedup_window: usize,
+    /// Lets the aggregate wait for keys of a global table (an order for products not yet
+    /// created): see `Aggregate::awaiting`.
+    #[serde(default)]
+    pub awaits: Option<AwaitsSpec>,
+}
+
+/// The stash of an aggregate: which global table its waits look in, and for how long.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwaitsSpec {
+    /// A global table node.
+    pub table: String,
+    /// Event time from the start of a wait until it fails, in milliseconds.
+    pub timeout_ms: u64,
+    /// A wait fails only once the table has reached its deadline: every partition past it,
+    /// or at its end for this long. Also the longest one check waits for the table.
+    #[serde(default = "default_quiet_ms")]
+    pub quiet_ms: u64,
+}
+
+fn default_quiet_ms() -> u64 {
+    2_000
 }
 
 /// Options of one store.
@@ -400,6 +422,17 @@ impl Topology {
             if a.dedup_window == 0 {
                 return Err(self.error_at(&at("dedup_window"), format!(
                     "aggregate {node}: dedup_window must be at least 1; it is how many answered command ids each aggregate remembers")));
+            }
+            if let Some(aw) = &a.awaits {
+                if !self.global_tables.contains_key(&aw.table) {
+                    return Err(self.error_at(&at("awaits.table"), format!(
+                        "aggregate {node}: awaits {:?}, which is not a global table node; expected one of {:?}",
+                        aw.table, self.global_tables.keys().collect::<Vec<_>>())));
+                }
+                if aw.timeout_ms == 0 {
+                    return Err(self.error_at(&at("awaits.timeout_ms"), format!(
+                        "aggregate {node}: awaits.timeout_ms must be at least 1")));
+                }
             }
         }
         let mut tables: Vec<(&String, &TableNode)> = self.tables.iter().collect();
