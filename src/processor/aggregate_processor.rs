@@ -50,8 +50,6 @@ pub struct AwaitSettings {
     /// A wait times out only once the table has reached the deadline: each partition
     /// past it, or at its end for this long (nothing more is coming).
     pub quiet: Duration,
-    /// How long one check may wait for the table to reach the time it asks about.
-    pub max_wait: Duration,
 }
 
 impl std::fmt::Debug for AwaitSettings {
@@ -255,8 +253,9 @@ impl<A: Aggregate> AggregateProcessor<A> {
         if due.is_empty() {
             return Ok(());
         }
-        let latest = due.iter().map(|(_, d)| clock.min(*d)).max().unwrap_or(clock);
-        aw.table.wait_for(latest, aw.max_wait);
+        // No waiting for the table here: a lagging table only delays a decision (ready
+        // needs the keys found, expired needs the table to have reached the deadline),
+        // it never changes one, so the partition keeps moving meanwhile.
         for (id, deadline) in due {
             let snap = self.load(ctx, &id)?;
             let Some(wait) = A::awaiting(&snap.state).filter(|_| snap.await_deadline == Some(deadline)) else {
@@ -334,6 +333,10 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
         }
         if let Some(ts) = record.timestamp {
             self.stream_time = self.stream_time.max(ts);
+        }
+        if self.settings.awaits.is_some() {
+            // Load the waiting set before this command can add to it.
+            self.pending(ctx)?;
         }
         let source = Source { headers: &record.headers, offset: Some(record.offset), timestamp: record.timestamp, internal: false };
         if let Err(reason) = self.handle(ctx, &source, &cmd)? {

@@ -90,7 +90,6 @@ impl App {
                     table: globals[&aw.table].clone() as Arc<dyn Lookup>,
                     timeout_ms: aw.timeout_ms as i64,
                     quiet: Duration::from_millis(aw.quiet_ms),
-                    max_wait: Duration::from_millis(aw.quiet_ms),
                 }),
             };
             if !registered.supports_protobuf {
@@ -296,6 +295,7 @@ impl App {
                 exactly_once: self.topology.processing.exactly_once,
                 sync_groups: self.sync_groups(),
                 max_task_idle: Duration::from_millis(self.topology.processing.max_task_idle_ms),
+                globals: self.globals.values().cloned().collect(),
             };
             let consumer_cfg = self.consumer_config(&member);
             let (resources, catalog, stop) = (resources.clone(), self.catalog.clone(), stop.clone());

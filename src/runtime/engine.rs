@@ -112,6 +112,8 @@ pub(crate) struct EngineSettings {
     /// Topics read in time order against each other, per partition (a join's table and stream).
     pub sync_groups: Vec<Vec<String>>,
     pub max_task_idle: Duration,
+    /// The instance's global tables: their quiet time restarts when tasks are assigned.
+    pub globals: Vec<Arc<super::global::GlobalTable>>,
 }
 
 pub(crate) struct Engine {
@@ -451,6 +453,11 @@ impl Engine {
     /// Creates and restores a task for every command partition in `tpl`.
     fn open_tasks(&mut self, tpl: &TopicPartitionList) -> Result<(), RuntimeError> {
         self.catalog.set_ready(self.settings.thread, false);
+        // A table at its end while nobody processed (the group forming, a rebalance) says
+        // nothing about whether its writers are done: count quiet time from now.
+        for g in &self.settings.globals {
+            g.restart_quiet();
+        }
         for e in tpl.elements() {
             let tp = TopicPartition::new(e.topic(), e.partition());
             if self.settings.routes.contains_key(&tp.topic) && !self.tasks.contains_key(&tp) {

@@ -160,6 +160,16 @@ impl GlobalTable {
         }
     }
 
+    /// Quiet time counts from now: partitions at their end stay there, but must be quiet
+    /// for the full `quiet` again before a wait may time out against them.
+    pub fn restart_quiet(&self) {
+        for p in self.progress.lock().expect("global progress lock").iter_mut() {
+            if p.at_end_since.is_some() {
+                p.at_end_since = Some(Instant::now());
+            }
+        }
+    }
+
     /// Applies records of one partition synchronously (the broker-free driver).
     pub fn apply(&self, partition: i32, key: &[u8], value: Option<&[u8]>, ts: i64, offset: i64) -> Result<(), StoreError> {
         let stores = self.stores();

@@ -117,7 +117,8 @@ pub struct AwaitsSpec {
     /// Event time from the start of a wait until it fails, in milliseconds.
     pub timeout_ms: u64,
     /// A wait fails only once the table has reached its deadline: every partition past it,
-    /// or at its end for this long. Also the longest one check waits for the table.
+    /// or at its end for this long while this instance processes (nothing more is coming
+    /// from upstream). Raise it if the table's writer can stall for longer.
     #[serde(default = "default_quiet_ms")]
     pub quiet_ms: u64,
 }
