@@ -121,7 +121,15 @@ impl GlobalTable {
                     tracing::warn!(table = %self.name, error = %e, "global table reader");
                     continue;
                 }
-                None => continue,
+                // Nothing arrived for a whole poll: every partition is at its end. (librdkafka
+                // reports EOF unreliably after transaction markers, so this is the signal
+                // that does not depend on it.)
+                None => {
+                    for p in 0..stores.len() as i32 {
+                        self.at_end(p);
+                    }
+                    continue;
+                }
             };
             // Take what is already fetched, and write one batch per partition rather than
             // one per record. Lookups learn the new time only after the data is written.

@@ -265,6 +265,7 @@ pub struct Rec {
     pub key: Option<String>,
     pub value: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+    pub timestamp: Option<i64>,
 }
 
 impl Rec {
@@ -303,6 +304,7 @@ pub fn read_all(topic: &str) -> Vec<Rec> {
                 headers: m.headers().map(|h| h.iter()
                     .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
                     .collect()).unwrap_or_default(),
+                timestamp: m.timestamp().to_millis(),
             }),
             Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
             _ => {}
