@@ -241,3 +241,12 @@ fn rekey_into_something_that_is_not_a_table() {
     assert_eq!((l, c), (10, 62), "{msg}");
     assert!(msg.contains("\"customers\" is not a table node; expected one of [\"customer-table\"]"), "{msg}");
 }
+
+#[test]
+fn awaits_must_name_a_global_table_and_a_positive_timeout() {
+    expect("    store: customers\n", "    store: customers\n    awaits: { table: nowhere, timeout_ms: 10 }\n", 15, 22,
+        "awaits \"nowhere\", which is not a global table node");
+    let with_global = |timeout: &str| format!("    store: customers\n    awaits: {{ table: catalog, timeout_ms: {timeout} }}\nglobal_tables:\n  catalog: {{ topic: payments, store: catalog }}\n");
+    expect("    store: customers\n", &with_global("0"), 15, 43, "awaits.timeout_ms must be at least 1");
+    assert!(parse(Path::new("shop.yaml"), &GOOD.replacen("    store: customers\n", &with_global("500"), 1)).is_ok());
+}

@@ -17,8 +17,8 @@ pub struct ChangeloggedStore {
     changelog_topic: Option<String>,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// A versioned store (a table a join reads as of a time) also keeps every write of the
-    /// open transaction with its time, in order.
-    versions: Option<Vec<(Vec<u8>, Option<Vec<u8>>, i64)>>,
+    /// open transaction with its time, per key in write order.
+    versions: Option<BTreeMap<Vec<u8>, Vec<(i64, Option<Vec<u8>>)>>>,
 }
 
 impl ChangeloggedStore {
@@ -34,19 +34,19 @@ impl ChangeloggedStore {
 
     /// Keeps every value with its time, for `get_as_of` (see `RocksStore::write_versions`).
     pub fn versioned(mut self) -> Self {
-        self.versions = Some(Vec::new());
+        self.versions = Some(BTreeMap::new());
         self
     }
 
     /// The value `key` had at event time `ts`, the open transaction's writes included.
     pub fn get_as_of(&self, key: &[u8], ts: i64) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(versions) = &self.versions else { return self.get(key) };
-        let open = versions.iter().rev().find(|(k, _, t)| k.as_slice() == key && *t <= ts);
+        let open = versions.get(key).and_then(|vs| vs.iter().rev().find(|(t, _)| *t <= ts));
         let committed = self.inner.version_as_of(key, ts)?;
         Ok(match (open, committed) {
             // A later write of the same time wins: the open transaction's.
-            (Some((_, v, t)), Some((ct, cv))) => if *t >= ct { v.clone() } else { cv },
-            (Some((_, v, _)), None) => v.clone(),
+            (Some((t, v)), Some((ct, cv))) => if *t >= ct { v.clone() } else { cv },
+            (Some((_, v)), None) => v.clone(),
             (None, Some((_, cv))) => cv,
             (None, None) => None,
         })
@@ -83,7 +83,7 @@ impl ChangeloggedStore {
             });
         }
         if let Some(versions) = &mut self.versions {
-            versions.push((key.to_vec(), value.clone(), timestamp.unwrap_or(i64::MIN)));
+            versions.entry(key.to_vec()).or_default().push((timestamp.unwrap_or(i64::MIN), value.clone()));
         }
         self.overlay.insert(key.to_vec(), value);
     }
@@ -102,7 +102,8 @@ impl ChangeloggedStore {
         match &mut self.versions {
             Some(versions) => {
                 let versions = std::mem::take(versions);
-                self.inner.write_versions(versions.iter().map(|(k, v, t)| (k.as_slice(), v.as_deref(), *t)), changelog_offset)
+                let entries = versions.iter().flat_map(|(k, vs)| vs.iter().map(move |(t, v)| (k.as_slice(), v.as_deref(), *t)));
+                self.inner.write_versions(entries, changelog_offset)
             }
             None => self.inner.write(overlay.iter().map(|(k, v)| (k.as_slice(), v.as_deref())), changelog_offset),
         }
