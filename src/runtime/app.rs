@@ -55,7 +55,7 @@ impl App {
         let catalog = Catalog::new();
         let mut globals = BTreeMap::new();
         for (node, g) in &topology.global_tables {
-            let table = Arc::new(GlobalTable::new(node, &g.topic, &g.store));
+            let table = Arc::new(GlobalTable::new(node, &g.topic, &g.store, topology.store_spec(&g.store).history_ms));
             catalog.define(&g.store, StoreView {
                 partitions: topology.topics[&g.topic].partitions,
                 renderer: Arc::new(TableRenderer { format: topology.topics[&g.topic].codec }),
@@ -116,7 +116,7 @@ impl App {
                     changelog: topology.changelog_topic(&a.store),
                     accept: Arc::new(|_| true),
                     indexer: indexer(&topology.store_spec(&a.store).indexes, renderer, a.awaits.is_some()),
-                    versioned: false,
+                    history_ms: None,
                 }),
                 peers: Vec::new(),
             });
@@ -145,7 +145,7 @@ impl App {
                     accept: Arc::new(move |v| TableProcessor::accepts(format, v)),
                     indexer: indexer(&topology.store_spec(&t.store).indexes, renderer, false),
                     // A join reads it as of each stream record's time.
-                    versioned: topology.joins.values().any(|j| j.table == *node),
+                    history_ms: topology.joins.values().any(|j| j.table == *node).then(|| topology.store_spec(&t.store).history_ms),
                 }),
                 peers: Vec::new(),
             });

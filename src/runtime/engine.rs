@@ -49,8 +49,9 @@ pub(crate) struct RouteStore {
     pub accept: Arc<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>,
     /// The store's secondary indexes, if it declares any.
     pub indexer: Option<Indexer>,
-    /// Keep every value with its time: a table a join reads as of the stream record's time.
-    pub versioned: bool,
+    /// Keep values with their time (a table a join reads as of the stream record's time),
+    /// for this much event time behind each key's newest value. None: not versioned.
+    pub history_ms: Option<u64>,
 }
 
 impl RouteStore {
@@ -67,7 +68,7 @@ impl RouteStore {
         } else {
             ChangeloggedStore::new(rocks, self.changelog.as_str())
         };
-        if self.versioned {
+        if self.history_ms.is_some() {
             store.versioned()
         } else {
             store
@@ -474,7 +475,7 @@ impl Engine {
             None => None,
             Some(st) => {
                 let rocks = Arc::new(open_store(&self.settings.state_dir, st, tp.partition, &self.resources)?);
-                restore(&rocks, &st.changelog, &self.settings.bootstrap_servers, st.accept.as_ref(), st.versioned)?;
+                restore(&rocks, &st.changelog, &self.settings.bootstrap_servers, st.accept.as_ref(), st.history_ms.is_some())?;
                 metrics::gauge!("millrace_store_keys", "store" => st.name.clone(), "partition" => tp.partition.to_string())
                     .set(rocks.estimated_keys() as f64);
                 self.catalog.attach(&rocks);
@@ -552,7 +553,7 @@ fn open_store(dir: &std::path::Path, st: &RouteStore, partition: i32, res: &Stor
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match RocksStore::open(dir, &st.name, partition, res, st.indexer.clone()) {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok(s.keep_history(st.history_ms)),
             Err(e) if e.recovery() == Recovery::Retry && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }

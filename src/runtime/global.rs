@@ -10,7 +10,7 @@
 //! How far the table has come is tracked per partition: the largest timestamp applied, and
 //! since when the reader has been at the partition's end.
 
-use super::restore::restore;
+use super::restore::{restore, RestoreContext};
 use super::RuntimeError;
 use crate::codec::murmur2::partition_for_key;
 use crate::processor::Lookup;
@@ -31,6 +31,8 @@ pub struct GlobalTable {
     pub name: String,
     pub topic: String,
     pub store: String,
+    /// Event time of history kept per key (see `RocksStore::keep_history`).
+    history_ms: u64,
     partitions: RwLock<Vec<Arc<RocksStore>>>,
     progress: Mutex<Vec<Progress>>,
     /// Fed synchronously (the broker-free driver): always current.
@@ -47,11 +49,12 @@ struct Progress {
 }
 
 impl GlobalTable {
-    pub fn new(name: &str, topic: &str, store: &str) -> Self {
+    pub fn new(name: &str, topic: &str, store: &str, history_ms: u64) -> Self {
         Self {
             name: name.into(),
             topic: topic.into(),
             store: store.into(),
+            history_ms,
             partitions: RwLock::new(Vec::new()),
             progress: Mutex::new(Vec::new()),
             always_current: AtomicBool::new(false),
@@ -62,7 +65,7 @@ impl GlobalTable {
     pub fn open(&self, dir: &Path, partitions: i32, resources: &StoreResources) -> Result<Vec<Arc<RocksStore>>, RuntimeError> {
         let mut opened = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            opened.push(Arc::new(RocksStore::open(dir, &self.store, p, resources, None)?));
+            opened.push(Arc::new(RocksStore::open(dir, &self.store, p, resources, None)?.keep_history(Some(self.history_ms))));
         }
         *self.partitions.write().expect("global table lock") = opened.clone();
         *self.progress.lock().expect("global progress lock") =
@@ -95,13 +98,14 @@ impl GlobalTable {
 
     fn follow_loop(&self, bootstrap_servers: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
         let kafka = |source| RuntimeError::Kafka { op: "follow global table", topic: self.topic.clone(), source };
-        let consumer: BaseConsumer = ClientConfig::new()
+        // The restore context keeps librdkafka's end-of-partition reports at debug level.
+        let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap_servers)
             .set("group.id", format!("millrace-global-{}", self.topic))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
-            .create()
+            .create_with_context(RestoreContext)
             .map_err(kafka)?;
         let stores = self.partitions.read().expect("global table lock").clone();
         let mut tpl = TopicPartitionList::new();
@@ -248,7 +252,7 @@ mod tests {
     #[test]
     fn lookups_wait_for_every_partition_to_reach_their_time_but_not_forever() {
         let dir = tempfile::tempdir().unwrap();
-        let g = GlobalTable::new("g", "t", "s");
+        let g = GlobalTable::new("g", "t", "s", 86_400_000);
         g.open(dir.path(), 2, &StoreResources::new(&Default::default())).unwrap();
         let started = Instant::now();
         g.wait_for(1_000, Duration::from_millis(60));

@@ -67,6 +67,9 @@ pub struct RocksStore {
     path: PathBuf,
     db: DB,
     indexer: Option<Indexer>,
+    /// How much history `write_versions` keeps per key, in event time behind its newest
+    /// version. None: all of it.
+    history_ms: Option<i64>,
 }
 
 impl RocksStore {
@@ -106,7 +109,7 @@ impl RocksStore {
             path: path.clone(),
             reason: e.into_string(),
         })?;
-        let store = Self { name: name.into(), partition, path, db, indexer };
+        let store = Self { name: name.into(), partition, path, db, indexer, history_ms: None };
         store.rebuild_index_if_changed()?;
         Ok(store)
     }
@@ -137,6 +140,14 @@ impl RocksStore {
         self.db.write(batch).map_err(self.io("rebuild index"))?;
         tracing::info!(store = %self.name, partition = self.partition, entries = rebuilt, "rebuilt secondary indexes");
         Ok(())
+    }
+
+    /// Keep versions for `history_ms` of event time behind each key's newest one (and the
+    /// one version that was current at that bound), so as-of lookups within that window
+    /// are exact while the history stays bounded.
+    pub fn keep_history(mut self, history_ms: Option<u64>) -> Self {
+        self.history_ms = history_ms.map(|ms| ms.min(i64::MAX as u64) as i64);
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -201,10 +212,37 @@ impl RocksStore {
         let mut batch = WriteBatch::default();
         self.put_latest(&mut batch, entries.iter().map(|(k, v, _)| (*k, *v)))?;
         let cf = self.db.cf_handle(HISTORY_CF).expect("history column family is created at open");
+        if let Some(keep) = self.history_ms {
+            let mut newest: BTreeMap<&[u8], i64> = BTreeMap::new();
+            for (k, _, ts) in &entries {
+                let n = newest.entry(*k).or_insert(*ts);
+                *n = (*n).max(*ts);
+            }
+            for (k, ts) in newest {
+                self.prune_history(&mut batch, k, ts.saturating_sub(keep))?;
+            }
+        }
         for (k, v, ts) in &entries {
             batch.put_cf(&cf, history::version_key(k, *ts), history::encode_value(*v));
         }
         self.commit_batch(batch, checkpoint)
+    }
+
+    /// Deletes the versions of `key` older than `bound`, except the newest of them: it is
+    /// the value at `bound`, which lookups at or after the bound still need.
+    fn prune_history(&self, batch: &mut WriteBatch, key: &[u8], bound: i64) -> Result<(), StoreError> {
+        let cf = self.db.cf_handle(HISTORY_CF).expect("history column family is created at open");
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(history::version_key(key, bound));
+        let mut older = Vec::new();
+        for item in self.db.iterator_cf_opt(&cf, opts, IteratorMode::From(&history::prefix(key), Direction::Forward)) {
+            older.push(item.map_err(self.io("prune history"))?.0);
+        }
+        older.pop();
+        for k in older {
+            batch.delete_cf(&cf, k);
+        }
+        Ok(())
     }
 
     /// The value `key` had at time `ts`: its last version at or before `ts`. None when it
@@ -417,6 +455,21 @@ mod tests {
         assert_eq!(s.exists_since(b"p", 300).unwrap(), None);
         s.write_versions([(&b"p"[..], Some(&b"v3"[..]), 400)], Some(3)).unwrap();
         assert_eq!(s.exists_since(b"p", 500).unwrap(), Some(400), "a new run after the deletion");
+    }
+
+    #[test]
+    fn history_is_pruned_behind_the_newest_version_but_the_value_at_the_bound_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = StoreResources::new(&StoreTuning::default());
+        let s = RocksStore::open(dir.path(), "g", 0, &res, None).unwrap().keep_history(Some(1_000));
+        for (ts, v) in [(100, "a"), (200, "b"), (300, "c"), (1_250, "d")] {
+            s.write_versions([(&b"k"[..], Some(v.as_bytes()), ts)], None).unwrap();
+        }
+        // Bound = 250: 100 goes, 200 stays (it is the value at 250), 300 and 1250 stay.
+        assert_eq!(s.get_as_of(b"k", 150).unwrap(), None, "before the window: pruned");
+        assert_eq!(s.get_as_of(b"k", 250).unwrap(), Some(b"b".to_vec()), "the value at the bound is kept");
+        assert_eq!(s.get_as_of(b"k", 300).unwrap(), Some(b"c".to_vec()));
+        assert_eq!(s.get_as_of(b"k", 2_000).unwrap(), Some(b"d".to_vec()));
     }
 
     #[test]

@@ -136,7 +136,9 @@ impl TopologyDriver {
                 let store = match &route.state {
                     None => None,
                     Some(st) => {
-                        let rocks = Arc::new(RocksStore::open(&self.state_dir, &st.name, p, &self.resources, st.indexer.clone())?);
+                        let rocks = Arc::new(
+                            RocksStore::open(&self.state_dir, &st.name, p, &self.resources, st.indexer.clone())?.keep_history(st.history_ms),
+                        );
                         self.restored += self.restore(&rocks, st)?;
                         self.catalog.attach(&rocks);
                         Some(st.wrap(rocks, &topic))
@@ -165,7 +167,7 @@ impl TopologyDriver {
                 .iter()
                 .filter(|r| (st.accept)(r.value.as_deref()))
                 .filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref(), r.timestamp)));
-            if st.versioned {
+            if st.history_ms.is_some() {
                 store.write_versions(entries, Some(last.offset))?;
             } else {
                 store.write(entries.map(|(k, v, _)| (k, v)), Some(last.offset))?;

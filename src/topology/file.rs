@@ -144,11 +144,19 @@ pub struct StoreSpec {
     /// state, a table's value) to look keys up by, e.g. `[status]`.
     #[serde(default)]
     pub indexes: Vec<String>,
+    /// For a table a join reads, and a global table: how much event time of past values
+    /// to keep per key, behind its newest one, for lookups as of a record's time.
+    #[serde(default = "default_history_ms")]
+    pub history_ms: u64,
+}
+
+fn default_history_ms() -> u64 {
+    24 * 60 * 60 * 1000
 }
 
 impl Default for StoreSpec {
     fn default() -> Self {
-        Self { changelog: true, retention_ms: None, indexes: Vec::new() }
+        Self { changelog: true, retention_ms: None, indexes: Vec::new(), history_ms: default_history_ms() }
     }
 }
 
