@@ -105,7 +105,9 @@ impl App {
             catalog.define(&a.store, StoreView {
                 partitions: topology.topics[&a.commands].partitions,
                 renderer: (registered.renderer)(store_format),
-                indexes: topology.store_spec(&a.store).indexes,
+                indexes: topology.store_spec(&a.store).indexes.into_iter()
+                    .chain(a.awaits.as_ref().map(|_| AWAITING_INDEX.to_string()))
+                    .collect(),
             });
             let make = registered.processor.clone();
             let renderer = (registered.renderer)(store_format);
