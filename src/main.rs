@@ -37,6 +37,10 @@ enum Command {
         /// HTTP listen address; overrides the topology's `http.listen`.
         #[arg(long, env = "MILLRACE_HTTP")]
         http: Option<String>,
+        /// Address other instances reach this one's HTTP server at (`host:port`), for
+        /// forwarded queries. Default: the listen address.
+        #[arg(long, env = "MILLRACE_ADVERTISED_HTTP")]
+        advertised_http: Option<String>,
         /// Stable instance id (transactional id and static group member id).
         #[arg(long, env = "MILLRACE_INSTANCE_ID", default_value = "0")]
         instance_id: String,
@@ -138,7 +142,7 @@ fn main() -> ExitCode {
             // Mismatches need a human: a non-zero exit lets a deploy pipeline stop on them.
             if steps.iter().any(|s| s.is_problem()) { ExitCode::from(3) } else { ExitCode::SUCCESS }
         }
-        Command::Run { topology, bootstrap_servers, state_dir, http, instance_id, consumer_config, producer_config } => {
+        Command::Run { topology, bootstrap_servers, state_dir, http, advertised_http, instance_id, consumer_config, producer_config } => {
             let topo = match topology::load(&topology) {
                 Ok(t) => t,
                 Err(e) => {
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
                 instance_id,
                 consumer_overrides: consumer_config,
                 producer_overrides: producer_config,
+                advertised_http,
             };
             let app = match App::new(topo, &registry, config) {
                 Ok(a) => a,

@@ -294,7 +294,7 @@ fn create_topic(name: &str, partitions: i32) {
 }
 
 #[test]
-fn two_instances_split_partitions_and_name_the_owner_of_foreign_keys() {
+fn two_instances_split_partitions_and_either_answers_every_key() {
     let s = Setup::new("owners", 2, "json");
     let a = s.start_instance("a");
     let b = s.start_instance("b");
@@ -307,9 +307,9 @@ fn two_instances_split_partitions_and_name_the_owner_of_foreign_keys() {
     assert_eq!(wait_for(&s.replies, keys.len(), Duration::from_secs(90)).len(), keys.len());
     // After the rebalance each instance owns one partition; wait for it to settle.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let local = |i: &Instance| i.get("/stores/customers?limit=1&scope=local").1["partitions"].as_array().map_or(0, Vec::len);
     loop {
-        let owned = |i: &Instance| i.get("/stores/customers?limit=1").1["partitions"].as_array().map_or(0, Vec::len);
-        if owned(&a) == 1 && owned(&b) == 1 && a.get("/ready").0 == 200 && b.get("/ready").0 == 200 {
+        if local(&a) == 1 && local(&b) == 1 && a.get("/ready").0 == 200 && b.get("/ready").0 == 200 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "partitions never split between the two instances");
@@ -317,15 +317,34 @@ fn two_instances_split_partitions_and_name_the_owner_of_foreign_keys() {
     }
     for k in &keys {
         let partition = millrace::codec::murmur2::partition_for_key(k.as_bytes(), 2);
-        let (sa, ba) = a.get(&format!("/stores/customers/keys/{k}"));
-        let (sb, bb) = b.get(&format!("/stores/customers/keys/{k}"));
-        let (owner, other) = if sa == 200 { ((sa, ba), (sb, bb)) } else { ((sb, bb), (sa, ba)) };
-        assert_eq!(owner.0, 200, "{k}: one instance answers: {owner:?} / {other:?}");
-        assert_eq!(owner.1["state"]["name"], k.as_str());
-        assert_eq!(other.0, 421, "{k}: the other names the owner partition: {other:?}");
-        assert_eq!(other.1["error"], "not_owner");
-        assert_eq!(other.1["partition"], partition);
+        let path = format!("/stores/customers/keys/{k}");
+        // Either instance answers, the other one by forwarding to the owner.
+        let answers = |deadline: std::time::Instant| loop {
+            let (ra, rb) = (a.get(&path), b.get(&path));
+            if (ra.0 == 200 && rb.0 == 200) || std::time::Instant::now() > deadline {
+                return (ra, rb);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (ra, rb) = answers(std::time::Instant::now() + Duration::from_secs(20));
+        assert_eq!((ra.0, rb.0), (200, 200), "{k}: {ra:?} / {rb:?}");
+        assert_eq!(ra.1, rb.1, "{k}: the same answer from both");
+        assert_eq!(ra.1["state"]["name"], k.as_str());
+        // A forwarded request that reaches a non-owner is not forwarded again: it names the
+        // partition (the asker turns that into 503 and retries).
+        let (owner, other) = if local_has(&a, k) { (&a, &b) } else { (&b, &a) };
+        let (status, _, body) = http_get_with(&other.http, &path, &[("x-millrace-forwarded", "1")]).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((status, body["error"].as_str(), body["partition"].as_i64()), (421, Some("not_owner"), Some(partition as i64)), "{k}");
+        assert_eq!(http_get_with(&owner.http, &path, &[("x-millrace-forwarded", "1")]).unwrap().0, 200);
     }
+}
+
+/// Whether `i` holds `key` itself (not by forwarding).
+fn local_has(i: &Instance, key: &str) -> bool {
+    i.get(&format!("/stores/customers?scope=local&limit=1000")).1["entries"]
+        .as_array()
+        .is_some_and(|es| es.iter().any(|e| e["key"] == key))
 }
 
 #[test]

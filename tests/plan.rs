@@ -31,6 +31,7 @@ fn plan_lists_creates_mismatches_and_orphans_and_apply_only_creates() {
         format!("create    {}  partitions=2 replication=1 cleanup.policy=delete", s.commands),
         format!("create    {}  partitions=2 replication=1 cleanup.policy=compact  (Changelog)", s.changelog),
         format!("create    {}  partitions=1 replication=1 cleanup.policy=delete  (DeadLetters)", s.dead_letters),
+        format!("create    {}-members  partitions=1 replication=1 cleanup.policy=compact  (Members)", s.app),
         format!("mismatch  {}  partitions: topology wants 2, cluster has 1", s.events),
         format!("orphan    {orphan}"),
     ] {
@@ -42,7 +43,7 @@ fn plan_lists_creates_mismatches_and_orphans_and_apply_only_creates() {
     std::fs::write(&s.topology, text).unwrap();
     let (code, out) = plan(&s.topology, true);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("applied: created 5 topic(s); nothing deleted"), "{out}");
+    assert!(out.contains("applied: created 6 topic(s); nothing deleted"), "{out}");
     let (code, out) = plan(&s.topology, false);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("create "), "everything exists now:\n{out}");

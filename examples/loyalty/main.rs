@@ -98,6 +98,7 @@ fn main() -> std::process::ExitCode {
         instance_id: "0".into(),
         consumer_overrides: vec![],
         producer_overrides: vec![],
+        advertised_http: None,
     };
     let app = App::new(topology, &registry(), config).expect("topology matches the registry");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");

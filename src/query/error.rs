@@ -14,6 +14,8 @@ pub enum QueryError {
     UnknownKey { store: String, key: String },
     #[error("key {key:?} of store {store:?} lives in partition {partition}, which this instance does not own")]
     NotOwner { store: String, key: String, partition: i32 },
+    #[error("partition {partition} of store {store:?} is moving between instances; retry shortly")]
+    Moving { store: String, partition: i32 },
     #[error("store {store:?} has no index {field:?}; its indexes are {known:?}")]
     UnknownIndex { store: String, field: String, known: Vec<String> },
     #[error("bad parameter {name}: {reason}")]
@@ -35,6 +37,7 @@ impl QueryError {
             QueryError::UnknownKey { .. } => (StatusCode::NOT_FOUND, "not_found"),
             QueryError::UnknownIndex { .. } => (StatusCode::NOT_FOUND, "unknown_index"),
             QueryError::NotOwner { .. } => (StatusCode::MISDIRECTED_REQUEST, "not_owner"),
+            QueryError::Moving { .. } => (StatusCode::SERVICE_UNAVAILABLE, "moving"),
             QueryError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             QueryError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             QueryError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -48,8 +51,14 @@ impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         let (status, code) = self.status();
         let mut body = json!({"error": code, "message": self.to_string()});
-        if let QueryError::NotOwner { partition, .. } = &self {
-            body["partition"] = json!(partition);
+        match &self {
+            QueryError::NotOwner { partition, .. } => body["partition"] = json!(partition),
+            QueryError::Moving { partition, .. } => {
+                body["partition"] = json!(partition);
+                // Ownership settles within a rebalance; a second is a fair first wait.
+                return (status, [(axum::http::header::RETRY_AFTER, "1")], Json(body)).into_response();
+            }
+            _ => {}
         }
         (status, Json(body)).into_response()
     }

@@ -2,16 +2,22 @@
 //! readiness and Prometheus metrics. It reads RocksDB only, so it never shows state of a
 //! transaction that has not committed. Errors map to status codes in one place (`error`).
 //!
-//! May use: store (read-only), runtime's catalog, codec (murmur2 for key → partition).
+//! Any instance answers any key: a key of a partition held elsewhere is forwarded to its
+//! owner (found in the members directory, by the same Java murmur2 producers use), and a
+//! listing or index query gathers one page from every owner and merges them in key order.
+//! While a partition has no fresh owner, the answer is 503 with Retry-After.
+//!
+//! May use: store (read-only), runtime's catalog and directory, codec (murmur2).
 
 mod error;
+pub mod forward;
 
 pub use error::QueryError;
 
 use crate::codec::murmur2::partition_for_key;
-use crate::runtime::{Catalog, StoreView};
+use crate::runtime::{Catalog, Directory, StoreView};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -26,9 +32,11 @@ const MAX_PAGE: usize = 1000;
 struct Ctx {
     catalog: Arc<Catalog>,
     metrics: Option<PrometheusHandle>,
+    /// Who owns what; None: a single instance that answers for itself only.
+    directory: Option<Arc<Directory>>,
 }
 
-pub fn router(catalog: Arc<Catalog>, metrics: Option<PrometheusHandle>) -> Router {
+pub fn router(catalog: Arc<Catalog>, metrics: Option<PrometheusHandle>, directory: Option<Arc<Directory>>) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
@@ -39,7 +47,7 @@ pub fn router(catalog: Arc<Catalog>, metrics: Option<PrometheusHandle>) -> Route
         .route("/stores/{store}/index/{field}/{value}", get(by_index))
         .fallback(|| async { QueryError::NoRoute })
         .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
-        .with_state(Ctx { catalog, metrics })
+        .with_state(Ctx { catalog, metrics, directory })
 }
 
 async fn ready(State(ctx): State<Ctx>) -> Response {
@@ -62,13 +70,40 @@ async fn stores(State(ctx): State<Ctx>) -> Json<Value> {
     Json(json!({"stores": ctx.catalog.store_names()}))
 }
 
-async fn get_key(State(ctx): State<Ctx>, Path((store, key)): Path<(String, String)>) -> Result<Json<Value>, QueryError> {
+fn forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(forward::FORWARDED)
+}
+
+/// A peer's JSON answer, passed on with its status.
+fn relay(answer: forward::Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], answer.body).into_response()
+}
+
+async fn get_key(
+    State(ctx): State<Ctx>,
+    Path((store, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, QueryError> {
     let view = ctx.catalog.view(&store).ok_or_else(|| QueryError::UnknownStore(store.clone()))?;
     let partition = partition_for_key(key.as_bytes(), view.partitions);
-    let local = ctx
-        .catalog
-        .local(&store, partition)
-        .ok_or(QueryError::NotOwner { store: store.clone(), key: key.clone(), partition })?;
+    let Some(local) = ctx.catalog.local(&store, partition) else {
+        let not_owner = QueryError::NotOwner { store: store.clone(), key: key.clone(), partition };
+        // A forwarded request is answered here or not at all: no second hop.
+        let (Some(directory), false) = (&ctx.directory, forwarded(&headers)) else { return Err(not_owner) };
+        let moving = || QueryError::Moving { store: store.clone(), partition };
+        let owner = directory.owner(&store, partition).filter(|o| o.instance != directory.me.instance).ok_or_else(moving)?;
+        let path = format!("/stores/{}/keys/{}", forward::encode_segment(&store), forward::encode_segment(&key));
+        let answer = forward::get(&owner.http, &path).await.map_err(|e| {
+            tracing::debug!(owner = %owner.instance, error = %e, "forward failed");
+            moving()
+        })?;
+        // The owner gave the partition up since the directory last heard from it.
+        if answer.status == StatusCode::MISDIRECTED_REQUEST.as_u16() {
+            return Err(moving());
+        }
+        return Ok(relay(answer));
+    };
     let bytes = tokio::task::spawn_blocking(move || local.get(key.as_bytes()).map(|v| (key, v)))
         .await
         .map_err(|_| QueryError::Internal)?
@@ -87,41 +122,107 @@ async fn get_key(State(ctx): State<Ctx>, Path((store, key)): Path<(String, Strin
     if !exists(&rendered) {
         return Err(QueryError::UnknownKey { store, key });
     }
-    Ok(Json(keyed(key, rendered)))
+    Ok(Json(keyed(key, rendered)).into_response())
 }
 
-/// `GET /stores/{store}?limit=&after=`: this instance's partitions, merged in key order.
-/// `after` is the last key of the previous page, so pages stay stable while writes land.
+/// `GET /stores/{store}?limit=&after=`: every partition's entries, merged in key order,
+/// gathered from their owners. `after` is the last key of the previous page, so pages
+/// stay stable while writes land. `scope=local` answers from this instance's partitions.
 async fn list(
     State(ctx): State<Ctx>,
     Path(store): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, QueryError> {
     let view = ctx.catalog.view(&store).ok_or_else(|| QueryError::UnknownStore(store.clone()))?;
-    let (limit, after) = page_params(&q)?;
+    let p = page_params(&q)?;
+    let after = p.after.clone();
     let (entries, owned) =
-        gather(ctx.catalog.local_partitions(&store), move |p| p.scan(after.as_deref().map(str::as_bytes), limit)).await?;
-    page(&view, entries, limit, owned)
+        gather(ctx.catalog.local_partitions(&store), move |s| s.scan(after.as_deref().map(str::as_bytes), p.limit)).await?;
+    let local = page(&view, entries, p.limit)?;
+    let path = format!("/stores/{}", forward::encode_segment(&store));
+    scatter(&ctx, &store, &view, &p, &headers, local, owned, &path).await
 }
 
-/// `GET /stores/{store}/index/{field}/{value}?limit=&after=`: the entries of this
-/// instance's partitions whose `field` equals `value` ("all customers with status
-/// DELETED"), in key order, paginated like the listing.
+/// `GET /stores/{store}/index/{field}/{value}?limit=&after=`: the entries whose `field`
+/// equals `value` ("all customers with status DELETED"), in key order, from every
+/// partition's owner, paginated like the listing.
 async fn by_index(
     State(ctx): State<Ctx>,
     Path((store, field, value)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, QueryError> {
     let view = ctx.catalog.view(&store).ok_or_else(|| QueryError::UnknownStore(store.clone()))?;
     if !view.indexes.contains(&field) {
         return Err(QueryError::UnknownIndex { store, field, known: view.indexes.clone() });
     }
-    let (limit, after) = page_params(&q)?;
-    let (entries, owned) = gather(ctx.catalog.local_partitions(&store), move |p| {
-        p.index_scan(&field, &value, after.as_deref().map(str::as_bytes), limit)
+    let p = page_params(&q)?;
+    let after = p.after.clone();
+    let path = format!("/stores/{}/index/{}/{}", forward::encode_segment(&store), forward::encode_segment(&field), forward::encode_segment(&value));
+    let (entries, owned) = gather(ctx.catalog.local_partitions(&store), move |s| {
+        s.index_scan(&field, &value, after.as_deref().map(str::as_bytes), p.limit)
     })
     .await?;
-    page(&view, entries, limit, owned)
+    let local = page(&view, entries, p.limit)?;
+    scatter(&ctx, &store, &view, &p, &headers, local, owned, &path).await
+}
+
+/// One page of one source (this instance, or a peer): rendered entries in key order, and
+/// the key after which that source has more.
+struct Part {
+    entries: Vec<Value>,
+    next: Option<String>,
+}
+
+/// Completes a page with the other owners' parts, unless the request is for this
+/// instance alone (`scope=local`, a forwarded request, a global table, no directory).
+#[allow(clippy::too_many_arguments)]
+async fn scatter(
+    ctx: &Ctx,
+    store: &str,
+    view: &StoreView,
+    p: &PageParams,
+    headers: &HeaderMap,
+    local: Part,
+    owned: Vec<i32>,
+    path: &str,
+) -> Result<Json<Value>, QueryError> {
+    let directory = match &ctx.directory {
+        Some(d) if !p.local && !view.global && !forwarded(headers) => d,
+        _ => return Ok(render_page(view, vec![local], p.limit, owned)),
+    };
+    // Every partition this instance lacks needs a fresh owner elsewhere.
+    let mut peers: std::collections::BTreeMap<String, Vec<i32>> = std::collections::BTreeMap::new();
+    for partition in (0..view.partitions).filter(|q| !owned.contains(q)) {
+        let moving = || QueryError::Moving { store: store.to_string(), partition };
+        let owner = directory.owner(store, partition).filter(|o| o.instance != directory.me.instance).ok_or_else(moving)?;
+        peers.entry(owner.http).or_default().push(partition);
+    }
+    let mut query = format!("?scope=local&limit={}", p.limit);
+    if let Some(a) = &p.after {
+        query.push_str(&format!("&after={}", forward::encode_segment(a)));
+    }
+    let mut parts = vec![local];
+    let mut covered = owned;
+    for (http, wanted) in peers {
+        let moving = || QueryError::Moving { store: store.to_string(), partition: wanted[0] };
+        let answer = forward::get(&http, &format!("{path}{query}")).await.map_err(|_| moving())?;
+        let body: Value = serde_json::from_slice(&answer.body).map_err(|_| moving())?;
+        let theirs: Vec<i32> = body["partitions"].as_array().into_iter().flatten().filter_map(|v| v.as_i64().map(|x| x as i32)).collect();
+        // The peer must still hold what the directory said it holds.
+        if answer.status != 200 || wanted.iter().any(|w| !theirs.contains(w)) {
+            return Err(moving());
+        }
+        covered.extend(theirs.iter().filter(|t| wanted.contains(t)));
+        parts.push(Part {
+            entries: body["entries"].as_array().cloned().unwrap_or_default(),
+            next: body["next"].as_str().map(str::to_string),
+        });
+    }
+    covered.sort_unstable();
+    covered.dedup();
+    Ok(render_page(view, parts, p.limit, covered))
 }
 
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -150,10 +251,18 @@ async fn gather(
     Ok((entries, owned))
 }
 
-fn page_params(q: &HashMap<String, String>) -> Result<(usize, Option<String>), QueryError> {
+/// Paging parameters of a listing or index query.
+struct PageParams {
+    limit: usize,
+    after: Option<String>,
+    /// `scope=local`: this instance's partitions only (how peers ask each other).
+    local: bool,
+}
+
+fn page_params(q: &HashMap<String, String>) -> Result<PageParams, QueryError> {
     for k in q.keys() {
-        if k != "limit" && k != "after" {
-            return Err(QueryError::BadParameter { name: k.clone(), reason: "unknown parameter; expected limit or after".into() });
+        if !matches!(k.as_str(), "limit" | "after" | "scope") {
+            return Err(QueryError::BadParameter { name: k.clone(), reason: "unknown parameter; expected limit, after or scope".into() });
         }
     }
     let limit = match q.get("limit") {
@@ -168,12 +277,20 @@ fn page_params(q: &HashMap<String, String>) -> Result<(usize, Option<String>), Q
             }
         },
     };
-    Ok((limit, q.get("after").cloned()))
+    let local = match q.get("scope").map(String::as_str) {
+        None | Some("cluster") => false,
+        Some("local") => true,
+        Some(other) => {
+            return Err(QueryError::BadParameter { name: "scope".into(), reason: format!("{other:?} is not local or cluster") })
+        }
+    };
+    Ok(PageParams { limit, after: q.get("after").cloned(), local })
 }
 
-/// Merges per-partition results in key order and renders one page. `next` is the last key
-/// of a full page: the `after` of the next request.
-fn page(view: &StoreView, mut entries: Entries, limit: usize, owned: Vec<i32>) -> Result<Json<Value>, QueryError> {
+/// This instance's part of a page: its partitions' entries merged in key order, cut at
+/// `limit`, rendered. `next` is the last key of a full page (computed before entries that
+/// do not exist for queries are dropped, so the cursor never skips keys).
+fn page(view: &StoreView, mut entries: Entries, limit: usize) -> Result<Part, QueryError> {
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries.truncate(limit);
     let next = (entries.len() == limit).then(|| entries.last().map(|(k, _)| String::from_utf8_lossy(k).into_owned())).flatten();
@@ -185,12 +302,32 @@ fn page(view: &StoreView, mut entries: Entries, limit: usize, owned: Vec<i32>) -
         }
         out.push(keyed(String::from_utf8_lossy(&k).into_owned(), r));
     }
-    Ok(Json(json!({
-        "entries": out,
+    Ok(Part { entries: out, next })
+}
+
+/// Merges parts into one page. A part with more after key `k` bounds the page at `k`:
+/// past it, that part's keys are unknown, so a later key of another part cannot come yet.
+fn render_page(view: &StoreView, parts: Vec<Part>, limit: usize, covered: Vec<i32>) -> Json<Value> {
+    let bound = parts.iter().filter_map(|p| p.next.clone()).min();
+    let key_of = |v: &Value| v["key"].as_str().unwrap_or_default().to_string();
+    let mut all: Vec<Value> = parts
+        .into_iter()
+        .flat_map(|p| p.entries)
+        .filter(|v| bound.as_ref().is_none_or(|b| key_of(v) <= *b))
+        .collect();
+    all.sort_by_key(|v| key_of(v));
+    let next = if all.len() > limit {
+        all.truncate(limit);
+        all.last().map(key_of)
+    } else {
+        bound
+    };
+    Json(json!({
+        "entries": all,
         "next": next,
-        "partitions": owned,
+        "partitions": covered,
         "total_partitions": view.partitions,
-    })))
+    }))
 }
 
 /// A snapshot exists for queries once its aggregate has at least one event.

@@ -38,6 +38,9 @@ pub struct AppConfig {
     pub consumer_overrides: Vec<(String, String)>,
     /// Extra librdkafka settings for the transactional producer.
     pub producer_overrides: Vec<(String, String)>,
+    /// The `host:port` other instances reach this one's query server at. None: the
+    /// listen address (with the host name when it listens on every interface).
+    pub advertised_http: Option<String>,
 }
 
 pub struct App {
@@ -60,6 +63,7 @@ impl App {
                 partitions: topology.topics[&g.topic].partitions,
                 renderer: Arc::new(TableRenderer { format: topology.topics[&g.topic].codec }),
                 indexes: Vec::new(),
+                global: true,
             });
             globals.insert(node.clone(), table);
         }
@@ -108,6 +112,7 @@ impl App {
                 indexes: topology.store_spec(&a.store).indexes.into_iter()
                     .chain(a.awaits.as_ref().map(|_| AWAITING_INDEX.to_string()))
                     .collect(),
+                global: false,
             });
             let make = registered.processor.clone();
             let renderer = (registered.renderer)(store_format);
@@ -130,6 +135,7 @@ impl App {
                 partitions: topology.topics[&t.topic].partitions,
                 renderer: renderer.clone(),
                 indexes: topology.store_spec(&t.store).indexes,
+                global: false,
             });
             let dead_letter_topic = topology.dead_letter_topic();
             let changelog = if topology.store_spec(&t.store).changelog {
@@ -314,7 +320,21 @@ impl App {
             );
         }
 
-        let router = crate::query::router(self.catalog.clone(), metrics);
+        // Any instance answers any key: publish what this one holds, learn what the others do.
+        let local = listener.local_addr().map_err(RuntimeError::Http)?;
+        let me = super::Owner {
+            instance: self.config.instance_id.clone(),
+            http: self.config.advertised_http.clone().unwrap_or_else(|| advertised(local)),
+        };
+        let directory = Arc::new(super::Directory::new(me, super::members::HEARTBEAT * 3));
+        followers.extend(super::members::spawn(
+            directory.clone(),
+            self.catalog.clone(),
+            self.topology.members_topic(),
+            self.config.bootstrap_servers.clone(),
+            stop.clone(),
+        ));
+        let router = crate::query::router(self.catalog.clone(), metrics, Some(directory));
         let stop_http = stop.clone();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -479,4 +499,18 @@ fn in_record(m: &BorrowedMessage<'_>) -> InRecord {
         value: m.payload().map(<[u8]>::to_vec),
         headers,
     }
+}
+
+/// The address other instances use when none is configured: the listen address, with
+/// this machine's host name in place of an unspecified IP (`0.0.0.0`).
+fn advertised(local: std::net::SocketAddr) -> String {
+    if !local.ip().is_unspecified() {
+        return local.to_string();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", local.port())
 }

@@ -16,6 +16,8 @@ pub struct StoreView {
     pub renderer: Arc<dyn ValueRenderer>,
     /// Declared secondary indexes (fields) of the store.
     pub indexes: Vec<String>,
+    /// A global table: every instance holds all of it.
+    pub global: bool,
 }
 
 #[derive(Default)]
@@ -57,6 +59,19 @@ impl Catalog {
 
     pub fn local(&self, store: &str, partition: i32) -> Option<Arc<RocksStore>> {
         self.open.read().expect("catalog lock").get(&(store.to_string(), partition)).cloned()
+    }
+
+    /// Store → partitions this instance holds, for the members directory. Global tables
+    /// are left out: every instance holds them whole.
+    pub fn owned(&self) -> BTreeMap<String, Vec<i32>> {
+        let views = self.views.read().expect("catalog lock");
+        let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for (store, partition) in self.open.read().expect("catalog lock").keys() {
+            if views.get(store).is_some_and(|v| !v.global) {
+                out.entry(store.clone()).or_default().push(*partition);
+            }
+        }
+        out
     }
 
     pub fn local_partitions(&self, store: &str) -> Vec<Arc<RocksStore>> {

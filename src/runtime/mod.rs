@@ -8,6 +8,7 @@ mod app;
 mod catalog;
 pub(crate) mod engine;
 pub mod global;
+pub mod members;
 mod registry;
 mod restore;
 mod sync;
@@ -17,6 +18,7 @@ pub mod topics;
 
 pub use app::{App, AppConfig};
 pub use catalog::{Catalog, StoreView};
+pub use members::{Directory, Owner};
 pub use registry::Registry;
 pub use task::{Task, TaskState};
 

@@ -87,6 +87,7 @@ impl TopologyDriver {
             instance_id: "driver".into(),
             consumer_overrides: vec![],
             producer_overrides: vec![],
+            advertised_http: None,
         };
         let app = App::new(topology, registry, config)?;
         let topology = app.topology().clone();

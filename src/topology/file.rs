@@ -308,6 +308,10 @@ impl Topology {
         names::changelog_topic(&self.application_id, store)
     }
 
+    pub fn members_topic(&self) -> String {
+        names::members_topic(&self.application_id)
+    }
+
     pub fn repartition_topic(&self, rekey_node: &str) -> String {
         names::repartition_topic(&self.application_id, rekey_node)
     }

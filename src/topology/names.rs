@@ -11,6 +11,11 @@ pub fn dead_letter_topic(application_id: &str) -> String {
     format!("{application_id}-dead-letters")
 }
 
+/// `<application_id>-members`: where instances publish which store partitions they serve.
+pub fn members_topic(application_id: &str) -> String {
+    format!("{application_id}-members")
+}
+
 /// `<application_id>-<rekey node>-repartition`, as Kafka Streams names its repartition topics.
 pub fn repartition_topic(application_id: &str, node: &str) -> String {
     format!("{application_id}-{node}-repartition")

@@ -14,6 +14,8 @@ pub enum TopicRole {
     DeadLetters,
     /// A re-key node's output, partitioned like the table it feeds.
     Repartition,
+    /// Which instance serves which store partition, and at which HTTP address.
+    Members,
 }
 
 /// A topic the application needs.
@@ -98,6 +100,14 @@ impl Topology {
                 role: TopicRole::DeadLetters,
             });
         }
+        needs.push(TopicNeed {
+            name: self.members_topic(),
+            partitions: 1,
+            replication: self.topics.values().map(|t| t.replication).max().unwrap_or(1),
+            compacted: true,
+            retention_ms: None,
+            role: TopicRole::Members,
+        });
         // A declared topic that is also internal (a changelog named under `topics`) is
         // listed once, with its derived shape.
         let internal: Vec<String> = needs.iter().filter(|n| n.role != TopicRole::Declared).map(|n| n.name.clone()).collect();

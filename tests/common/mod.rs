@@ -205,14 +205,26 @@ impl Drop for Instance {
 
 /// Minimal HTTP/1.0 GET: status and body.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(addr, path, &[]).map(|(status, _, body)| (status, body))
+}
+
+/// HTTP/1.0 GET with request headers: status, response headers (lower-case names), body.
+pub fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, BTreeMap<String, String>, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let response_headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, response_headers, body.to_string()))
 }
 
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {

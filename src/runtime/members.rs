@@ -1,0 +1,224 @@
+//! The directory of instances: who owns which store partition, and where its HTTP server
+//! is, so any instance can answer any key (Kafka Streams stops at "here is the host").
+//!
+//! librdkafka cannot carry assignor user data, so ownership travels outside the group
+//! protocol: every instance publishes what it holds to the compacted topic
+//! `<application_id>-members` (key = instance id) whenever that changes, and as a
+//! heartbeat; every instance reads the whole topic. A claim whose heartbeat is older than
+//! `stale_after` counts for nothing (a killed instance), and two claims on one partition
+//! (a handover seen half-way) resolve to the fresher heartbeat. Where no fresh claim
+//! exists, a query answers 503 with Retry-After: never a wrong owner.
+
+use super::catalog::Catalog;
+use super::restore::RestoreContext;
+use super::RuntimeError;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How often an instance publishes its claims when nothing changed.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// What one instance holds, as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub instance: String,
+    /// Where its query server answers, `host:port`.
+    pub http: String,
+    /// Store → partitions it holds (restored and serving).
+    pub stores: BTreeMap<String, Vec<i32>>,
+    /// Wall-clock time of this publication, in ms.
+    pub heartbeat_ms: i64,
+}
+
+/// The owner of one store partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub instance: String,
+    pub http: String,
+}
+
+pub struct Directory {
+    pub me: Owner,
+    members: RwLock<BTreeMap<String, Member>>,
+    stale_after: Duration,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Directory {
+    pub fn new(me: Owner, stale_after: Duration) -> Self {
+        Self { me, members: RwLock::new(BTreeMap::new()), stale_after }
+    }
+
+    /// Takes one record of the members topic (None = the instance left).
+    pub fn apply(&self, instance: &str, value: Option<&[u8]>) {
+        let mut members = self.members.write().expect("directory lock");
+        match value.and_then(|v| serde_json::from_slice::<Member>(v).ok()) {
+            Some(m) => {
+                members.insert(instance.to_string(), m);
+            }
+            None => {
+                members.remove(instance);
+            }
+        }
+    }
+
+    /// Fresh claims on partition `partition` of `store`, freshest first.
+    fn claims(&self, store: &str, partition: i32) -> Vec<Member> {
+        let oldest = now_ms() - self.stale_after.as_millis() as i64;
+        let members = self.members.read().expect("directory lock");
+        let mut claims: Vec<Member> = members
+            .values()
+            .filter(|m| m.heartbeat_ms >= oldest && m.stores.get(store).is_some_and(|ps| ps.contains(&partition)))
+            .cloned()
+            .collect();
+        claims.sort_by_key(|m| std::cmp::Reverse(m.heartbeat_ms));
+        claims
+    }
+
+    /// Who serves partition `partition` of `store` now, if anyone fresh claims it.
+    pub fn owner(&self, store: &str, partition: i32) -> Option<Owner> {
+        self.claims(store, partition).into_iter().next().map(|m| Owner { instance: m.instance, http: m.http })
+    }
+
+    /// Every instance with a fresh heartbeat.
+    pub fn live(&self) -> Vec<Member> {
+        let oldest = now_ms() - self.stale_after.as_millis() as i64;
+        self.members.read().expect("directory lock").values().filter(|m| m.heartbeat_ms >= oldest).cloned().collect()
+    }
+}
+
+/// Publishes this instance's claims on change and every `HEARTBEAT`, and a tombstone when
+/// it stops; reads every instance's claims into `directory`. Runs until `stop`.
+pub fn spawn(
+    directory: Arc<Directory>,
+    catalog: Arc<Catalog>,
+    topic: String,
+    bootstrap_servers: String,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let reader = {
+        let (directory, topic, bootstrap, stop) = (directory.clone(), topic.clone(), bootstrap_servers.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("millrace-members-reader".into())
+            .spawn(move || {
+                if let Err(e) = read_loop(&directory, &topic, &bootstrap, &stop) {
+                    tracing::error!(error = %e, "members reader stopped; routing to other instances is off");
+                }
+            })
+            .expect("spawn members reader")
+    };
+    let publisher = std::thread::Builder::new()
+        .name("millrace-members-publisher".into())
+        .spawn(move || {
+            if let Err(e) = publish_loop(&directory, &catalog, &topic, &bootstrap_servers, &stop) {
+                tracing::error!(error = %e, "members publisher stopped; other instances will stop routing here");
+            }
+        })
+        .expect("spawn members publisher");
+    vec![reader, publisher]
+}
+
+fn read_loop(directory: &Directory, topic: &str, bootstrap: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    let kafka = |source| RuntimeError::Kafka { op: "read members", topic: topic.to_string(), source };
+    let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("millrace-members-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create_with_context(RestoreContext)
+        .map_err(kafka)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).map_err(kafka)?;
+    consumer.assign(&tpl).map_err(kafka)?;
+    while !stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                    directory.apply(k, m.payload());
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "members reader"),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn publish_loop(directory: &Directory, catalog: &Catalog, topic: &str, bootstrap: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    let kafka = |source| RuntimeError::Kafka { op: "publish members", topic: topic.to_string(), source };
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(kafka)?;
+    let me = &directory.me;
+    let mut last: Option<(BTreeMap<String, Vec<i32>>, Instant)> = None;
+    let send = |value: Option<&[u8]>| {
+        let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(me.instance.as_str());
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
+        if let Err((e, _)) = producer.send(rec) {
+            tracing::warn!(error = %e, "cannot publish membership");
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        // Only what is ready counts: a partition still restoring is not served yet.
+        let stores = if catalog.is_ready() { catalog.owned() } else { BTreeMap::new() };
+        let due = match &last {
+            None => true,
+            Some((prev, at)) => *prev != stores || at.elapsed() >= HEARTBEAT,
+        };
+        if due {
+            let m = Member { instance: me.instance.clone(), http: me.http.clone(), stores: stores.clone(), heartbeat_ms: now_ms() };
+            send(Some(&serde_json::to_vec(&m).expect("members serialize")));
+            last = Some((stores, Instant::now()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Leaving: nothing here any more, so nobody waits for this instance to go stale.
+    send(None);
+    producer.flush(Duration::from_secs(5)).map_err(kafka)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, parts: &[i32], heartbeat_ms: i64) -> Vec<u8> {
+        let m = Member {
+            instance: id.into(),
+            http: format!("{id}:80"),
+            stores: [("s".to_string(), parts.to_vec())].into(),
+            heartbeat_ms,
+        };
+        serde_json::to_vec(&m).unwrap()
+    }
+
+    #[test]
+    fn the_freshest_claim_wins_and_stale_or_departed_ones_count_for_nothing() {
+        let d = Directory::new(Owner { instance: "a".into(), http: "a:80".into() }, Duration::from_secs(10));
+        let now = now_ms();
+        d.apply("a", Some(&member("a", &[0, 1], now - 1_000)));
+        d.apply("b", Some(&member("b", &[1, 2], now)));
+        d.apply("c", Some(&member("c", &[3], now - 60_000)));
+        assert_eq!(d.owner("s", 0).map(|o| o.instance), Some("a".into()));
+        assert_eq!(d.owner("s", 1).map(|o| o.http), Some("b:80".into()), "a handover seen half-way: the fresher claim");
+        assert_eq!(d.owner("s", 3), None, "a stale claim (a killed instance) is no owner");
+        assert_eq!(d.owner("other", 0), None);
+        d.apply("b", None);
+        assert_eq!(d.owner("s", 2), None, "b left");
+        assert_eq!(d.live().len(), 1);
+    }
+}
