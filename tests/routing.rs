@@ -92,6 +92,22 @@ fn three_instances_answer_every_key_and_gather_every_page() {
     }
     assert!(all_pages(&instances[1], "/stores/customers/index/status/DELETED", 10).is_empty());
 
+    // Read your writes: the reply's version, asked of any instance, waits for the commit.
+    for (n, k) in keys.iter().take(20).enumerate() {
+        let cmd = command_json(&format!("ryw-{k}"), k, None, "UpdateCustomer", json!({"name": format!("{k} v2"), "email": "x@example.org"}));
+        send(&p, &s.commands, k, &cmd, &[]);
+        flush(&p);
+        let i = &instances[n % 3];
+        let (status, body) = i.get(&format!("/stores/customers/keys/{k}?min_version=2"));
+        assert_eq!((status, body["version"].as_u64()), (200, Some(2)), "{k} on {}: {body}", i.http);
+        assert_eq!(body["state"]["name"], format!("{k} v2"));
+        answers.insert(k, body);
+    }
+    let (status, headers, body) = http_get_with(&instances[2].http, &format!("/stores/customers/keys/{}?min_version=9&wait_ms=300", keys[0]), &[]).unwrap();
+    assert_eq!((status, headers.get("retry-after").map(String::as_str)), (503, Some("1")), "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "behind");
+    assert_eq!(instances[0].get(&format!("/stores/customers/keys/{}?min_version=x", keys[0])).0, 400);
+
     // Kill one instance. Until the group gives its partitions away, its keys are 503 with
     // Retry-After on the survivors; never a wrong answer, never a 404.
     let mut instances = instances;

@@ -16,6 +16,8 @@ pub enum QueryError {
     NotOwner { store: String, key: String, partition: i32 },
     #[error("partition {partition} of store {store:?} is moving between instances; retry shortly")]
     Moving { store: String, partition: i32 },
+    #[error("key {key:?} of store {store:?} is at version {have} here, {want} was asked for; retry shortly")]
+    Behind { store: String, key: String, have: u64, want: u64 },
     #[error("store {store:?} has no index {field:?}; its indexes are {known:?}")]
     UnknownIndex { store: String, field: String, known: Vec<String> },
     #[error("bad parameter {name}: {reason}")]
@@ -38,6 +40,7 @@ impl QueryError {
             QueryError::UnknownIndex { .. } => (StatusCode::NOT_FOUND, "unknown_index"),
             QueryError::NotOwner { .. } => (StatusCode::MISDIRECTED_REQUEST, "not_owner"),
             QueryError::Moving { .. } => (StatusCode::SERVICE_UNAVAILABLE, "moving"),
+            QueryError::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "behind"),
             QueryError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             QueryError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             QueryError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -56,6 +59,11 @@ impl IntoResponse for QueryError {
             QueryError::Moving { partition, .. } => {
                 body["partition"] = json!(partition);
                 // Ownership settles within a rebalance; a second is a fair first wait.
+                return (status, [(axum::http::header::RETRY_AFTER, "1")], Json(body)).into_response();
+            }
+            QueryError::Behind { have, want, .. } => {
+                body["version"] = json!(have);
+                body["min_version"] = json!(want);
                 return (status, [(axum::http::header::RETRY_AFTER, "1")], Json(body)).into_response();
             }
             _ => {}

@@ -77,15 +77,48 @@ fn forwarded(headers: &HeaderMap) -> bool {
 /// A peer's JSON answer, passed on with its status.
 fn relay(answer: forward::Answer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], answer.body).into_response()
+    let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], answer.body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // The owner's 503s (behind) all say to retry after a second.
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Read your writes: `min_version=N` (the version a command reply carried) waits up to
+/// `wait_ms` (default 5 s, at most 30 s) for the key to reach it.
+struct KeyParams {
+    min_version: Option<u64>,
+    wait: std::time::Duration,
+}
+
+fn key_params(q: &HashMap<String, String>) -> Result<KeyParams, QueryError> {
+    let number = |name: &str, max: u64| -> Result<Option<u64>, QueryError> {
+        match q.get(name) {
+            None => Ok(None),
+            Some(s) => match s.parse::<u64>() {
+                Ok(n) if n <= max => Ok(Some(n)),
+                _ => Err(QueryError::BadParameter { name: name.into(), reason: format!("{s:?} is not an integer between 0 and {max}") }),
+            },
+        }
+    };
+    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "min_version" | "wait_ms")) {
+        return Err(QueryError::BadParameter { name: k.clone(), reason: "unknown parameter; expected min_version or wait_ms".into() });
+    }
+    Ok(KeyParams {
+        min_version: number("min_version", u64::MAX)?,
+        wait: std::time::Duration::from_millis(number("wait_ms", 30_000)?.unwrap_or(5_000)),
+    })
 }
 
 async fn get_key(
     State(ctx): State<Ctx>,
     Path((store, key)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, QueryError> {
     let view = ctx.catalog.view(&store).ok_or_else(|| QueryError::UnknownStore(store.clone()))?;
+    let params = key_params(&q)?;
     let partition = partition_for_key(key.as_bytes(), view.partitions);
     let Some(local) = ctx.catalog.local(&store, partition) else {
         let not_owner = QueryError::NotOwner { store: store.clone(), key: key.clone(), partition };
@@ -93,7 +126,10 @@ async fn get_key(
         let (Some(directory), false) = (&ctx.directory, forwarded(&headers)) else { return Err(not_owner) };
         let moving = || QueryError::Moving { store: store.clone(), partition };
         let owner = directory.owner(&store, partition).filter(|o| o.instance != directory.me.instance).ok_or_else(moving)?;
-        let path = format!("/stores/{}/keys/{}", forward::encode_segment(&store), forward::encode_segment(&key));
+        let mut path = format!("/stores/{}/keys/{}", forward::encode_segment(&store), forward::encode_segment(&key));
+        if let Some(v) = params.min_version {
+            path.push_str(&format!("?min_version={v}&wait_ms={}", params.wait.as_millis()));
+        }
         let answer = forward::get(&owner.http, &path).await.map_err(|e| {
             tracing::debug!(owner = %owner.instance, error = %e, "forward failed");
             moving()
@@ -104,25 +140,43 @@ async fn get_key(
         }
         return Ok(relay(answer));
     };
-    let bytes = tokio::task::spawn_blocking(move || local.get(key.as_bytes()).map(|v| (key, v)))
+    let deadline = tokio::time::Instant::now() + params.wait;
+    loop {
+        let rendered = read_rendered(&view, local.clone(), &store, &key).await?;
+        let version = rendered.as_ref().and_then(|r| r.get("version")).and_then(Value::as_u64);
+        match (params.min_version, rendered) {
+            (Some(_), Some(_)) if version.is_none() => {
+                return Err(QueryError::BadParameter { name: "min_version".into(), reason: format!("store {store:?} keeps no versions") });
+            }
+            (Some(want), _) if version.unwrap_or(0) < want => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(QueryError::Behind { store, key, have: version.unwrap_or(0), want });
+                }
+                // Commits land every commit interval; polling the local store is cheap.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            (_, Some(r)) if exists(&r) => return Ok(Json(keyed(key, r)).into_response()),
+            // Never written, or only rejections recorded for it (kept for dedup).
+            _ => return Err(QueryError::UnknownKey { store, key }),
+        }
+    }
+}
+
+/// The committed value of `key` as the query server renders it, if any.
+async fn read_rendered(view: &StoreView, local: Arc<crate::store::RocksStore>, store: &str, key: &str) -> Result<Option<Value>, QueryError> {
+    let k = key.to_string();
+    let bytes = tokio::task::spawn_blocking(move || local.get(k.as_bytes()))
         .await
         .map_err(|_| QueryError::Internal)?
         .map_err(|e| {
             tracing::error!(error = %e, "store read failed");
             QueryError::Internal
         })?;
-    let (key, Some(value)) = bytes else {
-        return Err(QueryError::UnknownKey { store, key: bytes.0 });
-    };
-    let rendered = view.renderer.render(&value).map_err(|e| {
+    let Some(value) = bytes else { return Ok(None) };
+    view.renderer.render(&value).map(Some).map_err(|e| {
         tracing::error!(error = %e, store = %store, key = %key, "stored value does not decode");
         QueryError::Internal
-    })?;
-    // Only rejections were ever recorded for it (kept for dedup): it does not exist.
-    if !exists(&rendered) {
-        return Err(QueryError::UnknownKey { store, key });
-    }
-    Ok(Json(keyed(key, rendered)).into_response())
+    })
 }
 
 /// `GET /stores/{store}?limit=&after=`: every partition's entries, merged in key order,
