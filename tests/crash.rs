@@ -7,10 +7,7 @@
 mod common;
 
 use common::*;
-use millrace::domain::customer::{Customer, CustomerAggregate, CustomerEvent};
-use millrace::processor::Aggregate;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,45 +78,7 @@ fn sigkill_mid_stream_loses_and_doubles_nothing() {
     }
     loader.join().unwrap();
     assert!(in_flight_kills > 0, "at least one kill must land while commands were unanswered");
-    let replies = wait_for(&s.replies, COMMANDS, Duration::from_secs(300));
-
-    // Exactly one reply per command id.
-    let by_id = replies_by_id(&replies);
-    assert_eq!(by_id.len(), COMMANDS, "every command answered");
-    let doubled: Vec<_> = by_id.iter().filter(|(_, v)| v.len() != 1).map(|(k, _)| k).take(5).collect();
-    assert!(doubled.is_empty(), "commands with more than one reply: {doubled:?}");
-    assert_eq!(replies.len(), COMMANDS);
-
-    // Per aggregate: versions 1..n, no gap, no duplicate.
-    let mut events: BTreeMap<String, Vec<(u64, CustomerEvent)>> = BTreeMap::new();
-    for e in read_all(&s.events) {
-        let v = e.json();
-        let ev: CustomerEvent = serde_json::from_value(json!({"type": v["type"], "payload": v["payload"]})).unwrap();
-        events.entry(e.key.unwrap()).or_default().push((v["version"].as_u64().unwrap(), ev));
-    }
-    for (key, evs) in &events {
-        let versions: Vec<u64> = evs.iter().map(|(v, _)| *v).collect();
-        let expected: Vec<u64> = (1..=evs.len() as u64).collect();
-        assert_eq!(versions, expected, "event versions of {key}");
-    }
-    // Accepted replies and events agree.
-    let accepted_events: u64 = by_id.values().map(|v| v[0]["event_count"].as_u64().unwrap_or(0)).sum();
-    assert_eq!(accepted_events, events.values().map(|v| v.len() as u64).sum::<u64>());
-
-    // Every snapshot served over HTTP is the fold of its committed events.
-    for k in 0..KEYS {
-        let key = format!("k{k}");
-        let evs = events.get(&key).cloned().unwrap_or_default();
-        let folded = evs.iter().fold(Customer::default(), |s, (_, e)| CustomerAggregate::evolve(s, e));
-        let (status, body) = inst.get(&format!("/stores/customers/keys/{key}"));
-        if evs.is_empty() {
-            assert_eq!(status, 404, "{key} has no events: {body}");
-            continue;
-        }
-        assert_eq!(status, 200, "{key}: {body}");
-        assert_eq!(body["version"].as_u64().unwrap(), evs.len() as u64, "{key}");
-        assert_eq!(body["state"], serde_json::to_value(&folded).unwrap(), "{key}");
-    }
+    check_exactly_once(&s, COMMANDS, KEYS, &[&inst]);
 
     // Restarts after SIGKILL restored the tail, never the whole store.
     for (restored, changelog) in &restored_after_kill {

@@ -364,3 +364,57 @@ pub fn committed_sum(group: &str, topic: &str, partitions: i32) -> Option<i64> {
         .map(|t| t.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum())
         .ok()
 }
+
+/// The exactly-once checks, from the committed output alone, for a customer application
+/// that was sent `commands` commands (ids `cmd-<i>`) over keys `k0..k<keys>`:
+/// - exactly one reply per command id;
+/// - per aggregate, event versions 1..n with no gap and no duplicate;
+/// - accepted replies announce exactly the events that exist;
+/// - every snapshot served over HTTP (by the instances given, in turn) is the fold of its
+///   committed events.
+pub fn check_exactly_once(s: &Setup, commands: usize, keys: usize, query: &[&Instance]) {
+    use millrace::domain::customer::{Customer, CustomerAggregate, CustomerEvent};
+    use millrace::processor::Aggregate;
+    let replies = wait_for(&s.replies, commands, Duration::from_secs(300));
+    let by_id = replies_by_id(&replies);
+    assert_eq!(by_id.len(), commands, "every command answered");
+    let doubled: Vec<_> = by_id.iter().filter(|(_, v)| v.len() != 1).map(|(k, _)| k).take(5).collect();
+    assert!(doubled.is_empty(), "commands with more than one reply: {doubled:?}");
+    assert_eq!(replies.len(), commands, "no reply twice");
+
+    let mut events: BTreeMap<String, Vec<(u64, CustomerEvent)>> = BTreeMap::new();
+    for e in read_all(&s.events) {
+        let v = e.json();
+        let ev: CustomerEvent = serde_json::from_value(serde_json::json!({"type": v["type"], "payload": v["payload"]})).unwrap();
+        events.entry(e.key.unwrap()).or_default().push((v["version"].as_u64().unwrap(), ev));
+    }
+    for (key, evs) in &events {
+        let versions: Vec<u64> = evs.iter().map(|(v, _)| *v).collect();
+        let expected: Vec<u64> = (1..=evs.len() as u64).collect();
+        assert_eq!(versions, expected, "event versions of {key}");
+    }
+    let accepted_events: u64 = by_id.values().map(|v| v[0]["event_count"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(accepted_events, events.values().map(|v| v.len() as u64).sum::<u64>(), "events announced = events written");
+
+    for k in 0..keys {
+        let key = format!("k{k}");
+        let evs = events.get(&key).cloned().unwrap_or_default();
+        let folded = evs.iter().fold(Customer::default(), |s, (_, e)| CustomerAggregate::evolve(s, e));
+        let i = query[k % query.len()];
+        let path = format!("/stores/customers/keys/{key}");
+        let mut r = i.get(&path);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r.0 == 503 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            r = i.get(&path);
+        }
+        let (status, body) = r;
+        if evs.is_empty() {
+            assert_eq!(status, 404, "{key} has no events: {body}");
+            continue;
+        }
+        assert_eq!(status, 200, "{key}: {body}");
+        assert_eq!(body["version"].as_u64().unwrap(), evs.len() as u64, "{key}");
+        assert_eq!(body["state"], serde_json::to_value(&folded).unwrap(), "{key}");
+    }
+}

@@ -1,0 +1,80 @@
+//! The broker restarts in the middle of the load: the processors recover by themselves,
+//! and nothing is lost or doubled (issue 5). The only test in its binary, because it takes
+//! the shared broker away for a while; cargo runs test binaries one after another.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const COMMANDS: usize = 20_000;
+const KEYS: usize = 2_000;
+
+fn kafka_local(arg: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka-local");
+    let status = Command::new(&script).arg(arg).status().expect("run deploy/kafka-local");
+    assert!(status.success(), "deploy/kafka-local {arg} failed");
+}
+
+/// Brings the broker back even if the test fails half-way: later tests need it.
+struct BrokerBack;
+impl Drop for BrokerBack {
+    fn drop(&mut self) {
+        kafka_local("up");
+    }
+}
+
+#[test]
+fn processors_recover_from_a_broker_restart_by_themselves() {
+    if std::env::var("KAFKA_BOOTSTRAP").is_ok() {
+        eprintln!("skipped: KAFKA_BOOTSTRAP points at a broker this test does not own, so it cannot restart it");
+        return;
+    }
+    let s = Setup::new("brokerrestart", 4, "json");
+    let mut instances = [s.start_instance("a"), s.start_instance("b")];
+    let sent = Arc::new(AtomicUsize::new(0));
+    let loader = {
+        let (topic, sent) = (s.commands.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let p = producer();
+            for i in 0..COMMANDS {
+                let key = format!("k{}", i % KEYS);
+                let (ty, payload) = if i < KEYS {
+                    ("CreateCustomer", json!({"name": format!("n{i}"), "email": "a@b"}))
+                } else {
+                    ("UpdateCustomer", json!({"name": format!("n{i}"), "email": format!("{i}@b")}))
+                };
+                // The producer buffers and retries while the broker is away.
+                send(&p, &topic, &key, &command_json(&format!("cmd-{i}"), &key, None, ty, payload), &[]);
+                sent.store(i + 1, Ordering::SeqCst);
+                if i % 2 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            flush(&p);
+        })
+    };
+    while sent.load(Ordering::SeqCst) < COMMANDS / 3 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _guard = BrokerBack;
+    let down_at = Instant::now();
+    kafka_local("down");
+    std::thread::sleep(Duration::from_secs(3));
+    kafka_local("up");
+    eprintln!("broker was away for {:?}", down_at.elapsed());
+    loader.join().unwrap();
+    for i in instances.iter_mut() {
+        assert!(i.child.try_wait().unwrap().is_none(), "an instance exited instead of recovering:\n{}", i.log_text());
+    }
+    let refs: Vec<&Instance> = instances.iter().collect();
+    check_exactly_once(&s, COMMANDS, KEYS, &refs);
+    for i in instances {
+        assert!(i.terminate().success(), "the instance kept running through the restart and stops cleanly");
+    }
+}
