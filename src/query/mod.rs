@@ -132,8 +132,10 @@ async fn get_key(
         }
         let answer = forward::get(&owner.http, &path).await.map_err(|e| {
             tracing::debug!(owner = %owner.instance, error = %e, "forward failed");
+            metrics::counter!("millrace_query_forwards_total", "result" => "unreachable").increment(1);
             moving()
         })?;
+        metrics::counter!("millrace_query_forwards_total", "result" => "answered").increment(1);
         // The owner gave the partition up since the directory last heard from it.
         if answer.status == StatusCode::MISDIRECTED_REQUEST.as_u16() {
             return Err(moving());

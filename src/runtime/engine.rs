@@ -565,6 +565,8 @@ fn open_store(dir: &std::path::Path, st: &RouteStore, partition: i32, res: &Stor
 /// The consumer context: routes rebalance callbacks into the engine.
 pub(crate) struct RebalanceHandler {
     pub engine: Arc<Mutex<Option<Engine>>>,
+    /// When the current rebalance began (the revocation), for its duration.
+    pub rebalance_started: Mutex<Option<Instant>>,
 }
 
 impl ClientContext for RebalanceHandler {
@@ -592,9 +594,26 @@ impl ConsumerContext for RebalanceHandler {
         let mut guard = self.engine.lock().expect("engine lock");
         let Some(engine) = guard.as_mut() else { return };
         match rebalance {
-            Rebalance::Revoke(_) => engine.on_revoke(consumer),
-            Rebalance::Assign(tpl) => engine.on_assign(tpl),
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {
+                metrics::counter!("millrace_rebalances_total", "step" => "revoke").increment(1);
+                *self.rebalance_started.lock().expect("rebalance clock") = Some(Instant::now());
+                engine.on_revoke(consumer);
+            }
+            Rebalance::Assign(tpl) => {
+                metrics::counter!("millrace_rebalances_total", "step" => "assign").increment(1);
+                engine.on_assign(tpl);
+                // From the revocation (or the assignment, on a first join) until the new
+                // tasks are restored and can process: how long these partitions stood still.
+                let started = self.rebalance_started.lock().expect("rebalance clock").take();
+                if let Some(t) = started {
+                    metrics::histogram!("millrace_rebalance_seconds").record(t.elapsed().as_secs_f64());
+                }
+                metrics::gauge!("millrace_assigned_partitions").set(tpl.count() as f64);
+            }
+            Rebalance::Error(e) => {
+                metrics::counter!("millrace_rebalances_total", "step" => "error").increment(1);
+                tracing::warn!(error = %e, "rebalance error");
+            }
         }
     }
 }

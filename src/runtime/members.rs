@@ -144,6 +144,7 @@ fn read_loop(directory: &Directory, topic: &str, bootstrap: &str, stop: &AtomicB
             Some(Ok(m)) => {
                 if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
                     directory.apply(k, m.payload());
+                    metrics::gauge!("millrace_members_live").set(directory.live().len() as f64);
                 }
             }
             Some(Err(e)) => tracing::debug!(error = %e, "members reader"),
