@@ -22,6 +22,16 @@ pub enum QueryError {
     UnknownIndex { store: String, field: String, known: Vec<String> },
     #[error("bad parameter {name}: {reason}")]
     BadParameter { name: String, reason: String },
+    #[error("bad request body: {0}")]
+    BadBody(String),
+    #[error("{0}")]
+    UnknownAggregate(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("no reply seen for command {0:?} here; replies of the last 100,000 commands are kept, and only while the instance runs")]
+    UnknownCommand(String),
+    #[error("cannot send the command: {0}")]
+    GatewayFailed(String),
     #[error("no such route")]
     NoRoute,
     #[error("method not allowed")]
@@ -42,6 +52,11 @@ impl QueryError {
             QueryError::Moving { .. } => (StatusCode::SERVICE_UNAVAILABLE, "moving"),
             QueryError::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "behind"),
             QueryError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            QueryError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            QueryError::UnknownAggregate(_) => (StatusCode::NOT_FOUND, "unknown_aggregate"),
+            QueryError::Unsupported(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported"),
+            QueryError::UnknownCommand(_) => (StatusCode::NOT_FOUND, "unknown_command"),
+            QueryError::GatewayFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "gateway_failed"),
             QueryError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             QueryError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             QueryError::NoMetrics => (StatusCode::NOT_FOUND, "no_metrics"),

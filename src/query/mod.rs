@@ -9,6 +9,7 @@
 //!
 //! May use: store (read-only), runtime's catalog and directory, codec (murmur2).
 
+mod commands;
 mod error;
 pub mod forward;
 
@@ -19,7 +20,7 @@ use crate::runtime::{Catalog, Directory, StoreView};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
@@ -34,9 +35,16 @@ struct Ctx {
     metrics: Option<PrometheusHandle>,
     /// Who owns what; None: a single instance that answers for itself only.
     directory: Option<Arc<Directory>>,
+    /// Sends commands and waits for replies; None: no command gateway.
+    gateway: Option<Arc<crate::runtime::gateway::Gateway>>,
 }
 
-pub fn router(catalog: Arc<Catalog>, metrics: Option<PrometheusHandle>, directory: Option<Arc<Directory>>) -> Router {
+pub fn router(
+    catalog: Arc<Catalog>,
+    metrics: Option<PrometheusHandle>,
+    directory: Option<Arc<Directory>>,
+    gateway: Option<Arc<crate::runtime::gateway::Gateway>>,
+) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
@@ -45,9 +53,11 @@ pub fn router(catalog: Arc<Catalog>, metrics: Option<PrometheusHandle>, director
         .route("/stores/{store}", get(list))
         .route("/stores/{store}/keys/{key}", get(get_key))
         .route("/stores/{store}/index/{field}/{value}", get(by_index))
+        .route("/aggregates/{aggregate}/{id}/commands", post(commands::submit))
+        .route("/aggregates/{aggregate}/{id}/commands/{command_id}", get(commands::status))
         .fallback(|| async { QueryError::NoRoute })
         .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
-        .with_state(Ctx { catalog, metrics, directory })
+        .with_state(Ctx { catalog, metrics, directory, gateway })
 }
 
 async fn ready(State(ctx): State<Ctx>) -> Response {

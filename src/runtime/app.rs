@@ -334,7 +334,32 @@ impl App {
             self.config.bootstrap_servers.clone(),
             stop.clone(),
         ));
-        let router = crate::query::router(self.catalog.clone(), metrics, Some(directory));
+        // The command gateway: every aggregate, by aggregate name and by node name.
+        let mut targets = BTreeMap::new();
+        for (node, a) in &self.topology.aggregates {
+            let target = super::gateway::GatewayTarget {
+                commands: a.commands.clone(),
+                command_format: self.topology.topics[&a.commands].codec,
+                replies: a.replies.clone(),
+                reply_format: self.topology.topics[&a.replies].codec,
+                reply_partitions: self.topology.topics[&a.replies].partitions,
+            };
+            targets.insert(a.aggregate.clone(), target.clone());
+            targets.insert(node.clone(), target);
+        }
+        let gateway = if targets.is_empty() {
+            None
+        } else {
+            let g = Arc::new(super::gateway::Gateway::new(targets, &self.config.bootstrap_servers, &self.config.instance_id)?);
+            let (g2, bootstrap, stop2) = (g.clone(), self.config.bootstrap_servers.clone(), stop.clone());
+            followers.push(
+                tokio::task::spawn_blocking(move || g2.spawn_reader(&bootstrap, stop2))
+                    .await
+                    .expect("gateway start does not panic")?,
+            );
+            Some(g)
+        };
+        let router = crate::query::router(self.catalog.clone(), metrics, Some(directory), gateway);
         let stop_http = stop.clone();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.await;

@@ -7,6 +7,7 @@
 mod app;
 mod catalog;
 pub(crate) mod engine;
+pub mod gateway;
 pub mod global;
 pub mod members;
 mod registry;

@@ -418,3 +418,21 @@ pub fn check_exactly_once(s: &Setup, commands: usize, keys: usize, query: &[&Ins
         assert_eq!(body["state"], serde_json::to_value(&folded).unwrap(), "{key}");
     }
 }
+
+/// HTTP/1.0 POST of a body: status, response headers (lower-case names), body.
+pub fn http_post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, BTreeMap<String, String>, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(90)))?;
+    write!(s, "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, rest) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, rest.to_string()))
+}

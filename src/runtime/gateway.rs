@@ -1,0 +1,196 @@
+//! The HTTP command gateway's Kafka side: it produces a command to its aggregate's command
+//! topic (key = aggregate id, Java murmur2) and waits for the reply, which it reads from
+//! the aggregate's reply topic. Every instance reads every reply partition, so whichever
+//! instance accepted the HTTP request sees the reply, and any instance can answer the
+//! status URL of a recent command. A retry with the same command id is safe: the
+//! aggregate answers it as a duplicate, with the original outcome.
+
+use super::restore::RestoreContext;
+use super::RuntimeError;
+use crate::codec::Format;
+use crate::processor::wire::{self, Reply};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Replies remembered for status URLs.
+const REMEMBERED: usize = 100_000;
+
+/// An aggregate the gateway can send commands to.
+#[derive(Debug, Clone)]
+pub struct GatewayTarget {
+    pub commands: String,
+    pub command_format: Format,
+    pub replies: String,
+    pub reply_format: Format,
+    pub reply_partitions: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no aggregate {0:?} here; known: {1:?}")]
+    UnknownAggregate(String, Vec<String>),
+    #[error("aggregate {0:?} reads {1} commands; the gateway sends JSON only")]
+    NotJson(String, Format),
+    #[error("cannot produce the command: {0}")]
+    Produce(String),
+}
+
+pub struct Gateway {
+    /// By aggregate name and by node name.
+    targets: BTreeMap<String, GatewayTarget>,
+    producer: FutureProducer,
+    pending: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    recent: Mutex<(HashMap<String, Reply>, VecDeque<String>)>,
+    instance: String,
+    counter: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(targets: BTreeMap<String, GatewayTarget>, bootstrap: &str, instance: &str) -> Result<Self, RuntimeError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .create()
+            .map_err(|source| RuntimeError::Kafka { op: "gateway producer", topic: String::new(), source })?;
+        Ok(Self {
+            targets,
+            producer,
+            pending: Mutex::new(HashMap::new()),
+            recent: Mutex::new((HashMap::new(), VecDeque::new())),
+            instance: instance.to_string(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn target(&self, aggregate: &str) -> Result<&GatewayTarget, GatewayError> {
+        let t = self
+            .targets
+            .get(aggregate)
+            .ok_or_else(|| GatewayError::UnknownAggregate(aggregate.to_string(), self.targets.keys().cloned().collect()))?;
+        if t.command_format != Format::Json {
+            return Err(GatewayError::NotJson(aggregate.to_string(), t.command_format));
+        }
+        Ok(t)
+    }
+
+    /// A command id nobody else uses: instance, start time, counter.
+    pub fn new_command_id(&self) -> String {
+        static START: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+        let start = START.get_or_init(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        });
+        format!("gw-{}-{start:x}-{}", self.instance, self.counter.fetch_add(1, Ordering::SeqCst))
+    }
+
+    /// Produces `command` (the JSON contract's envelope) and waits up to `timeout` for its
+    /// reply. None: no reply in time (the command may still be processed).
+    pub async fn submit(
+        &self,
+        target: &GatewayTarget,
+        aggregate_id: &str,
+        command_id: &str,
+        command: &[u8],
+        timeout: Duration,
+    ) -> Result<Option<Reply>, GatewayError> {
+        if let Some(r) = self.status(command_id) {
+            // Answered before (a retry): the aggregate would say duplicate; say it as it was.
+            return Ok(Some(r));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("gateway lock").insert(command_id.to_string(), tx);
+        let record = FutureRecord::to(&target.commands)
+            .key(aggregate_id)
+            .payload(command)
+            .headers(rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: crate::record::header::CORRELATION_ID,
+                value: Some(command_id),
+            }));
+        if let Err((e, _)) = self.producer.send(record, Duration::from_secs(10)).await {
+            self.pending.lock().expect("gateway lock").remove(command_id);
+            return Err(GatewayError::Produce(e.to_string()));
+        }
+        let reply = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
+        self.pending.lock().expect("gateway lock").remove(command_id);
+        Ok(reply)
+    }
+
+    /// The reply of a recent command, if this instance has seen it.
+    pub fn status(&self, command_id: &str) -> Option<Reply> {
+        self.recent.lock().expect("gateway lock").0.get(command_id).cloned()
+    }
+
+    /// Whether a command of this instance is still waiting for its reply.
+    pub fn is_pending(&self, command_id: &str) -> bool {
+        self.pending.lock().expect("gateway lock").contains_key(command_id)
+    }
+
+    fn answered(&self, reply: Reply) {
+        {
+            let mut recent = self.recent.lock().expect("gateway lock");
+            let (map, order) = &mut *recent;
+            if map.insert(reply.command_id.clone(), reply.clone()).is_none() {
+                order.push_back(reply.command_id.clone());
+            }
+            while order.len() > REMEMBERED {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+        if let Some(tx) = self.pending.lock().expect("gateway lock").remove(&reply.command_id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// Reads every partition of every reply topic from its current end (positions fixed
+    /// before this returns, so no reply to a command sent afterwards is missed) until `stop`.
+    pub fn spawn_reader(self: Arc<Self>, bootstrap: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, RuntimeError> {
+        let kafka = |source| RuntimeError::Kafka { op: "gateway replies", topic: String::new(), source };
+        let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("millrace-gateway-{}", self.instance))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "50")
+            .create_with_context(RestoreContext)
+            .map_err(kafka)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut formats = HashMap::new();
+        for t in self.targets.values() {
+            if formats.insert(t.replies.clone(), t.reply_format).is_some() {
+                continue;
+            }
+            for p in 0..t.reply_partitions {
+                let (_, high) = consumer.fetch_watermarks(&t.replies, p, Duration::from_secs(30)).map_err(kafka)?;
+                tpl.add_partition_offset(&t.replies, p, Offset::Offset(high)).map_err(kafka)?;
+            }
+        }
+        consumer.assign(&tpl).map_err(kafka)?;
+        let handle = std::thread::Builder::new()
+            .name("millrace-gateway-replies".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            let format = formats.get(m.topic()).copied().unwrap_or(Format::Json);
+                            if let Some(reply) = m.payload().and_then(|p| wire::decode_reply(format, p).ok()) {
+                                self.answered(reply);
+                            }
+                        }
+                        Some(Err(e)) => tracing::debug!(error = %e, "gateway reply reader"),
+                        None => {}
+                    }
+                }
+            })
+            .expect("spawn gateway reply reader");
+        Ok(handle)
+    }
+}
