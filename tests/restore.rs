@@ -37,6 +37,15 @@ fn snapshots(inst: &Instance) -> Vec<serde_json::Value> {
     (0..100).map(|k| inst.get(&format!("/stores/customers/keys/r{k}")).1).collect()
 }
 
+/// Every aggregate's event history equals its committed events.
+fn check_histories(s: &Setup, inst: &Instance, when: &str) {
+    let committed = events_by_key(&read_all(&s.events));
+    for k in 0..100 {
+        let key = format!("r{k}");
+        assert_eq!(history(inst, &key), committed[&key], "{when}: event history of {key}");
+    }
+}
+
 #[test]
 fn restore_reads_only_the_tail_after_the_checkpoint() {
     let s = Setup::new("restore", 2, "json");
@@ -52,6 +61,7 @@ fn restore_reads_only_the_tail_after_the_checkpoint() {
     assert_eq!(wait_for(&s.replies, 500, Duration::from_secs(60)).len(), 500);
     let expected = snapshots(&second);
     assert_eq!(expected[7]["version"], 5, "r7 saw commands 7, 107, 207, 307, 407");
+    check_histories(&s, &second, "live");
     assert!(second.terminate().success());
 
     // Roll the store back to the first checkpoint: restore must read exactly the 200
@@ -62,6 +72,7 @@ fn restore_reads_only_the_tail_after_the_checkpoint() {
     assert_eq!(read_all(&s.changelog).len(), 500);
     assert_eq!(third.metric_sum("millrace_restore_records_total"), 200.0);
     assert_eq!(snapshots(&third), expected);
+    check_histories(&s, &third, "rolled back, then caught up from the events topic");
     assert!(third.terminate().success());
 
     // A deleted state directory: the store is rebuilt from the changelog and answers the same.
@@ -69,4 +80,5 @@ fn restore_reads_only_the_tail_after_the_checkpoint() {
     let fourth = s.start();
     assert_eq!(fourth.metric_sum("millrace_restore_records_total"), 500.0);
     assert_eq!(snapshots(&fourth), expected);
+    check_histories(&s, &fourth, "state directory deleted, history rebuilt from the events topic");
 }

@@ -115,6 +115,7 @@ fn decide_with_product_at(product_time: i64, clock: i64) -> (Vec<OutRecord>, Val
         reply_topic: "replies".into(),
         dead_letter_topic: "dlq".into(),
         dedup_window: 8,
+        event_history: false,
         awaits: Some(AwaitSettings {
             table_name: "catalog".into(),
             table: Arc::new(AppearsAt(product_time)),

@@ -38,6 +38,8 @@ pub struct AggregateSettings {
     /// How many answered command ids each aggregate remembers for dedup.
     pub dedup_window: usize,
     pub awaits: Option<AwaitSettings>,
+    /// Keep each aggregate's events in the store (`GET /aggregates/{type}/{id}/events`).
+    pub event_history: bool,
 }
 
 /// The table an aggregate's waits look in, and how long they last.
@@ -174,6 +176,9 @@ impl<A: Aggregate> AggregateProcessor<A> {
                     for event in &events {
                         snap.version += 1;
                         snap.state = A::evolve(std::mem::take(&mut snap.state), event);
+                        if self.settings.event_history {
+                            ctx.put_event(id.as_bytes(), snap.version, wire::encode_event::<A>(Format::Json, id, snap.version, event));
+                        }
                         let mut headers = Headers::default();
                         headers.insert(header::VERSION, snap.version.to_string());
                         headers.insert(header::SCHEMA_VERSION, A::EVENT_SCHEMA_VERSION.to_string());

@@ -53,6 +53,12 @@ impl Context<'_> {
         store.put(key, value, self.timestamp, self.out);
     }
 
+    /// Adds an event to the task store's event history (same commit as the snapshot).
+    pub fn put_event(&mut self, id: &[u8], version: u64, json: Vec<u8>) {
+        let store = self.store.as_deref_mut().expect("an aggregate has a store");
+        store.put_event(id, version, json);
+    }
+
     /// A peer store of the same partition, by name.
     pub fn peer(&self, store: &str) -> Option<&ChangeloggedStore> {
         self.peers.iter().find(|(name, _)| *name == store).map(|(_, s)| *s)

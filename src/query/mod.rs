@@ -11,6 +11,7 @@
 
 mod commands;
 mod error;
+mod events;
 pub mod forward;
 
 pub use error::QueryError;
@@ -27,7 +28,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-const MAX_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = 1000;
 
 #[derive(Clone)]
 struct Ctx {
@@ -54,6 +55,7 @@ pub fn router(
         .route("/stores/{store}/keys/{key}", get(get_key))
         .route("/stores/{store}/index/{field}/{value}", get(by_index))
         .route("/aggregates/{aggregate}/{id}/commands", post(commands::submit))
+        .route("/aggregates/{aggregate}/{id}/events", get(events::history))
         .route("/aggregates/{aggregate}/{id}/commands/{command_id}", get(commands::status))
         .fallback(|| async { QueryError::NoRoute })
         .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
@@ -78,6 +80,37 @@ async fn metrics_text(State(ctx): State<Ctx>) -> Response {
 
 async fn stores(State(ctx): State<Ctx>) -> Json<Value> {
     Json(json!({"stores": ctx.catalog.store_names()}))
+}
+
+/// This instance's store of `partition`, or else the owner's answer to `path` (forwarded
+/// at most once), or 503 while the partition has no fresh owner.
+async fn local_or_forward(
+    ctx: &Ctx,
+    store: &str,
+    key: &str,
+    partition: i32,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Result<Arc<crate::store::RocksStore>, Response>, QueryError> {
+    if let Some(local) = ctx.catalog.local(store, partition) {
+        return Ok(Ok(local));
+    }
+    let not_owner = QueryError::NotOwner { store: store.to_string(), key: key.to_string(), partition };
+    // A forwarded request is answered here or not at all: no second hop.
+    let (Some(directory), false) = (&ctx.directory, forwarded(headers)) else { return Err(not_owner) };
+    let moving = || QueryError::Moving { store: store.to_string(), partition };
+    let owner = directory.owner(store, partition).filter(|o| o.instance != directory.me.instance).ok_or_else(moving)?;
+    let answer = forward::get(&owner.http, path).await.map_err(|e| {
+        tracing::debug!(owner = %owner.instance, error = %e, "forward failed");
+        metrics::counter!("millrace_query_forwards_total", "result" => "unreachable").increment(1);
+        moving()
+    })?;
+    metrics::counter!("millrace_query_forwards_total", "result" => "answered").increment(1);
+    // The owner gave the partition up since the directory last heard from it.
+    if answer.status == StatusCode::MISDIRECTED_REQUEST.as_u16() {
+        return Err(moving());
+    }
+    Ok(Err(relay(answer)))
 }
 
 fn forwarded(headers: &HeaderMap) -> bool {
@@ -130,27 +163,13 @@ async fn get_key(
     let view = ctx.catalog.view(&store).ok_or_else(|| QueryError::UnknownStore(store.clone()))?;
     let params = key_params(&q)?;
     let partition = partition_for_key(key.as_bytes(), view.partitions);
-    let Some(local) = ctx.catalog.local(&store, partition) else {
-        let not_owner = QueryError::NotOwner { store: store.clone(), key: key.clone(), partition };
-        // A forwarded request is answered here or not at all: no second hop.
-        let (Some(directory), false) = (&ctx.directory, forwarded(&headers)) else { return Err(not_owner) };
-        let moving = || QueryError::Moving { store: store.clone(), partition };
-        let owner = directory.owner(&store, partition).filter(|o| o.instance != directory.me.instance).ok_or_else(moving)?;
-        let mut path = format!("/stores/{}/keys/{}", forward::encode_segment(&store), forward::encode_segment(&key));
-        if let Some(v) = params.min_version {
-            path.push_str(&format!("?min_version={v}&wait_ms={}", params.wait.as_millis()));
-        }
-        let answer = forward::get(&owner.http, &path).await.map_err(|e| {
-            tracing::debug!(owner = %owner.instance, error = %e, "forward failed");
-            metrics::counter!("millrace_query_forwards_total", "result" => "unreachable").increment(1);
-            moving()
-        })?;
-        metrics::counter!("millrace_query_forwards_total", "result" => "answered").increment(1);
-        // The owner gave the partition up since the directory last heard from it.
-        if answer.status == StatusCode::MISDIRECTED_REQUEST.as_u16() {
-            return Err(moving());
-        }
-        return Ok(relay(answer));
+    let mut path = format!("/stores/{}/keys/{}", forward::encode_segment(&store), forward::encode_segment(&key));
+    if let Some(v) = params.min_version {
+        path.push_str(&format!("?min_version={v}&wait_ms={}", params.wait.as_millis()));
+    }
+    let local = match local_or_forward(&ctx, &store, &key, partition, &path, &headers).await? {
+        Ok(local) => local,
+        Err(forwarded) => return Ok(forwarded),
     };
     let deadline = tokio::time::Instant::now() + params.wait;
     loop {

@@ -3,7 +3,7 @@
 //! broker address, the state directory, an HTTP listener and a shutdown signal.
 
 use super::catalog::{Catalog, StoreView};
-use super::engine::{Engine, EngineSettings, RebalanceHandler, Route, RouteStore};
+use super::engine::{Engine, EngineSettings, EventSource, RebalanceHandler, Route, RouteStore};
 use super::registry::Registry;
 use super::topics;
 use crate::topology::TopicNeed;
@@ -89,6 +89,7 @@ impl App {
                 reply_topic: a.replies.clone(),
                 dead_letter_topic: topology.dead_letter_topic(),
                 dedup_window: a.dedup_window,
+                event_history: a.event_history,
                 awaits: a.awaits.as_ref().map(|aw| AwaitSettings {
                     table_name: aw.table.clone(),
                     table: globals[&aw.table].clone() as Arc<dyn Lookup>,
@@ -114,6 +115,8 @@ impl App {
                     .collect(),
                 global: false,
             });
+            catalog.define_aggregate(&a.aggregate, &a.store);
+            catalog.define_aggregate(node, &a.store);
             let make = registered.processor.clone();
             let renderer = (registered.renderer)(store_format);
             routes.insert(a.commands.clone(), Route {
@@ -124,6 +127,12 @@ impl App {
                     accept: Arc::new(|_| true),
                     indexer: indexer(&topology.store_spec(&a.store).indexes, renderer, a.awaits.is_some()),
                     history_ms: None,
+                    events: a.event_history.then(|| EventSource {
+                        topic: a.events.clone(),
+                        partitions: topology.topics[&a.events].partitions,
+                        input_partitions: topology.topics[&a.commands].partitions,
+                        json: topology.topics[&a.events].codec == Format::Json,
+                    }),
                 }),
                 peers: Vec::new(),
             });
@@ -152,6 +161,7 @@ impl App {
                     changelog,
                     accept: Arc::new(move |v| TableProcessor::accepts(format, v)),
                     indexer: indexer(&topology.store_spec(&t.store).indexes, renderer, false),
+                    events: None,
                     // A join reads it as of each stream record's time.
                     history_ms: topology.joins.values().any(|j| j.table == *node).then(|| topology.store_spec(&t.store).history_ms),
                 }),

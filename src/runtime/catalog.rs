@@ -23,6 +23,8 @@ pub struct StoreView {
 #[derive(Default)]
 pub struct Catalog {
     views: RwLock<BTreeMap<String, StoreView>>,
+    /// Aggregate (registered name and node name) → its snapshot store.
+    aggregates: RwLock<BTreeMap<String, String>>,
     open: RwLock<BTreeMap<(String, i32), Arc<RocksStore>>>,
     /// Processing threads of this instance, and which of them are ready.
     threads: AtomicUsize,
@@ -36,6 +38,19 @@ impl Catalog {
 
     pub fn define(&self, store: &str, view: StoreView) {
         self.views.write().expect("catalog lock").insert(store.to_string(), view);
+    }
+
+    pub fn define_aggregate(&self, name: &str, store: &str) {
+        self.aggregates.write().expect("catalog lock").insert(name.to_string(), store.to_string());
+    }
+
+    /// The snapshot store of an aggregate, by registered name or node name.
+    pub fn aggregate_store(&self, name: &str) -> Option<String> {
+        self.aggregates.read().expect("catalog lock").get(name).cloned()
+    }
+
+    pub fn aggregate_names(&self) -> Vec<String> {
+        self.aggregates.read().expect("catalog lock").keys().cloned().collect()
     }
 
     pub fn view(&self, store: &str) -> Option<StoreView> {

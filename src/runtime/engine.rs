@@ -52,6 +52,19 @@ pub(crate) struct RouteStore {
     /// Keep values with their time (a table a join reads as of the stream record's time),
     /// for this much event time behind each key's newest value. None: not versioned.
     pub history_ms: Option<u64>,
+    /// An aggregate store keeping its event history: where to rebuild it from if lost.
+    pub events: Option<EventSource>,
+}
+
+/// The events topic an aggregate's event history is rebuilt from.
+#[derive(Clone, Debug)]
+pub(crate) struct EventSource {
+    pub topic: String,
+    pub partitions: i32,
+    /// Partitions of the command topic: which events belong to a task.
+    pub input_partitions: i32,
+    /// Only JSON events can be rebuilt into the (JSON) history.
+    pub json: bool,
 }
 
 impl RouteStore {
@@ -74,6 +87,13 @@ impl RouteStore {
             store
         }
     }
+}
+
+/// For an aggregate keeping its event history: the events topic offsets this transaction
+/// reached, per partition. Every event of the task up to them is in the committed history.
+pub(crate) fn events_offsets<'a>(route: &Route, delivered: impl IntoIterator<Item = (&'a TopicPartition, &'a i64)>) -> Vec<(i32, i64)> {
+    let Some(ev) = route.state.as_ref().and_then(|st| st.events.as_ref()) else { return Vec::new() };
+    delivered.into_iter().filter(|(tp, _)| tp.topic == ev.topic).map(|(tp, o)| (tp.partition, *o)).collect()
 }
 
 /// The stores a task of `tp` may read besides its own: those its route names as peers,
@@ -341,7 +361,8 @@ impl Engine {
                         Some(st) => delivered.get(&TopicPartition::new(st.changelog.as_str(), tp.partition)).copied(),
                         None => None,
                     };
-                    task.committed(checkpoint)?;
+                    let events_offsets = events_offsets(&self.settings.routes[&tp.topic], &delivered);
+                    task.committed(checkpoint, &events_offsets)?;
                 }
                 if !self.sink.exactly_once() && offsets.count() > 0 {
                     // At-least-once: outputs are delivered and stores written; only now may
@@ -475,7 +496,10 @@ impl Engine {
             None => None,
             Some(st) => {
                 let rocks = Arc::new(open_store(&self.settings.state_dir, st, tp.partition, &self.resources)?);
-                restore(&rocks, &st.changelog, &self.settings.bootstrap_servers, st.accept.as_ref(), st.history_ms.is_some())?;
+                let restored = restore(&rocks, &st.changelog, &self.settings.bootstrap_servers, st.accept.as_ref(), st.history_ms.is_some())?;
+                if let Some(ev) = &st.events {
+                    super::restore::ensure_event_history(&rocks, ev, &self.settings.bootstrap_servers, restored)?;
+                }
                 metrics::gauge!("millrace_store_keys", "store" => st.name.clone(), "partition" => tp.partition.to_string())
                     .set(rocks.estimated_keys() as f64);
                 self.catalog.attach(&rocks);

@@ -128,3 +128,113 @@ pub fn restore(
     );
     Ok(restored)
 }
+
+/// Makes the event history of an aggregate store complete, from the events topic (the
+/// history's source, as a table's input topic can be its changelog):
+/// - a history marked complete, with nothing restored: nothing to do;
+/// - a store brought forward from its changelog (after a crash, or a rolled-back state
+///   directory): the events after the history's checkpointed events offsets are applied,
+///   so the history catches up with the snapshots;
+/// - a new store: its history starts with its first event;
+/// - otherwise (a lost state directory, restored from the changelog; a store older than
+///   the history): the whole topic is read for this task's aggregates.
+pub(crate) fn ensure_event_history(
+    store: &RocksStore,
+    source: &super::engine::EventSource,
+    bootstrap_servers: &str,
+    restored: u64,
+) -> Result<(), RuntimeError> {
+    let complete = store.events_complete().map_err(RuntimeError::Store)?;
+    if complete && restored == 0 {
+        return Ok(());
+    }
+    if !complete && store.is_empty() {
+        return store.put_events(&[], true).map_err(RuntimeError::Store);
+    }
+    if !source.json {
+        tracing::warn!(store = store.name(), topic = %source.topic, "event history cannot be read back from protobuf events; it may miss events");
+        return store.put_events(&[], true).map_err(RuntimeError::Store);
+    }
+    let mine = store.partition();
+    // Events are keyed by aggregate id like the commands: with equal partition counts, the
+    // task's events are all in the same partition number.
+    let partitions: Vec<i32> =
+        if source.partitions == source.input_partitions { vec![mine] } else { (0..source.partitions).collect() };
+    let started = Instant::now();
+    let mut applied = 0usize;
+    for p in partitions {
+        // Events are written idempotently (key = aggregate id + version): re-applying one
+        // the history has is harmless.
+        let from = if complete { store.events_offset(p).map_err(RuntimeError::Store)?.map(|o| o + 1) } else { None };
+        read_to_end(&source.topic, p, from, bootstrap_servers, &mut |batch| {
+            let events: Vec<(Vec<u8>, u64, Vec<u8>)> = batch
+                .iter()
+                .filter(|(k, _)| crate::codec::murmur2::partition_for_key(k, source.input_partitions) == mine)
+                .filter_map(|(k, v)| {
+                    let version = serde_json::from_slice::<serde_json::Value>(v.as_deref()?).ok()?["version"].as_u64()?;
+                    Some((k.clone(), version, v.clone()?))
+                })
+                .collect();
+            applied += events.len();
+            store.put_events(&events, false).map_err(RuntimeError::Store)
+        })?;
+    }
+    store.put_events(&[], true).map_err(RuntimeError::Store)?;
+    tracing::info!(store = store.name(), partition = mine, events = applied, full = !complete,
+        elapsed_ms = started.elapsed().as_millis() as u64, "brought the event history up to the events topic");
+    Ok(())
+}
+
+/// Reads partition `partition` of `topic` from `from` (default: the beginning) to its end
+/// (read_committed), handing batches of (key, value) to `apply`.
+fn read_to_end(
+    topic: &str,
+    partition: i32,
+    from: Option<i64>,
+    bootstrap_servers: &str,
+    apply: &mut dyn FnMut(&[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), RuntimeError>,
+) -> Result<(), RuntimeError> {
+    let kafka = |source| RuntimeError::Kafka { op: "read to end", topic: topic.to_string(), source };
+    let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("group.id", format!("millrace-rebuild-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create_with_context(RestoreContext)
+        .map_err(kafka)?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30)).map_err(kafka)?;
+    let first = from.unwrap_or(low).max(low);
+    if first >= high {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(first)).map_err(kafka)?;
+    consumer.assign(&tpl).map_err(kafka)?;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut idle_since = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                if let Some(k) = m.key() {
+                    batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                }
+                if batch.len() >= BATCH {
+                    apply(&batch)?;
+                    batch.clear();
+                }
+                idle_since = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka(e)),
+            None => {
+                // As in restore: transaction markers hide the end from EOF reports.
+                let pos = consumer.position().ok().and_then(|p| p.find_partition(topic, partition).and_then(|e| e.offset().to_raw()));
+                if pos.is_some_and(|p| p >= high) || idle_since.elapsed() > Duration::from_secs(10) {
+                    break;
+                }
+            }
+        }
+    }
+    apply(&batch)
+}

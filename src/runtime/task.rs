@@ -95,10 +95,10 @@ impl Task {
     }
 
     /// The transaction committed: its writes and the changelog offset go to RocksDB.
-    pub fn committed(&mut self, changelog_offset: Option<i64>) -> Result<(), StoreError> {
+    pub fn committed(&mut self, changelog_offset: Option<i64>, events_offsets: &[(i32, i64)]) -> Result<(), StoreError> {
         self.txn_first_offset = None;
         match &mut self.store {
-            Some(s) => s.commit(changelog_offset),
+            Some(s) => s.commit_with_events(changelog_offset, events_offsets),
             None => Ok(()),
         }
     }

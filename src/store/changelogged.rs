@@ -19,17 +19,19 @@ pub struct ChangeloggedStore {
     /// A versioned store (a table a join reads as of a time) also keeps every write of the
     /// open transaction with its time, per key in write order.
     versions: Option<BTreeMap<Vec<u8>, Vec<(i64, Option<Vec<u8>>)>>>,
+    /// Event history entries of the open transaction: (aggregate id, version, JSON).
+    events: Vec<(Vec<u8>, u64, Vec<u8>)>,
 }
 
 impl ChangeloggedStore {
     pub fn new(inner: Arc<RocksStore>, changelog_topic: impl Into<String>) -> Self {
-        Self { inner, changelog_topic: Some(changelog_topic.into()), overlay: BTreeMap::new(), versions: None }
+        Self { inner, changelog_topic: Some(changelog_topic.into()), overlay: BTreeMap::new(), versions: None, events: Vec::new() }
     }
 
     /// A store whose input topic serves as its changelog (a table with `changelog: false`).
     /// It still writes through the overlay, so it never runs ahead of the commit.
     pub fn without_changelog(inner: Arc<RocksStore>) -> Self {
-        Self { inner, changelog_topic: None, overlay: BTreeMap::new(), versions: None }
+        Self { inner, changelog_topic: None, overlay: BTreeMap::new(), versions: None, events: Vec::new() }
     }
 
     /// Keeps every value with its time, for `get_as_of` (see `RocksStore::write_versions`).
@@ -88,17 +90,38 @@ impl ChangeloggedStore {
         self.overlay.insert(key.to_vec(), value);
     }
 
+    /// Adds an event to the aggregate's history, committed with the snapshot. The history
+    /// is derived (from the events topic), so it has no changelog records.
+    pub fn put_event(&mut self, id: &[u8], version: u64, json: Vec<u8>) {
+        self.events.push((id.to_vec(), version, json));
+    }
+
     pub fn has_pending_writes(&self) -> bool {
-        !self.overlay.is_empty()
+        !self.overlay.is_empty() || !self.events.is_empty()
     }
 
     /// Called only after the Kafka transaction committed: the overlay and the changelog
     /// offset it reached go to RocksDB in one WriteBatch.
     pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<(), StoreError> {
-        if self.overlay.is_empty() && changelog_offset.is_none() {
+        self.commit_with_events(changelog_offset, &[])
+    }
+
+    /// As `commit`, with the events topic offsets (per partition) the transaction reached:
+    /// the event history is complete up to them.
+    pub fn commit_with_events(&mut self, changelog_offset: Option<i64>, events_offsets: &[(i32, i64)]) -> Result<(), StoreError> {
+        if self.overlay.is_empty() && self.events.is_empty() && changelog_offset.is_none() {
             return Ok(());
         }
         let overlay = std::mem::take(&mut self.overlay);
+        if !self.events.is_empty() {
+            let events = std::mem::take(&mut self.events);
+            return self.inner.write_with_events(
+                overlay.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+                &events,
+                changelog_offset,
+                events_offsets,
+            );
+        }
         match &mut self.versions {
             Some(versions) => {
                 let versions = std::mem::take(versions);
@@ -112,6 +135,7 @@ impl ChangeloggedStore {
     /// The transaction aborted: forget everything it wrote.
     pub fn abort(&mut self) {
         self.overlay.clear();
+        self.events.clear();
         if let Some(v) = &mut self.versions {
             v.clear();
         }

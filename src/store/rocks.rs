@@ -15,6 +15,12 @@ use std::path::{Path, PathBuf};
 
 const META_CF: &str = "meta";
 const CHECKPOINT_KEY: &[u8] = b"changelog-offset";
+/// An aggregate store's event history: (aggregate id, version) → the event as JSON.
+const EVENTS_CF: &str = "events";
+/// Set once the event history holds every event of the store's aggregates.
+const EVENTS_COMPLETE_KEY: &[u8] = b"events-complete";
+/// `events-offset/<partition>`: the events topic offset the history has every event up to.
+const EVENTS_OFFSET_PREFIX: &str = "events-offset/";
 
 /// Memory knobs for every store of an instance.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -96,6 +102,7 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
             ColumnFamilyDescriptor::new(INDEX_CF, Options::default()),
             ColumnFamilyDescriptor::new(HISTORY_CF, Options::default()),
+            ColumnFamilyDescriptor::new(EVENTS_CF, Options::default()),
         ];
         std::fs::create_dir_all(&path).map_err(|e| StoreError::Open {
             store: name.into(),
@@ -199,6 +206,79 @@ impl RocksStore {
         let mut batch = WriteBatch::default();
         self.put_latest(&mut batch, entries)?;
         self.commit_batch(batch, checkpoint)
+    }
+
+    /// As `write`, plus event history entries `(aggregate id, version, event JSON)`, in the
+    /// same WriteBatch: the history never disagrees with the snapshots.
+    /// `events_offsets` are the events topic offsets, per partition, the history now has
+    /// every event of this store up to: where a restore catches the history up from.
+    pub fn write_with_events<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        events: &[(Vec<u8>, u64, Vec<u8>)],
+        checkpoint: Option<i64>,
+        events_offsets: &[(i32, i64)],
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.put_latest(&mut batch, entries)?;
+        let cf = self.db.cf_handle(EVENTS_CF).expect("events column family is created at open");
+        for (id, version, json) in events {
+            batch.put_cf(&cf, event_key(id, *version), json);
+        }
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
+        for (partition, offset) in events_offsets {
+            batch.put_cf(&meta, format!("{EVENTS_OFFSET_PREFIX}{partition}"), offset.to_be_bytes());
+        }
+        self.commit_batch(batch, checkpoint)
+    }
+
+    /// The events topic offset the history is complete up to, in `partition`.
+    pub fn events_offset(&self, partition: i32) -> Result<Option<i64>, StoreError> {
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
+        let v = self.db.get_cf(&meta, format!("{EVENTS_OFFSET_PREFIX}{partition}")).map_err(self.io("read events offset"))?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(i64::from_be_bytes))
+    }
+
+    /// Up to `limit` events of aggregate `id` from version `from` on, in version order.
+    pub fn events_of(&self, id: &[u8], from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let cf = self.db.cf_handle(EVENTS_CF).expect("events column family is created at open");
+        let prefix = history::prefix(id);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(&cf, IteratorMode::From(&event_key(id, from), Direction::Forward)) {
+            let (k, v) = item.map_err(self.io("read events"))?;
+            if k.len() != prefix.len() + 8 || !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k[prefix.len()..]);
+            out.push((u64::from_be_bytes(b), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Whether the event history holds every event of this store's aggregates.
+    pub fn events_complete(&self) -> Result<bool, StoreError> {
+        let cf = self.db.cf_handle(META_CF).expect("meta column family is created at open");
+        Ok(self.db.get_cf(&cf, EVENTS_COMPLETE_KEY).map_err(self.io("read events flag"))?.is_some())
+    }
+
+    /// Rebuilt history entries (from the events topic), and then, with `complete`, the flag.
+    pub fn put_events(&self, events: &[(Vec<u8>, u64, Vec<u8>)], complete: bool) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        let cf = self.db.cf_handle(EVENTS_CF).expect("events column family is created at open");
+        for (id, version, json) in events {
+            batch.put_cf(&cf, event_key(id, *version), json);
+        }
+        if complete {
+            let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
+            batch.put_cf(&meta, EVENTS_COMPLETE_KEY, []);
+        }
+        self.commit_batch(batch, None)
+    }
+
+    /// Whether the store holds any value at all.
+    pub fn is_empty(&self) -> bool {
+        self.db.iterator(IteratorMode::Start).next().is_none()
     }
 
     /// As `write`, and every entry is also kept as a version at its timestamp, for
@@ -416,6 +496,12 @@ impl RocksStore {
     }
 }
 
+fn event_key(id: &[u8], version: u64) -> Vec<u8> {
+    let mut k = history::prefix(id);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +556,23 @@ mod tests {
         assert_eq!(s.get_as_of(b"k", 250).unwrap(), Some(b"b".to_vec()), "the value at the bound is kept");
         assert_eq!(s.get_as_of(b"k", 300).unwrap(), Some(b"c".to_vec()));
         assert_eq!(s.get_as_of(b"k", 2_000).unwrap(), Some(b"d".to_vec()));
+    }
+
+    #[test]
+    fn event_history_is_per_aggregate_in_version_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = StoreResources::new(&StoreTuning::default());
+        let s = RocksStore::open(dir.path(), "a", 0, &res, None).unwrap();
+        let ev = |id: &str, v: u64| (id.as_bytes().to_vec(), v, format!("{id}@{v}").into_bytes());
+        s.write_with_events([(&b"x"[..], Some(&b"snap"[..]))], &[ev("x", 1), ev("x", 2), ev("x\0", 1), ev("xy", 1)], Some(0), &[(0, 41)]).unwrap();
+        s.write_with_events([], &[ev("x", 3)], Some(1), &[(0, 42), (1, 7)]).unwrap();
+        assert_eq!((s.events_offset(0).unwrap(), s.events_offset(1).unwrap(), s.events_offset(2).unwrap()), (Some(42), Some(7), None));
+        let got: Vec<u64> = s.events_of(b"x", 2, 10).unwrap().into_iter().map(|(v, _)| v).collect();
+        assert_eq!(got, [2, 3], "from version 2, this aggregate only");
+        assert_eq!(s.events_of(b"x", 1, 1).unwrap(), vec![(1, b"x@1".to_vec())]);
+        assert!(!s.events_complete().unwrap());
+        s.put_events(&[], true).unwrap();
+        assert!(s.events_complete().unwrap());
     }
 
     #[test]

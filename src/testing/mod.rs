@@ -140,7 +140,11 @@ impl TopologyDriver {
                         let rocks = Arc::new(
                             RocksStore::open(&self.state_dir, &st.name, p, &self.resources, st.indexer.clone())?.keep_history(st.history_ms),
                         );
-                        self.restored += self.restore(&rocks, st)?;
+                        let restored = self.restore(&rocks, st)?;
+                        self.restored += restored;
+                        if let Some(ev) = &st.events {
+                            self.ensure_event_history(&rocks, ev, restored)?;
+                        }
                         self.catalog.attach(&rocks);
                         Some(st.wrap(rocks, &topic))
                     }
@@ -175,6 +179,24 @@ impl TopologyDriver {
             }
         }
         Ok(tail.len() as u64)
+    }
+
+    /// As runtime::restore::ensure_event_history, from the in-memory events log.
+    /// Re-puts every event of the task's aggregates (idempotent) when the history is
+    /// incomplete or the store was just brought forward from its changelog.
+    fn ensure_event_history(&self, store: &RocksStore, ev: &crate::runtime::engine::EventSource, restored: u64) -> Result<(), RuntimeError> {
+        if store.events_complete()? && restored == 0 {
+            return Ok(());
+        }
+        let mine = store.partition();
+        let events: Vec<(Vec<u8>, u64, Vec<u8>)> = self
+            .read_output(&ev.topic)
+            .into_iter()
+            .filter(|r| r.key.as_deref().is_some_and(|k| partition_for_key(k, ev.input_partitions) == mine))
+            .filter_map(|r| Some((r.key.clone()?, r.json()["version"].as_u64()?, r.value.clone()?)))
+            .collect();
+        store.put_events(&events, true)?;
+        Ok(())
     }
 
     fn close_tasks(&mut self) {
@@ -307,7 +329,8 @@ impl TopologyDriver {
                 Some(st) => last.get(&TopicPartition::new(st.changelog.as_str(), tp.partition)).copied(),
                 None => None,
             };
-            task.committed(checkpoint)?;
+            let events_offsets = crate::runtime::engine::events_offsets(&self.routes[&tp.topic], &last);
+            task.committed(checkpoint, &events_offsets)?;
         }
         Ok(())
     }

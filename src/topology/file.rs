@@ -106,6 +106,9 @@ pub struct AggregateNode {
     /// created): see `Aggregate::awaiting`.
     #[serde(default)]
     pub awaits: Option<AwaitsSpec>,
+    /// Keep each aggregate's events in its store, for `GET /aggregates/{type}/{id}/events`.
+    #[serde(default = "default_true")]
+    pub event_history: bool,
 }
 
 /// The stash of an aggregate: which global table its waits look in, and for how long.

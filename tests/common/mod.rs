@@ -383,7 +383,9 @@ pub fn check_exactly_once(s: &Setup, commands: usize, keys: usize, query: &[&Ins
     assert_eq!(replies.len(), commands, "no reply twice");
 
     let mut events: BTreeMap<String, Vec<(u64, CustomerEvent)>> = BTreeMap::new();
-    for e in read_all(&s.events) {
+    let all_events = read_all(&s.events);
+    let raw = events_by_key(&all_events);
+    for e in all_events {
         let v = e.json();
         let ev: CustomerEvent = serde_json::from_value(serde_json::json!({"type": v["type"], "payload": v["payload"]})).unwrap();
         events.entry(e.key.unwrap()).or_default().push((v["version"].as_u64().unwrap(), ev));
@@ -416,6 +418,37 @@ pub fn check_exactly_once(s: &Setup, commands: usize, keys: usize, query: &[&Ins
         assert_eq!(status, 200, "{key}: {body}");
         assert_eq!(body["version"].as_u64().unwrap(), evs.len() as u64, "{key}");
         assert_eq!(body["state"], serde_json::to_value(&folded).unwrap(), "{key}");
+        // The per-aggregate event history (sampled): exactly the committed events.
+        if k % 97 == 0 {
+            assert_eq!(history(i, &key), raw[&key], "event history of {key}");
+        }
+    }
+}
+
+/// Committed events per aggregate id, as JSON, in log order.
+pub fn events_by_key(recs: &[Rec]) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut sorted: Vec<&Rec> = recs.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let mut m: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for r in sorted {
+        m.entry(r.key.clone().unwrap_or_default()).or_default().push(r.json());
+    }
+    m
+}
+
+/// An aggregate's event history over HTTP (`GET /aggregates/customer/{id}/events`), all pages.
+pub fn history(i: &Instance, id: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let (status, body) = i.get(&format!("/aggregates/customer/{id}/events?from_version={from}&limit=7"));
+        assert_eq!(status, 200, "history of {id}: {body}");
+        assert_eq!(body["complete"], true, "{body}");
+        out.extend(body["events"].as_array().unwrap().iter().cloned());
+        match body["next_version"].as_u64() {
+            Some(n) => from = n,
+            None => return out,
+        }
     }
 }
 
