@@ -291,6 +291,48 @@ impl App {
             .expect("global bootstrap does not panic")?;
             followers.push(g.follow(self.config.bootstrap_servers.clone(), stop.clone()));
         }
+        // Any instance answers any key: publish what this one holds, learn what the others do.
+        let local = listener.local_addr().map_err(RuntimeError::Http)?;
+        let me = super::Owner {
+            instance: self.config.instance_id.clone(),
+            http: self.config.advertised_http.clone().unwrap_or_else(|| advertised(local)),
+        };
+        let directory = Arc::new(super::Directory::new(me, super::members::HEARTBEAT * 3));
+        followers.extend(super::members::spawn(
+            directory.clone(),
+            self.catalog.clone(),
+            self.topology.members_topic(),
+            self.config.bootstrap_servers.clone(),
+            stop.clone(),
+        ));
+        // Standby replicas: warm copies of the stores this instance would take over.
+        let standbys = (self.topology.processing.standby_replicas > 0).then(|| {
+            let stores = self
+                .routes
+                .iter()
+                .filter_map(|(input, r)| {
+                    let st = r.state.as_ref()?;
+                    // A table whose input is its changelog restores from the input itself.
+                    (!st.source_is_changelog(input)).then(|| super::standby::StandbyStore {
+                        name: st.name.clone(),
+                        changelog: st.changelog.clone(),
+                        partitions: self.topology.topics.get(input).map_or(1, |t| t.partitions),
+                        indexer: st.indexer.clone(),
+                        history_ms: st.history_ms,
+                    })
+                })
+                .collect();
+            let s = Arc::new(super::standby::Standbys::new(
+                stores,
+                self.topology.processing.standby_replicas,
+                self.config.state_dir.join(&self.topology.application_id),
+                resources.clone(),
+                directory.clone(),
+                self.catalog.clone(),
+            ));
+            followers.push(s.clone().spawn(self.config.bootstrap_servers.clone(), stop.clone()));
+            s
+        });
         let mut processing = Vec::with_capacity(threads);
         for thread in 0..threads {
             // One member id per thread: `<app>-<instance>` alone, `<app>-<instance>-<n>` for more.
@@ -314,6 +356,7 @@ impl App {
                 sync_groups: self.sync_groups(),
                 max_task_idle: Duration::from_millis(self.topology.processing.max_task_idle_ms),
                 globals: self.globals.values().cloned().collect(),
+                standbys: standbys.clone(),
             };
             let consumer_cfg = self.consumer_config(&member);
             let (resources, catalog, stop) = (resources.clone(), self.catalog.clone(), stop.clone());
@@ -330,20 +373,6 @@ impl App {
             );
         }
 
-        // Any instance answers any key: publish what this one holds, learn what the others do.
-        let local = listener.local_addr().map_err(RuntimeError::Http)?;
-        let me = super::Owner {
-            instance: self.config.instance_id.clone(),
-            http: self.config.advertised_http.clone().unwrap_or_else(|| advertised(local)),
-        };
-        let directory = Arc::new(super::Directory::new(me, super::members::HEARTBEAT * 3));
-        followers.extend(super::members::spawn(
-            directory.clone(),
-            self.catalog.clone(),
-            self.topology.members_topic(),
-            self.config.bootstrap_servers.clone(),
-            stop.clone(),
-        ));
         // The command gateway: every aggregate, by aggregate name and by node name.
         let mut targets = BTreeMap::new();
         for (node, a) in &self.topology.aggregates {

@@ -135,6 +135,8 @@ pub(crate) struct EngineSettings {
     pub max_task_idle: Duration,
     /// The instance's global tables: their quiet time restarts when tasks are assigned.
     pub globals: Vec<Arc<super::global::GlobalTable>>,
+    /// Standby copies this instance keeps; a task taking one over asks for it first.
+    pub standbys: Option<Arc<super::standby::Standbys>>,
 }
 
 pub(crate) struct Engine {
@@ -495,6 +497,9 @@ impl Engine {
         let store = match &route.state {
             None => None,
             Some(st) => {
+                if let Some(s) = &self.settings.standbys {
+                    s.release(&st.name, tp.partition);
+                }
                 let rocks = Arc::new(open_store(&self.settings.state_dir, st, tp.partition, &self.resources)?);
                 let restored = restore(&rocks, &st.changelog, &self.settings.bootstrap_servers, st.accept.as_ref(), st.history_ms.is_some())?;
                 if let Some(ev) = &st.events {

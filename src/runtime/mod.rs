@@ -12,6 +12,7 @@ pub mod global;
 pub mod members;
 mod registry;
 mod restore;
+pub mod standby;
 mod sync;
 mod task;
 pub mod plan;

@@ -161,6 +161,11 @@ impl RocksStore {
         &self.name
     }
 
+    /// Whether writes keep versions (see `keep_history`).
+    pub fn history_ms_kept(&self) -> bool {
+        self.history_ms.is_some()
+    }
+
     pub fn partition(&self) -> i32 {
         self.partition
     }

@@ -239,6 +239,10 @@ pub struct Processing {
     /// wait (lowest latency; a replay may then see the table later than live processing did).
     #[serde(default)]
     pub max_task_idle_ms: u64,
+    /// Warm copies of each store partition on this many other instances, kept by tailing
+    /// the changelog: a failover restores only the tail. 0: none.
+    #[serde(default)]
+    pub standby_replicas: usize,
 }
 
 fn default_true() -> bool {
@@ -258,7 +262,7 @@ fn default_max_batch() -> usize {
 
 impl Default for Processing {
     fn default() -> Self {
-        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads(), exactly_once: true, max_task_idle_ms: 0 }
+        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads(), exactly_once: true, max_task_idle_ms: 0, standby_replicas: 0 }
     }
 }
 
