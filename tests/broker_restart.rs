@@ -64,7 +64,9 @@ fn processors_recover_from_a_broker_restart_by_themselves() {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            flush(&p);
+            // Records queued while the broker was away go out once it is back; the idempotent
+            // producer re-establishes its session first, so allow more than the usual flush.
+            rdkafka::producer::Producer::flush(&p, Duration::from_secs(180)).expect("the loader's records reach the restarted broker");
         })
     };
     while sent.load(Ordering::SeqCst) < COMMANDS / 3 {
