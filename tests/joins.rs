@@ -109,7 +109,7 @@ fn two_instances_keep_join_partitions_together() {
     // Let the second member's rebalance settle: both ready, the table split between them.
     let deadline = Instant::now() + Duration::from_secs(60);
     while a.get("/ready").0 != 200 || b.get("/ready").0 != 200
-        || a.get("/stores/customers?limit=1").1["partitions"].as_array().map_or(0, Vec::len) == 4
+        || a.get("/stores/customers?limit=1&scope=local").1["partitions"].as_array().map_or(0, Vec::len) == 4
     {
         assert!(Instant::now() < deadline, "the two instances never split the partitions");
         std::thread::sleep(Duration::from_millis(100));
@@ -169,7 +169,7 @@ fn three_instances_keep_joins_co_partitioned_across_rebalances() {
     let a = Instance::start(&s.setup, "a", &dir.join("state-a"));
     let b = Instance::start(&s.setup, "b", &dir.join("state-b"));
     let c = Instance::start(&s.setup, "c", &dir.join("state-c"));
-    let owned = |i: &Instance| i.get("/stores/customers?limit=1").1["partitions"].as_array().map_or(0, Vec::len);
+    let owned = |i: &Instance| i.get("/stores/customers?limit=1&scope=local").1["partitions"].as_array().map_or(0, Vec::len);
     let settle = |instances: &[&Instance], want: &dyn Fn(&[usize]) -> bool, what: &str| {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {

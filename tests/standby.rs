@@ -54,6 +54,24 @@ fn a_failover_to_the_standby_restores_only_the_tail() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // Every instance knows, for every partition, the owner and its standby, with addresses.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, table) = instances[2].get("/cluster");
+        let parts = table["stores"]["customers"].as_array().cloned().unwrap_or_default();
+        let complete = parts.len() == 6
+            && parts.iter().all(|p| {
+                let owner = p["owner"]["instance"].as_str();
+                let standbys = p["standbys"].as_array().cloned().unwrap_or_default();
+                owner.is_some() && standbys.len() == 1 && standbys[0]["instance"].as_str() != owner && standbys[0]["http"].is_string()
+            });
+        if complete {
+            break;
+        }
+        assert!(Instant::now() < deadline, "routing table incomplete: {table}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     let victim = instances.remove(1);
     let moved: BTreeSet<i64> = victim.get("/stores/customers?scope=local&limit=1").1["partitions"]
         .as_array()

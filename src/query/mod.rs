@@ -51,6 +51,7 @@ pub fn router(
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/stores", get(stores))
+        .route("/cluster", get(cluster))
         .route("/stores/{store}", get(list))
         .route("/stores/{store}/keys/{key}", get(get_key))
         .route("/stores/{store}/index/{field}/{value}", get(by_index))
@@ -76,6 +77,32 @@ async fn metrics_text(State(ctx): State<Ctx>) -> Response {
         Some(h) => h.render().into_response(),
         None => QueryError::NoMetrics.into_response(),
     }
+}
+
+/// `GET /cluster`: the routing table as this instance sees it: every live instance, and
+/// for every store partition its owner and standbys with their HTTP addresses.
+async fn cluster(State(ctx): State<Ctx>) -> Json<Value> {
+    let Some(d) = &ctx.directory else {
+        return Json(json!({"instances": [], "stores": {}}));
+    };
+    let who = |o: &crate::runtime::Owner| json!({"instance": o.instance, "http": o.http});
+    let stores: serde_json::Map<String, Value> = d
+        .table()
+        .into_iter()
+        .map(|(store, parts)| {
+            let parts: Vec<Value> = parts
+                .into_iter()
+                .map(|(p, (owner, standbys))| json!({
+                    "partition": p,
+                    "owner": owner.as_ref().map(who),
+                    "standbys": standbys.iter().map(who).collect::<Vec<_>>(),
+                }))
+                .collect();
+            (store, Value::Array(parts))
+        })
+        .collect();
+    let instances: Vec<Value> = d.live().iter().map(|m| json!({"instance": m.instance, "http": m.http})).collect();
+    Json(json!({"me": d.me.instance, "instances": instances, "stores": stores}))
 }
 
 async fn stores(State(ctx): State<Ctx>) -> Json<Value> {

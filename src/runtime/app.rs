@@ -298,13 +298,6 @@ impl App {
             http: self.config.advertised_http.clone().unwrap_or_else(|| advertised(local)),
         };
         let directory = Arc::new(super::Directory::new(me, super::members::HEARTBEAT * 3));
-        followers.extend(super::members::spawn(
-            directory.clone(),
-            self.catalog.clone(),
-            self.topology.members_topic(),
-            self.config.bootstrap_servers.clone(),
-            stop.clone(),
-        ));
         // Standby replicas: warm copies of the stores this instance would take over.
         let standbys = (self.topology.processing.standby_replicas > 0).then(|| {
             let stores = self
@@ -333,6 +326,16 @@ impl App {
             followers.push(s.clone().spawn(self.config.bootstrap_servers.clone(), stop.clone()));
             s
         });
+        let standby_set: Option<super::members::StandbySet> =
+            standbys.clone().map(|s| Arc::new(move || s.held()) as super::members::StandbySet);
+        followers.extend(super::members::spawn(
+            directory.clone(),
+            self.catalog.clone(),
+            standby_set,
+            self.topology.members_topic(),
+            self.config.bootstrap_servers.clone(),
+            stop.clone(),
+        ));
         let mut processing = Vec::with_capacity(threads);
         for thread in 0..threads {
             // One member id per thread: `<app>-<instance>` alone, `<app>-<instance>-<n>` for more.

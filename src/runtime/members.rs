@@ -32,6 +32,9 @@ pub struct Member {
     pub http: String,
     /// Store → partitions it holds (restored and serving).
     pub stores: BTreeMap<String, Vec<i32>>,
+    /// Store → partitions it keeps warm standby copies of.
+    #[serde(default)]
+    pub standbys: BTreeMap<String, Vec<i32>>,
     /// Wall-clock time of this publication, in ms.
     pub heartbeat_ms: i64,
 }
@@ -89,6 +92,27 @@ impl Directory {
         self.claims(store, partition).into_iter().next().map(|m| Owner { instance: m.instance, http: m.http })
     }
 
+    /// The routing table: for each store partition, its owner and standbys, with their
+    /// HTTP addresses, as this instance sees them now.
+    pub fn table(&self) -> BTreeMap<String, BTreeMap<i32, (Option<Owner>, Vec<Owner>)>> {
+        let live = self.live();
+        let mut out: BTreeMap<String, BTreeMap<i32, (Option<Owner>, Vec<Owner>)>> = BTreeMap::new();
+        for m in &live {
+            for (store, parts) in &m.standbys {
+                for p in parts {
+                    let entry = out.entry(store.clone()).or_default().entry(*p).or_default();
+                    entry.1.push(Owner { instance: m.instance.clone(), http: m.http.clone() });
+                }
+            }
+            for (store, parts) in &m.stores {
+                for p in parts {
+                    out.entry(store.clone()).or_default().entry(*p).or_default().0 = self.owner(store, *p);
+                }
+            }
+        }
+        out
+    }
+
     /// Every instance with a fresh heartbeat.
     pub fn live(&self) -> Vec<Member> {
         let oldest = now_ms() - self.stale_after.as_millis() as i64;
@@ -98,9 +122,13 @@ impl Directory {
 
 /// Publishes this instance's claims on change and every `HEARTBEAT`, and a tombstone when
 /// it stops; reads every instance's claims into `directory`. Runs until `stop`.
+/// What an instance keeps standby copies of, for its publication.
+pub type StandbySet = Arc<dyn Fn() -> BTreeMap<String, Vec<i32>> + Send + Sync>;
+
 pub fn spawn(
     directory: Arc<Directory>,
     catalog: Arc<Catalog>,
+    standbys: Option<StandbySet>,
     topic: String,
     bootstrap_servers: String,
     stop: Arc<AtomicBool>,
@@ -119,7 +147,7 @@ pub fn spawn(
     let publisher = std::thread::Builder::new()
         .name("millrace-members-publisher".into())
         .spawn(move || {
-            if let Err(e) = publish_loop(&directory, &catalog, &topic, &bootstrap_servers, &stop) {
+            if let Err(e) = publish_loop(&directory, &catalog, standbys, &topic, &bootstrap_servers, &stop) {
                 tracing::error!(error = %e, "members publisher stopped; other instances will stop routing here");
             }
         })
@@ -154,7 +182,14 @@ fn read_loop(directory: &Directory, topic: &str, bootstrap: &str, stop: &AtomicB
     Ok(())
 }
 
-fn publish_loop(directory: &Directory, catalog: &Catalog, topic: &str, bootstrap: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+fn publish_loop(
+    directory: &Directory,
+    catalog: &Catalog,
+    standbys: Option<StandbySet>,
+    topic: &str,
+    bootstrap: &str,
+    stop: &AtomicBool,
+) -> Result<(), RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "publish members", topic: topic.to_string(), source };
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -163,7 +198,8 @@ fn publish_loop(directory: &Directory, catalog: &Catalog, topic: &str, bootstrap
         .create()
         .map_err(kafka)?;
     let me = &directory.me;
-    let mut last: Option<(BTreeMap<String, Vec<i32>>, Instant)> = None;
+    type Claims = (BTreeMap<String, Vec<i32>>, BTreeMap<String, Vec<i32>>);
+    let mut last: Option<(Claims, Instant)> = None;
     let send = |value: Option<&[u8]>| {
         let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(me.instance.as_str());
         if let Some(v) = value {
@@ -176,14 +212,22 @@ fn publish_loop(directory: &Directory, catalog: &Catalog, topic: &str, bootstrap
     while !stop.load(Ordering::SeqCst) {
         // Only what is ready counts: a partition still restoring is not served yet.
         let stores = if catalog.is_ready() { catalog.owned() } else { BTreeMap::new() };
+        let copies = standbys.as_ref().map(|f| f()).unwrap_or_default();
+        let claims = (stores, copies);
         let due = match &last {
             None => true,
-            Some((prev, at)) => *prev != stores || at.elapsed() >= HEARTBEAT,
+            Some((prev, at)) => *prev != claims || at.elapsed() >= HEARTBEAT,
         };
         if due {
-            let m = Member { instance: me.instance.clone(), http: me.http.clone(), stores: stores.clone(), heartbeat_ms: now_ms() };
+            let m = Member {
+                instance: me.instance.clone(),
+                http: me.http.clone(),
+                stores: claims.0.clone(),
+                standbys: claims.1.clone(),
+                heartbeat_ms: now_ms(),
+            };
             send(Some(&serde_json::to_vec(&m).expect("members serialize")));
-            last = Some((stores, Instant::now()));
+            last = Some((claims, Instant::now()));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -202,6 +246,7 @@ mod tests {
             instance: id.into(),
             http: format!("{id}:80"),
             stores: [("s".to_string(), parts.to_vec())].into(),
+            standbys: [("s".to_string(), vec![9])].into(),
             heartbeat_ms,
         };
         serde_json::to_vec(&m).unwrap()
@@ -218,6 +263,9 @@ mod tests {
         assert_eq!(d.owner("s", 1).map(|o| o.http), Some("b:80".into()), "a handover seen half-way: the fresher claim");
         assert_eq!(d.owner("s", 3), None, "a stale claim (a killed instance) is no owner");
         assert_eq!(d.owner("other", 0), None);
+        let table = d.table();
+        assert_eq!(table["s"][&1].0.as_ref().map(|o| o.instance.as_str()), Some("b"));
+        assert_eq!(table["s"][&9].1.len(), 2, "a and b keep copies of partition 9");
         d.apply("b", None);
         assert_eq!(d.owner("s", 2), None, "b left");
         assert_eq!(d.live().len(), 1);

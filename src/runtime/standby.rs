@@ -100,6 +100,15 @@ impl Standbys {
         }
     }
 
+    /// Store → partitions this instance keeps copies of, for the members directory.
+    pub fn held(&self) -> BTreeMap<String, Vec<i32>> {
+        let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for (store, p) in self.held.lock().expect("standby lock").keys() {
+            out.entry(store.clone()).or_default().push(*p);
+        }
+        out
+    }
+
     /// What this instance should keep copies of now.
     fn wanted(&self) -> BTreeSet<(String, i32)> {
         let me = &self.directory.me.instance;
