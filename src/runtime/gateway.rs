@@ -5,7 +5,7 @@
 //! status URL of a recent command. A retry with the same command id is safe: the
 //! aggregate answers it as a duplicate, with the original outcome.
 
-use super::restore::RestoreContext;
+use super::restore::{watermarks, RestoreContext};
 use super::RuntimeError;
 use crate::codec::Format;
 use crate::processor::wire::{self, Reply};
@@ -169,7 +169,7 @@ impl Gateway {
                 continue;
             }
             for p in 0..t.reply_partitions {
-                let (_, high) = consumer.fetch_watermarks(&t.replies, p, Duration::from_secs(30)).map_err(kafka)?;
+                let (_, high) = watermarks(&consumer, &t.replies, p).map_err(kafka)?;
                 tpl.add_partition_offset(&t.replies, p, Offset::Offset(high)).map_err(kafka)?;
             }
         }

@@ -30,6 +30,23 @@ impl ConsumerContext for RestoreContext {}
 
 type Batch = Vec<(Vec<u8>, Option<Vec<u8>>, i64)>;
 
+/// Low and high watermarks of a partition. A topic created a moment ago may not have a
+/// leader yet (NotLeaderForPartition): that passes within seconds, so it is retried for up
+/// to 30 s before it counts as a failure.
+pub(crate) fn watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Result<(i64, i64), KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(w) => return Ok(w),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(topic, partition, error = %e, "watermarks not known yet; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Replays `changelog`'s partition into `store`; returns the number of records read.
 /// Records `accept` refuses are skipped (an input topic used as changelog may hold records
 /// the processor dead-lettered). With `versions`, each record is also kept as a version at
@@ -53,9 +70,7 @@ pub fn restore(
         .create_with_context(RestoreContext)
         .map_err(kafka)?;
     let checkpoint = store.checkpoint().map_err(RuntimeError::Store)?;
-    let (low, high) = consumer
-        .fetch_watermarks(changelog, partition, Duration::from_secs(30))
-        .map_err(kafka)?;
+    let (low, high) = watermarks(&consumer, changelog, partition).map_err(kafka)?;
     let first = checkpoint.map_or(low, |o| o + 1);
     if first >= high {
         // Nothing after the checkpoint (or an empty changelog): no consumer round trip.
@@ -203,7 +218,7 @@ fn read_to_end(
         .set("enable.partition.eof", "true")
         .create_with_context(RestoreContext)
         .map_err(kafka)?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30)).map_err(kafka)?;
+    let (low, high) = watermarks(&consumer, topic, partition).map_err(kafka)?;
     let first = from.unwrap_or(low).max(low);
     if first >= high {
         return Ok(());
