@@ -28,7 +28,7 @@ pub enum QueryError {
     UnknownAggregate(String),
     #[error("{0}")]
     Unsupported(String),
-    #[error("no reply seen for command {0:?} here; replies of the last 100,000 commands are kept, and only while the instance runs")]
+    #[error("no reply seen for command {0:?} here; replies of the last 20,000 commands are kept, and only while the instance runs")]
     UnknownCommand(String),
     #[error("cannot send the command: {0}")]
     GatewayFailed(String),

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Replies remembered for status URLs.
-const REMEMBERED: usize = 100_000;
+/// Replies remembered for status URLs (a few MiB): status URLs are for recent commands.
+const REMEMBERED: usize = 20_000;
 
 /// An aggregate the gateway can send commands to.
 #[derive(Debug, Clone)]
@@ -160,6 +160,10 @@ impl Gateway {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "50")
+            // Replies are small and read as they come: no need for librdkafka's default
+            // 64 MiB of prefetch per instance.
+            .set("queued.max.messages.kbytes", "2048")
+            .set("fetch.max.bytes", "1048576")
             .create_with_context(RestoreContext)
             .map_err(kafka)?;
         let mut tpl = TopicPartitionList::new();

@@ -162,6 +162,7 @@ fn read_loop(directory: &Directory, topic: &str, bootstrap: &str, stop: &AtomicB
         .set("group.id", format!("millrace-members-{topic}"))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "1024")
         .create_with_context(RestoreContext)
         .map_err(kafka)?;
     let mut tpl = TopicPartitionList::new();

@@ -99,10 +99,12 @@ impl RocksStore {
         opts.set_max_background_jobs(2);
         let cfs = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone()),
-            ColumnFamilyDescriptor::new(META_CF, Options::default()),
-            ColumnFamilyDescriptor::new(INDEX_CF, Options::default()),
-            ColumnFamilyDescriptor::new(HISTORY_CF, Options::default()),
-            ColumnFamilyDescriptor::new(EVENTS_CF, Options::default()),
+            // Every column family draws on the instance's shared block cache and write-buffer
+            // budget: with default options each would get its own 64 MiB memtable.
+            ColumnFamilyDescriptor::new(META_CF, opts.clone()),
+            ColumnFamilyDescriptor::new(INDEX_CF, opts.clone()),
+            ColumnFamilyDescriptor::new(HISTORY_CF, opts.clone()),
+            ColumnFamilyDescriptor::new(EVENTS_CF, opts.clone()),
         ];
         std::fs::create_dir_all(&path).map_err(|e| StoreError::Open {
             store: name.into(),

@@ -75,6 +75,7 @@ aggregates:
     replies: {replies}
     store: customers
     store_codec: {codec}
+    event_history: true
 stores:
   customers:
     indexes: [status]

@@ -194,6 +194,9 @@ pub(crate) fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i
 fn run_millrace(bootstrap: &str, run: &str, input: &str, n: usize) -> (f64, u64) {
     let app = format!("{run}-app");
     let threads: usize = std::env::var("MILLRACE_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    // The per-aggregate event history costs one more RocksDB write per event; measure it
+    // both ways with MILLRACE_BENCH_EVENT_HISTORY=true.
+    let history: bool = std::env::var("MILLRACE_BENCH_EVENT_HISTORY").ok().and_then(|t| t.parse().ok()).unwrap_or(false);
     let topology = format!(
 "version: 1
 application_id: {app}
@@ -208,6 +211,7 @@ aggregates:
     events: {app}-events
     replies: {app}-replies
     store: customers
+    event_history: {history}
 processing:
   commit_interval_ms: {COMMIT_MS}
   threads: {threads}
