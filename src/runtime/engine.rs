@@ -558,7 +558,21 @@ impl Engine {
         self.close_all();
     }
 
-    pub fn on_assign(&mut self, tpl: &TopicPartitionList) {
+    pub fn on_assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, tpl: &TopicPartitionList) {
+        // A previous owner (a zombie, a member that lost the partitions while stalled) may
+        // still have a transaction open over these partitions. Until it ends, the committed
+        // offsets are unstable and its changelog records undecided; a restore now could
+        // miss records that commit a moment later, and the task would then decide commands
+        // on a stale snapshot. A read_committed consumer's offset fetch requires stable
+        // offsets (KIP-447), so it waits here until that transaction has ended.
+        let started = Instant::now();
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(120)) {
+            Ok(_) if started.elapsed() > Duration::from_secs(1) => {
+                tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "waited for a previous owner's transaction to end before restoring");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "committed offsets not stable; restoring anyway"),
+        }
         if let Err(e) = self.open_tasks(tpl) {
             tracing::error!(error = %e, "cannot open assigned tasks");
             self.failure = Some(e);
@@ -630,7 +644,7 @@ impl ConsumerContext for RebalanceHandler {
             }
             Rebalance::Assign(tpl) => {
                 metrics::counter!("millrace_rebalances_total", "step" => "assign").increment(1);
-                engine.on_assign(tpl);
+                engine.on_assign(consumer, tpl);
                 // From the revocation (or the assignment, on a first join) until the new
                 // tasks are restored and can process: how long these partitions stood still.
                 let started = self.rebalance_started.lock().expect("rebalance clock").take();
