@@ -315,9 +315,8 @@ impl<A: Aggregate> AggregateProcessor<A> {
 
 impl<A: Aggregate> Processor for AggregateProcessor<A> {
     fn process(&mut self, record: &InRecord, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        let dead_letter_topic = self.settings.dead_letter_topic.clone();
         let dlq = |ctx: &mut Context<'_>, reason: &str| {
-            ctx.out.send(dead_letter(record, reason, &dead_letter_topic));
+            ctx.out.send(dead_letter(record, reason, &self.settings.dead_letter_topic));
         };
         let Some(value) = record.value.as_deref() else {
             dlq(ctx, "command record has no value");
@@ -345,7 +344,7 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
         }
         let source = Source { headers: &record.headers, offset: Some(record.offset), timestamp: record.timestamp, internal: false };
         if let Err(reason) = self.handle(ctx, &source, &cmd)? {
-            dlq(ctx, &reason);
+            ctx.out.send(dead_letter(record, &reason, &self.settings.dead_letter_topic));
         }
         if self.settings.awaits.is_some() && self.stream_time > i64::MIN {
             self.check_waits(ctx, self.stream_time)?;

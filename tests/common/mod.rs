@@ -215,17 +215,22 @@ pub fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::i
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n")?;
+    read_response(s)
+}
+
+/// Status, headers (lower-case names) and body of an HTTP/1.0 response read to its end.
+fn read_response(mut s: TcpStream) -> std::io::Result<(u16, BTreeMap<String, String>, String)> {
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
     let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let response_headers = head
+    let headers = head
         .lines()
         .skip(1)
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Ok((status, response_headers, body.to_string()))
+    Ok((status, headers, body.to_string()))
 }
 
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
@@ -458,15 +463,5 @@ pub fn http_post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, BT
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(90)))?;
     write!(s, "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let (head, rest) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok((status, headers, rest.to_string()))
+    read_response(s)
 }
