@@ -5,7 +5,7 @@
 //! status URL of a recent command. A retry with the same command id is safe: the
 //! aggregate answers it as a duplicate, with the original outcome.
 
-use super::restore::{watermarks, RestoreContext};
+use super::restore::{reader_config, watermarks, RestoreContext};
 use super::RuntimeError;
 use crate::codec::Format;
 use crate::processor::wire::{self, Reply};
@@ -154,11 +154,7 @@ impl Gateway {
     /// before this returns, so no reply to a command sent afterwards is missed) until `stop`.
     pub fn spawn_reader(self: Arc<Self>, bootstrap: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, RuntimeError> {
         let kafka = |source| RuntimeError::Kafka { op: "gateway replies", topic: String::new(), source };
-        let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", format!("millrace-gateway-{}", self.instance))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+        let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap, format!("millrace-gateway-{}", self.instance))
             .set("fetch.wait.max.ms", "50")
             // Replies are small and read as they come: no need for librdkafka's default
             // 64 MiB of prefetch per instance.

@@ -10,14 +10,14 @@
 //! How far the table has come is tracked per partition: the largest timestamp applied, and
 //! since when the reader has been at the partition's end.
 
-use super::restore::{restore, RestoreContext};
+use super::restore::{reader_config, restore, RestoreContext};
 use super::RuntimeError;
 use crate::codec::murmur2::partition_for_key;
 use crate::processor::Lookup;
 use crate::store::{RocksStore, StoreError, StoreResources};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,11 +99,7 @@ impl GlobalTable {
     fn follow_loop(&self, bootstrap_servers: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
         let kafka = |source| RuntimeError::Kafka { op: "follow global table", topic: self.topic.clone(), source };
         // The restore context keeps librdkafka's end-of-partition reports at debug level.
-        let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
-            .set("group.id", format!("millrace-global-{}", self.topic))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+        let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap_servers, format!("millrace-global-{}", self.topic))
             .set("enable.partition.eof", "true")
             .create_with_context(RestoreContext)
             .map_err(kafka)?;

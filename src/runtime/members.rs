@@ -10,7 +10,7 @@
 //! exists, a query answers 503 with Retry-After: never a wrong owner.
 
 use super::catalog::Catalog;
-use super::restore::RestoreContext;
+use super::restore::{reader_config, RestoreContext};
 use super::RuntimeError;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -157,10 +157,7 @@ pub fn spawn(
 
 fn read_loop(directory: &Directory, topic: &str, bootstrap: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "read members", topic: topic.to_string(), source };
-    let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("millrace-members-{topic}"))
-        .set("enable.auto.commit", "false")
+    let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap, format!("millrace-members-{topic}"))
         .set("fetch.wait.max.ms", "100")
         .set("queued.max.messages.kbytes", "1024")
         .create_with_context(RestoreContext)

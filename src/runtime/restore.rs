@@ -28,6 +28,18 @@ impl ClientContext for RestoreContext {
 
 impl ConsumerContext for RestoreContext {}
 
+/// The settings every reader outside the group shares (restore, event history, global
+/// tables, standbys, members, gateway replies): assigned partitions, never a committed
+/// offset, only committed transactions. Callers add what is particular to them.
+pub(crate) fn reader_config(bootstrap_servers: &str, group: String) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap_servers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    cfg
+}
+
 type Batch = Vec<(Vec<u8>, Option<Vec<u8>>, i64)>;
 
 /// Low and high watermarks of a partition. A topic created a moment ago may not have a
@@ -60,11 +72,7 @@ pub fn restore(
 ) -> Result<u64, RuntimeError> {
     let partition = store.partition();
     let kafka = |source| RuntimeError::Kafka { op: "restore", topic: changelog.to_string(), source };
-    let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("group.id", format!("millrace-restore-{changelog}"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+    let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap_servers, format!("millrace-restore-{changelog}"))
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .create_with_context(RestoreContext)
@@ -210,11 +218,7 @@ fn read_to_end(
     apply: &mut dyn FnMut(&[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), RuntimeError>,
 ) -> Result<(), RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "read to end", topic: topic.to_string(), source };
-    let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("group.id", format!("millrace-rebuild-{topic}"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+    let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap_servers, format!("millrace-rebuild-{topic}"))
         .set("enable.partition.eof", "true")
         .create_with_context(RestoreContext)
         .map_err(kafka)?;

@@ -14,11 +14,11 @@
 
 use super::catalog::Catalog;
 use super::members::Directory;
-use super::restore::RestoreContext;
+use super::restore::{reader_config, RestoreContext};
 use super::RuntimeError;
 use crate::store::{Indexer, RocksStore, StoreResources};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,11 +145,7 @@ impl Standbys {
 
     fn run(&self, bootstrap: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
         let kafka = |source| RuntimeError::Kafka { op: "standby", topic: String::new(), source };
-        let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", format!("millrace-standby-{}", self.directory.me.instance))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+        let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap, format!("millrace-standby-{}", self.directory.me.instance))
             .create_with_context(RestoreContext)
             .map_err(kafka)?;
         let changelog_of: BTreeMap<String, StandbyStore> = self.stores.iter().map(|s| (s.changelog.clone(), s.clone())).collect();
