@@ -146,31 +146,68 @@ fn a_zombie_past_its_session_timeout_is_fenced_and_doubles_nothing() {
     const ORDERS: usize = 4_000;
     let f = faults("zombie", 6);
     let s = &f.s;
+    // Long transactions, so the zombie is stopped with one open (see below).
+    let text = std::fs::read_to_string(&s.topology).unwrap();
+    std::fs::write(&s.topology, text.replace("commit_interval_ms: 100", "commit_interval_ms: 2000")).unwrap();
     let instances: Vec<Instance> = ["a", "b", "c"].iter().map(|id| s.start_instance(id)).collect();
     let (loader, sent) = load(&f, COMMANDS, KEYS, ORDERS, Duration::from_secs(20));
     while sent.load(Ordering::SeqCst) < COMMANDS / 4 {
         std::thread::sleep(Duration::from_millis(10));
     }
     let zombie = &instances[1];
+    // Stop it a moment after one of its commits: its next transaction, open while input
+    // flows, is then 1.7 s from committing. Stopped inside a commit instead, the
+    // transaction could still complete on resume and the fencing would go untested.
+    let committed = || zombie.metric_sum("millrace_transactions_total{result=\"committed\"}");
+    let (first, deadline) = (committed(), Instant::now() + Duration::from_secs(30));
+    while committed() == first {
+        assert!(Instant::now() < deadline, "the zombie-to-be commits nothing; log:\n{}", zombie.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let pid = zombie.child.id() as libc::pid_t;
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    // Past the 6 s session timeout: the group drops it and the others take its partitions.
-    std::thread::sleep(Duration::from_secs(10));
-    let before = committed_sum(&s.app, &s.commands, s.partitions).unwrap_or(0);
+    let at_stop = stable_offsets(s, Duration::from_secs(60));
+    // Past the 6 s session timeout the group drops it, and the others take its partitions:
+    // every partition's committed offset moves on while the zombie stays stopped.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = committed_offsets(&s.app, &s.commands, s.partitions).unwrap_or_default();
+        if now.len() == at_stop.len() && now.iter().zip(&at_stop).all(|(n, a)| n > a) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "partitions stand still while their owner is stopped: {at_stop:?} -> {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     loader.join().unwrap();
-    eprintln!("zombie resumed with {before} commands committed by the group");
     let refs: Vec<&Instance> = instances.iter().collect();
     check_exactly_once(s, COMMANDS, KEYS, &refs);
     check_orders(&f, ORDERS);
-    // The zombie noticed: its open transaction could not commit (fenced by the group's new
-    // generation, KIP-447) and was aborted, or it was fenced outright.
+    // The zombie noticed: the group had dropped it, and its open transaction could not
+    // commit (fenced by the group's new generation, KIP-447) and was aborted, or its
+    // producer was fenced outright.
+    let lost = zombie.metric_sum("millrace_rebalances_total{step=\"lost\"}");
     let aborted = zombie.metric_sum("millrace_transactions_total{result=\"aborted\"}") + zombie.metric_sum("millrace_fenced_total");
-    eprintln!("zombie: {aborted} aborted or fenced transactions");
+    eprintln!("zombie: lost its partitions {lost} times; {aborted} aborted or fenced transactions");
+    assert!(lost >= 1.0, "the zombie never learned that the group dropped it");
     assert!(aborted >= 1.0, "the zombie's open transaction was neither aborted nor fenced");
     for i in instances {
         assert!(i.terminate().success());
+    }
+}
+
+/// The group's committed offsets, once the broker can say (no transaction holding offsets
+/// open).
+fn stable_offsets(s: &Setup, within: Duration) -> Vec<i64> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(o) = committed_offsets(&s.app, &s.commands, s.partitions) {
+            return o;
+        }
+        assert!(Instant::now() < deadline, "committed offsets never stable");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

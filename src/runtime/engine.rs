@@ -638,7 +638,10 @@ impl ConsumerContext for RebalanceHandler {
         let Some(engine) = guard.as_mut() else { return };
         match rebalance {
             Rebalance::Revoke(_) => {
-                metrics::counter!("millrace_rebalances_total", "step" => "revoke").increment(1);
+                // Lost: the group dropped this member (a stall past the session timeout)
+                // and its partitions may already be someone else's.
+                let step = if consumer.assignment_lost() { "lost" } else { "revoke" };
+                metrics::counter!("millrace_rebalances_total", "step" => step).increment(1);
                 *self.rebalance_started.lock().expect("rebalance clock") = Some(Instant::now());
                 engine.on_revoke(consumer);
             }

@@ -357,6 +357,12 @@ pub fn replies_by_id(recs: &[Rec]) -> BTreeMap<String, Vec<serde_json::Value>> {
 /// transactions are done. None while the broker cannot say (a transaction holding offsets
 /// for the group is still open: UNSTABLE_OFFSET_COMMIT).
 pub fn committed_sum(group: &str, topic: &str, partitions: i32) -> Option<i64> {
+    committed_offsets(group, topic, partitions).map(|o| o.iter().sum())
+}
+
+/// `group`'s committed offset of each partition of `topic` (0 where none), or None while
+/// the broker cannot say (as for `committed_sum`).
+pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Option<Vec<i64>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", group)
@@ -366,9 +372,8 @@ pub fn committed_sum(group: &str, topic: &str, partitions: i32) -> Option<i64> {
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    c.committed_offsets(tpl, Duration::from_secs(10))
-        .map(|t| t.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum())
-        .ok()
+    let t = c.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
+    Some(t.elements().iter().map(|e| e.offset().to_raw().filter(|o| *o > 0).unwrap_or(0)).collect())
 }
 
 /// The exactly-once checks, from the committed output alone, for a customer application
