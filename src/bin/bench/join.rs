@@ -92,7 +92,7 @@ processing:
     println!("orders                   {n} ({CUSTOMERS} customers, {PARTITIONS} partitions, commit every {COMMIT_MS} ms)");
     println!("raw transactional copy   {:>10.0} records/s", rate(copy_secs));
     println!("co-partitioned join      {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB",
-        rate(co_secs), copy_secs / co_secs, co_rss as f64 / 1024.0);
+        rate(co_secs), copy_secs / co_secs, co_rss.peak_mib());
     println!("global-table join        {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB",
-        rate(gl_secs), copy_secs / gl_secs, gl_rss as f64 / 1024.0);
+        rate(gl_secs), copy_secs / gl_secs, gl_rss.peak_mib());
 }

@@ -1,12 +1,16 @@
 //! millrace-bench: exactly-once throughput of millrace next to a raw rdkafka transactional
-//! consume→produce copy, on the same broker, in the same run, at the same commit interval.
-//! Prints commands/s for both, their ratio, and millrace's peak RSS. A benchmark, never a
-//! test: it prints figures and asserts nothing about time.
+//! consume→produce copy and to the same aggregate written for Kafka Streams, on the same
+//! broker, in the same run, at the same commit interval. Prints commands/s, ratios, peak
+//! RSS and CPU per command. A benchmark, never a test: it prints figures and asserts nothing
+//! about time.
 //!
 //! Usage: millrace-bench [COMMANDS] [KEYS]     the exactly-once aggregate
-//!        millrace-bench join [ORDERS]         enriched orders/s, both join variants   (bootstrap from KAFKA_BOOTSTRAP; processing
-//! threads from MILLRACE_BENCH_THREADS, default 1)
+//!        millrace-bench join [ORDERS]         enriched orders/s, both join variants
+//!        millrace-bench crash [COMMANDS]      what a restart after SIGKILL restores
+//! (bootstrap from KAFKA_BOOTSTRAP; processing threads from MILLRACE_BENCH_THREADS,
+//! default 1; the Kafka Streams application from MILLRACE_BENCH_KSTREAMS)
 
+use kstreams::KafkaStreamsApp;
 use millrace::runtime::topics::{self, TopicNeed};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -19,16 +23,22 @@ use std::time::{Duration, Instant};
 const PARTITIONS: i32 = 4;
 const COMMIT_MS: u64 = 100;
 
+mod crash;
 mod join;
+mod kstreams;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("join") {
-        return join::run(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000));
+    let count = |default| args.get(2).and_then(|s| s.parse().ok()).unwrap_or(default);
+    match args.get(1).map(String::as_str) {
+        Some("join") => return join::run(count(100_000)),
+        Some("crash") => return crash::run(count(200_000)),
+        _ => {}
     }
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let keys: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let kstreams = KafkaStreamsApp::from_env().map_err(|why| eprintln!("Kafka Streams not measured: {why}")).ok();
     let run = format!("bench-{}", std::process::id());
     let input = format!("{run}-commands");
     let copy_out = format!("{run}-copy");
@@ -41,11 +51,12 @@ fn main() {
     eprintln!("loading {n} commands of ~1 KB over {keys} keys into {input}");
     load(&bootstrap, &input, n, keys);
 
-    // Alternate the two, three rounds each, on the same input: one run of either is noisy on
-    // a 2-core machine that also hosts the broker. Report medians.
+    // Alternate the contenders, three rounds each, on the same input: one run of any is
+    // noisy on a 2-core machine that also hosts the broker. Report medians.
     let mut copies = Vec::new();
     let mut runs = Vec::new();
-    let mut rss = 0;
+    let mut ks_runs = Vec::new();
+    let (mut usage, mut ks_usage) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let copy_group = format!("{run}-copy-{round}");
         let done = Arc::new(AtomicBool::new(false));
@@ -57,20 +68,36 @@ fn main() {
         done.store(true, Ordering::SeqCst);
         copier.join().unwrap();
 
-        let (secs, peak) = run_millrace(&bootstrap, &format!("{run}-{round}"), &input, n);
+        let (secs, u) = run_millrace(&bootstrap, &format!("{run}-{round}"), &input, n);
         runs.push(secs);
-        rss = rss.max(peak);
-        eprintln!("round {round}: copy {:.0}/s, millrace {:.0}/s", n as f64 / copies[round], n as f64 / secs);
+        usage.push(u);
+        let mut line = format!("round {round}: copy {:.0}/s, millrace {:.0}/s", n as f64 / copies[round], n as f64 / secs);
+        if let Some(ks) = &kstreams {
+            let (secs, u) = ks.run(&bootstrap, &format!("{run}-{round}-kstreams"), &input, n);
+            ks_runs.push(secs);
+            ks_usage.push(u);
+            line += &format!(", kafka streams {:.0}/s", n as f64 / secs);
+        }
+        eprintln!("{line}");
     }
     let copy_secs = median(&mut copies);
     let millrace_secs = median(&mut runs);
     let copy_rate = n as f64 / copy_secs;
     let millrace_rate = n as f64 / millrace_secs;
-    println!("commands                 {n} (1 KB, {keys} keys, {PARTITIONS} partitions, commit every {COMMIT_MS} ms)");
+    let per_10k = |u: &[ProcessUsage]| median(&mut u.iter().map(|u| u.cpu_secs * 10_000.0 / n as f64).collect::<Vec<_>>());
+    let peak = |u: &[ProcessUsage]| u.iter().map(ProcessUsage::peak_mib).fold(0.0, f64::max);
+    println!("commands                 {n} (1 KB, {keys} keys, {PARTITIONS} partitions, commit every {COMMIT_MS} ms, 1 instance)");
     println!("raw transactional copy   {copy_rate:>10.0} records/s  (median of {ROUNDS}: {copy_secs:.2} s)");
     println!("millrace exactly-once    {millrace_rate:>10.0} commands/s (median of {ROUNDS}: {millrace_secs:.2} s)");
     println!("ratio millrace/copy      {:>10.2}", millrace_rate / copy_rate);
-    println!("millrace peak RSS        {:>10.1} MiB", rss as f64 / 1024.0);
+    println!("millrace peak RSS        {:>10.1} MiB,  CPU {:.2} s per 10k commands", peak(&usage), per_10k(&usage));
+    if let Some(ks) = &kstreams {
+        let ks_secs = median(&mut ks_runs);
+        let ks_rate = n as f64 / ks_secs;
+        println!("kafka streams EOS v2     {ks_rate:>10.0} commands/s (median of {ROUNDS}: {ks_secs:.2} s; JVM {})", ks.java_opts());
+        println!("ratio millrace/kstreams  {:>10.2}", millrace_rate / ks_rate);
+        println!("kafka streams peak RSS   {:>10.1} MiB,  CPU {:.2} s per 10k commands", peak(&ks_usage), per_10k(&ks_usage));
+    }
 }
 
 const ROUNDS: usize = 3;
@@ -80,7 +107,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn load(bootstrap: &str, topic: &str, n: usize, keys: usize) {
+pub(crate) fn load(bootstrap: &str, topic: &str, n: usize, keys: usize) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("partitioner", "murmur2_random")
@@ -191,13 +218,19 @@ pub(crate) fn wait_committed(bootstrap: &str, group: &str, topic: &str, total: i
     }
 }
 
-fn run_millrace(bootstrap: &str, run: &str, input: &str, n: usize) -> (f64, u64) {
+fn run_millrace(bootstrap: &str, run: &str, input: &str, n: usize) -> (f64, ProcessUsage) {
     let app = format!("{run}-app");
     let threads: usize = std::env::var("MILLRACE_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
     // The per-aggregate event history costs one more RocksDB write per event; measure it
     // both ways with MILLRACE_BENCH_EVENT_HISTORY=true.
     let history: bool = std::env::var("MILLRACE_BENCH_EVENT_HISTORY").ok().and_then(|t| t.parse().ok()).unwrap_or(false);
-    let topology = format!(
+    run_topology(bootstrap, &app, &customer_topology(&app, input, history, threads), input, n)
+}
+
+/// The benchmark's customer application: commands from `input`, events and replies to
+/// `<app>-events` and `<app>-replies`, snapshots in the store `customers`.
+pub(crate) fn customer_topology(app: &str, input: &str, history: bool, threads: usize) -> String {
+    format!(
 "version: 1
 application_id: {app}
 topics:
@@ -215,62 +248,128 @@ aggregates:
 processing:
   commit_interval_ms: {COMMIT_MS}
   threads: {threads}
-");
-    run_topology(bootstrap, &app, &topology, input, n)
+")
 }
 
 /// Runs `millrace` on `topology` (application `app`) until the group has committed `n`
-/// offsets on `measured`, counting from readiness. Returns the seconds and the peak RSS (KiB).
-pub(crate) fn run_topology(bootstrap: &str, app: &str, topology_text: &str, measured: &str, n: usize) -> (f64, u64) {
+/// offsets on `measured`, counting from readiness. Returns the seconds and the process's
+/// usage.
+pub(crate) fn run_topology(bootstrap: &str, app: &str, topology_text: &str, measured: &str, n: usize) -> (f64, ProcessUsage) {
     let input = measured;
     let dir = std::env::temp_dir().join(format!("{app}-millrace"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let topology = dir.join("topology.yaml");
-    std::fs::write(&topology, topology_text).unwrap();
-    let exe = std::env::current_exe().unwrap().with_file_name("millrace");
-    let http = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
     let spawned = Instant::now();
-    let mut child = Command::new(exe)
-        .args(["run", "--topology"]).arg(&topology)
-        .args(["--bootstrap-servers", bootstrap, "--http", &http, "--instance-id", "bench"])
-        .arg("--state-dir").arg(dir.join("state"))
-        .env("MILLRACE_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start millrace");
-    // Throughput counts from readiness (group joined, tasks restored): start-up is
-    // reported on its own line.
-    while !ready(&http) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let instance = MillraceInstance::start(bootstrap, &dir, topology_text);
     let started = Instant::now();
+    let at_start = instance.usage();
     // With several threads, the first member may process before the last one joined and
     // the instance reports ready: count only what is committed from here on.
     let before = committed_sum(bootstrap, app, input);
     eprintln!("millrace ready after {:.2} s ({before} commands already committed)", spawned.elapsed().as_secs_f64());
     wait_committed(bootstrap, app, input, n as i64);
     let secs = started.elapsed().as_secs_f64() * n as f64 / (n as i64 - before).max(1) as f64;
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    eprintln!("millrace CPU {:.2} s (user+system, start-up included) over {secs:.2} s of processing", ticks / 100.0);
-    for line in http_get(&http, "/metrics").lines() {
+    let usage = instance.usage().since(at_start);
+    for line in instance.metrics().lines() {
         if line.starts_with("millrace_commit_seconds") || line.starts_with("millrace_transactions_total") {
             eprintln!("  {line}");
         }
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    let peak = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let _ = child.wait();
+    instance.stop();
     let _ = std::fs::remove_dir_all(&dir);
-    (secs, peak)
+    (secs, usage)
+}
+
+/// A `millrace run` process of the benchmark, its topology and state under `dir`.
+pub(crate) struct MillraceInstance {
+    child: std::process::Child,
+    http: String,
+}
+
+impl MillraceInstance {
+    /// Starts it and waits until it is ready (group joined, tasks restored): throughput
+    /// counts from there, and start-up is reported on its own line.
+    pub(crate) fn start(bootstrap: &str, dir: &std::path::Path, topology_text: &str) -> MillraceInstance {
+        std::fs::create_dir_all(dir).unwrap();
+        let topology = dir.join("topology.yaml");
+        std::fs::write(&topology, topology_text).unwrap();
+        let exe = std::env::current_exe().unwrap().with_file_name("millrace");
+        let http = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let child = Command::new(exe)
+            .args(["run", "--topology"]).arg(&topology)
+            .args(["--bootstrap-servers", bootstrap, "--http", &http, "--instance-id", "bench"])
+            .arg("--state-dir").arg(dir.join("state"))
+            .env("MILLRACE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start millrace");
+        while !ready(&http) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        MillraceInstance { child, http }
+    }
+
+    pub(crate) fn metrics(&self) -> String {
+        http_get(&self.http, "/metrics")
+    }
+
+    /// Sum of a metric over its label sets.
+    pub(crate) fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && !l[name.len()..].starts_with('_'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub(crate) fn usage(&self) -> ProcessUsage {
+        ProcessUsage::of(self.child.id())
+    }
+
+    /// SIGKILL: no clean shutdown.
+    pub(crate) fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: a clean shutdown.
+    pub(crate) fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// What a process has used so far, from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ProcessUsage {
+    /// User plus system CPU seconds.
+    pub cpu_secs: f64,
+    /// Peak resident set size (VmHWM), in KiB.
+    pub peak_kib: u64,
+}
+
+impl ProcessUsage {
+    pub(crate) fn of(pid: u32) -> ProcessUsage {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        // utime and stime, in clock ticks (100 per second on Linux).
+        let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let peak_kib = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        ProcessUsage { cpu_secs: ticks / 100.0, peak_kib }
+    }
+
+    /// CPU spent since `earlier` (start-up excluded); the peak stays the process's.
+    pub(crate) fn since(self, earlier: ProcessUsage) -> ProcessUsage {
+        ProcessUsage { cpu_secs: self.cpu_secs - earlier.cpu_secs, ..self }
+    }
+
+    pub(crate) fn peak_mib(&self) -> f64 {
+        self.peak_kib as f64 / 1024.0
+    }
 }
 
 fn http_get(addr: &str, path: &str) -> String {

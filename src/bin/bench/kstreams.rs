@@ -1,0 +1,127 @@
+//! The Kafka Streams contender: deploy/kstreams, the same customer aggregate written as a
+//! Kafka Streams application (exactly_once_v2, a persistent RocksDB store, the same commit
+//! interval and producer settings), run as a JVM process on the same broker. deploy/bench
+//! builds it and says where with MILLRACE_BENCH_KSTREAMS; without it, or without `java`,
+//! the benchmark says so and measures millrace and the copy alone.
+
+use super::{committed_sum, wait_committed, ProcessUsage, COMMIT_MS, PARTITIONS};
+use millrace::runtime::topics::{self, TopicNeed};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// The built application: its classes and dependency jars.
+pub struct KafkaStreamsApp {
+    dir: PathBuf,
+    java_opts: Vec<String>,
+}
+
+/// A running instance.
+pub struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    pub state_dir: PathBuf,
+}
+
+impl KafkaStreamsApp {
+    /// From MILLRACE_BENCH_KSTREAMS, or why not.
+    pub fn from_env() -> Result<KafkaStreamsApp, String> {
+        let dir = std::env::var("MILLRACE_BENCH_KSTREAMS").map_err(|_| "MILLRACE_BENCH_KSTREAMS is not set (deploy/bench sets it)".to_string())?;
+        let dir = PathBuf::from(dir);
+        if !dir.join("target/classes").is_dir() {
+            return Err(format!("{} is not built (mvn package)", dir.display()));
+        }
+        // The JVM's heap is capped as a production deployment would cap it; without a cap
+        // it may reserve a quarter of the machine and its RSS says little.
+        let opts = std::env::var("MILLRACE_BENCH_KSTREAMS_JAVA_OPTS").unwrap_or_else(|_| DEFAULT_JAVA_OPTS.into());
+        Ok(KafkaStreamsApp { dir, java_opts: opts.split_whitespace().map(String::from).collect() })
+    }
+
+    pub fn java_opts(&self) -> String {
+        self.java_opts.join(" ")
+    }
+
+    /// Starts an instance of application `app` and waits until it reports RUNNING; returns
+    /// it with the changelog records it restored first.
+    pub fn start(&self, bootstrap: &str, app: &str, input: &str, state_dir: PathBuf) -> (Running, u64) {
+        // Kafka Streams creates its changelog but not its sinks.
+        let sinks = [format!("{app}-events"), format!("{app}-replies")];
+        topics::ensure(bootstrap, &sinks.map(|t| TopicNeed::plain(t, PARTITIONS))).expect("create the Kafka Streams sink topics");
+        let classpath = format!("{}:{}/*", self.dir.join("target/classes").display(), self.dir.join("target/lib").display());
+        let mut child = Command::new("java")
+            .args(&self.java_opts)
+            .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
+            .args(["-cp", &classpath, "millrace.bench.CustomerStreams", bootstrap, app, input])
+            .args([&format!("{app}-events"), &format!("{app}-replies")])
+            .arg(&state_dir)
+            .arg(COMMIT_MS.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start java (Kafka Streams)");
+        let (tx, lines) = channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut restored = 0;
+        loop {
+            match lines.recv_timeout(Duration::from_secs(300)) {
+                Ok(l) if l == "RUNNING" => break,
+                Ok(l) => {
+                    if let Some(n) = l.strip_prefix("RESTORED ") {
+                        restored = n.trim().parse().unwrap_or(0);
+                    }
+                }
+                Err(e) => panic!("Kafka Streams did not reach RUNNING: {e}"),
+            }
+        }
+        (Running { child, lines, state_dir }, restored)
+    }
+
+    /// One throughput run over `n` commands of `input`, counting from RUNNING. Returns the
+    /// seconds and the process's usage.
+    pub fn run(&self, bootstrap: &str, app: &str, input: &str, n: usize) -> (f64, ProcessUsage) {
+        let state_dir = std::env::temp_dir().join(format!("{app}-kstreams"));
+        let spawned = Instant::now();
+        let (running, _) = self.start(bootstrap, app, input, state_dir);
+        let started = Instant::now();
+        let at_start = ProcessUsage::of(running.pid());
+        let before = committed_sum(bootstrap, app, input);
+        eprintln!("kafka streams running after {:.2} s ({before} commands already committed)", spawned.elapsed().as_secs_f64());
+        wait_committed(bootstrap, app, input, n as i64);
+        let secs = started.elapsed().as_secs_f64() * n as f64 / (n as i64 - before).max(1) as f64;
+        let usage = ProcessUsage::of(running.pid()).since(at_start);
+        running.stop();
+        (secs, usage)
+    }
+}
+
+const DEFAULT_JAVA_OPTS: &str = "-Xmx256m";
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no clean close, no checkpoint written.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        drop(self.lines);
+    }
+
+    /// SIGTERM (a clean close through the shutdown hook), then the state is removed.
+    pub fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
