@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 
 const BATCH: usize = 2_000;
 
+/// How long one poll of a restore waits. Short: a tail that holds only an aborted
+/// transaction (what a crash leaves) delivers nothing and often no EOF event either, and
+/// the end is then found by checking the position after each empty poll.
+const POLL: Duration = Duration::from_millis(20);
+
 /// A restore consumer's context. Reaching the end of a partition is how a restore
 /// finishes, not an error; rdkafka reports it as a global error too, so that report is
 /// kept at debug level.
@@ -106,7 +111,7 @@ pub fn restore(
         Ok::<_, RuntimeError>(())
     };
     loop {
-        match consumer.poll(Duration::from_millis(500)) {
+        match consumer.poll(POLL) {
             Some(Ok(m)) => {
                 if let (Some(k), true) = (m.key(), accept(m.payload())) {
                     let ts = m.timestamp().to_millis().unwrap_or(i64::MIN);
@@ -233,7 +238,7 @@ fn read_to_end(
     let mut batch = Vec::with_capacity(BATCH);
     let mut idle_since = Instant::now();
     loop {
-        match consumer.poll(Duration::from_millis(500)) {
+        match consumer.poll(POLL) {
             Some(Ok(m)) => {
                 if let Some(k) = m.key() {
                     batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec)));

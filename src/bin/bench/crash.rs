@@ -1,13 +1,13 @@
 //! What a restart after SIGKILL costs, millrace next to Kafka Streams: each processes half
 //! of the same commands, is killed without warning, and is restarted on its own state
-//! directory. Prints the changelog records each restored before processing again, against
-//! what its changelog holds, and the time from restart to ready. millrace checkpoints the
+//! directory. Prints the changelog records each restored, against what its changelog
+//! holds, and the time from restart until it commits input again. millrace checkpoints the
 //! changelog offset with every committed batch, so it restores only the tail; Kafka Streams
 //! under exactly-once cannot trust a store it did not close cleanly, wipes it and restores
 //! the whole changelog (unless its version says otherwise: the figure is measured, not
 //! assumed).
 
-use super::{customer_topology, load, wait_committed, MillraceInstance, COMMIT_MS, PARTITIONS};
+use super::{committed_sum, customer_topology, load, wait_committed, MillraceInstance, COMMIT_MS, PARTITIONS};
 use crate::kstreams::KafkaStreamsApp;
 use millrace::runtime::topics::{self, TopicNeed};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -27,17 +27,18 @@ pub fn run(n: usize) {
     println!("commands                 {n} (1 KB, {KEYS} keys, {PARTITIONS} partitions, commit every {COMMIT_MS} ms), SIGKILL after {kill_at} committed");
 
     let app = format!("{run}-millrace");
-    let dir = std::env::temp_dir().join(&app);
+    let dir = super::work_dir().join(&app);
     let topology = customer_topology(&app, &input, false, 1);
     let first = MillraceInstance::start(&bootstrap, &dir, &topology);
     wait_committed(&bootstrap, &app, &input, kill_at);
     first.kill9();
-    let restarted = Instant::now();
+    let (restarted, committed) = (Instant::now(), committed_sum(&bootstrap, &app, &input));
     let second = MillraceInstance::start(&bootstrap, &dir, &topology);
-    let ready = restarted.elapsed().as_secs_f64();
+    wait_committed(&bootstrap, &app, &input, committed + 1);
+    let back = restarted.elapsed().as_secs_f64();
     let restored = second.metric("millrace_restore_records_total");
     let held = changelog_records(&bootstrap, &format!("{app}-customers-changelog"));
-    println!("millrace                 restored {restored:>8.0} of {held} changelog records; ready {ready:.2} s after restart");
+    println!("millrace                 restored {restored:>8.0} of {held:>8} changelog records; committing again {back:.2} s after restart");
     wait_committed(&bootstrap, &app, &input, n as i64);
     second.stop();
     let _ = std::fs::remove_dir_all(&dir);
@@ -46,15 +47,17 @@ pub fn run(n: usize) {
         Err(why) => eprintln!("Kafka Streams not measured: {why}"),
         Ok(ks) => {
             let app = format!("{run}-kstreams");
-            let dir = std::env::temp_dir().join(&app);
-            let (first, _) = ks.start(&bootstrap, &app, &input, dir.clone());
+            let dir = super::work_dir().join(&app);
+            let first = ks.start(&bootstrap, &app, &input, dir.clone());
             wait_committed(&bootstrap, &app, &input, kill_at);
             first.kill9();
-            let restarted = Instant::now();
-            let (second, restored) = ks.start(&bootstrap, &app, &input, dir);
-            let ready = restarted.elapsed().as_secs_f64();
+            let (restarted, committed) = (Instant::now(), committed_sum(&bootstrap, &app, &input));
+            let mut second = ks.start(&bootstrap, &app, &input, dir);
+            wait_committed(&bootstrap, &app, &input, committed + 1);
+            let back = restarted.elapsed().as_secs_f64();
+            let restored = second.restored();
             let held = changelog_records(&bootstrap, &format!("{app}-customers-changelog"));
-            println!("kafka streams EOS v2     restored {restored:>8} of {held} changelog records; running {ready:.2} s after restart");
+            println!("kafka streams EOS v2     restored {restored:>8} of {held:>8} changelog records; committing again {back:.2} s after restart");
             wait_committed(&bootstrap, &app, &input, n as i64);
             second.stop();
         }

@@ -23,6 +23,7 @@ pub struct Running {
     child: Child,
     lines: Receiver<String>,
     pub state_dir: PathBuf,
+    restored: u64,
 }
 
 impl KafkaStreamsApp {
@@ -43,9 +44,8 @@ impl KafkaStreamsApp {
         self.java_opts.join(" ")
     }
 
-    /// Starts an instance of application `app` and waits until it reports RUNNING; returns
-    /// it with the changelog records it restored first.
-    pub fn start(&self, bootstrap: &str, app: &str, input: &str, state_dir: PathBuf) -> (Running, u64) {
+    /// Starts an instance of application `app` and waits until it reports RUNNING.
+    pub fn start(&self, bootstrap: &str, app: &str, input: &str, state_dir: PathBuf) -> Running {
         // Kafka Streams creates its changelog but not its sinks.
         let sinks = [format!("{app}-events"), format!("{app}-replies")];
         topics::ensure(bootstrap, &sinks.map(|t| TopicNeed::plain(t, PARTITIONS))).expect("create the Kafka Streams sink topics");
@@ -70,27 +70,23 @@ impl KafkaStreamsApp {
                 }
             }
         });
-        let mut restored = 0;
+        let mut running = Running { child, lines, state_dir, restored: 0 };
         loop {
-            match lines.recv_timeout(Duration::from_secs(300)) {
+            match running.lines.recv_timeout(Duration::from_secs(300)) {
                 Ok(l) if l == "RUNNING" => break,
-                Ok(l) => {
-                    if let Some(n) = l.strip_prefix("RESTORED ") {
-                        restored = n.trim().parse().unwrap_or(0);
-                    }
-                }
+                Ok(l) => running.note(&l),
                 Err(e) => panic!("Kafka Streams did not reach RUNNING: {e}"),
             }
         }
-        (Running { child, lines, state_dir }, restored)
+        running
     }
 
     /// One throughput run over `n` commands of `input`, counting from RUNNING. Returns the
     /// seconds and the process's usage.
     pub fn run(&self, bootstrap: &str, app: &str, input: &str, n: usize) -> (f64, ProcessUsage) {
-        let state_dir = std::env::temp_dir().join(format!("{app}-kstreams"));
+        let state_dir = super::work_dir().join(format!("{app}-kstreams"));
         let spawned = Instant::now();
-        let (running, _) = self.start(bootstrap, app, input, state_dir);
+        let running = self.start(bootstrap, app, input, state_dir);
         let started = Instant::now();
         let at_start = ProcessUsage::of(running.pid());
         let before = committed_sum(bootstrap, app, input);
@@ -108,6 +104,20 @@ const DEFAULT_JAVA_OPTS: &str = "-Xmx256m";
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Changelog records restored so far.
+    pub fn restored(&mut self) -> u64 {
+        while let Ok(l) = self.lines.try_recv() {
+            self.note(&l);
+        }
+        self.restored
+    }
+
+    fn note(&mut self, line: &str) {
+        if let Some(n) = line.strip_prefix("RESTORED ").and_then(|n| n.trim().parse().ok()) {
+            self.restored = self.restored.max(n);
+        }
     }
 
     /// SIGKILL: no clean close, no checkpoint written.

@@ -256,7 +256,7 @@ processing:
 /// usage.
 pub(crate) fn run_topology(bootstrap: &str, app: &str, topology_text: &str, measured: &str, n: usize) -> (f64, ProcessUsage) {
     let input = measured;
-    let dir = std::env::temp_dir().join(format!("{app}-millrace"));
+    let dir = work_dir().join(format!("{app}-millrace"));
     let spawned = Instant::now();
     let instance = MillraceInstance::start(bootstrap, &dir, topology_text);
     let started = Instant::now();
@@ -278,6 +278,13 @@ pub(crate) fn run_topology(bootstrap: &str, app: &str, topology_text: &str, meas
     (secs, usage)
 }
 
+/// Where the contenders keep their state: on the same disk for all, and not under the
+/// OS temp directory, which Kafka Streams warns against.
+pub(crate) fn work_dir() -> std::path::PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
+    std::path::PathBuf::from(home).join(".cache/millrace/bench")
+}
+
 /// A `millrace run` process of the benchmark, its topology and state under `dir`.
 pub(crate) struct MillraceInstance {
     child: std::process::Child,
@@ -297,7 +304,7 @@ impl MillraceInstance {
             .args(["run", "--topology"]).arg(&topology)
             .args(["--bootstrap-servers", bootstrap, "--http", &http, "--instance-id", "bench"])
             .arg("--state-dir").arg(dir.join("state"))
-            .env("MILLRACE_LOG", "warn")
+            .env("MILLRACE_LOG", std::env::var("MILLRACE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .spawn()
             .expect("start millrace");
