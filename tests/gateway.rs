@@ -67,6 +67,21 @@ fn commands_over_http_answer_with_their_reply_on_any_instance() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // A command produced to Kafka directly is answered on the reply topic, but the gateway
+    // does not keep its reply: status URLs are for commands sent over HTTP.
+    let p = producer();
+    send(&p, &s.commands, "carol", &command_json("kafka-carol", "carol", None, "CreateCustomer",
+        json!({"name": "Carol", "email": "carol@example.org"})), &[]);
+    flush(&p);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !replies_by_id(&read_all(&s.replies)).contains_key("kafka-carol") {
+        assert!(Instant::now() < deadline, "the aggregate never answered the Kafka command");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The readers follow the reply topic within ~100 ms; give them ten times that.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(a.get("/aggregates/customer/carol/commands/kafka-carol").0, 404);
+
     // Bad requests: JSON 4xx, and the server goes on.
     for (path, body, want) in [
         ("/aggregates/customer/x/commands", "{not json", 400),

@@ -2,7 +2,8 @@
 //! topic (key = aggregate id, Java murmur2) and waits for the reply, which it reads from
 //! the aggregate's reply topic. Every instance reads every reply partition, so whichever
 //! instance accepted the HTTP request sees the reply, and any instance can answer the
-//! status URL of a recent command. A retry with the same command id is safe: the
+//! status URL of a recent command; replies to commands that did not come through a
+//! gateway are skipped undecoded. A retry with the same command id is safe: the
 //! aggregate answers it as a duplicate, with the original outcome.
 
 use super::restore::{reader_config, watermarks, RestoreContext};
@@ -179,6 +180,7 @@ impl Gateway {
             .spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) if !sent_by_a_gateway(&m) => {}
                         Some(Ok(m)) => {
                             let format = formats.get(m.topic()).copied().unwrap_or(Format::Json);
                             if let Some(reply) = m.payload().and_then(|p| wire::decode_reply(format, p).ok()) {
@@ -193,4 +195,13 @@ impl Gateway {
             .expect("spawn gateway reply reader");
         Ok(handle)
     }
+}
+
+/// Whether a reply answers a command some instance's gateway sent: those carry their
+/// command id as correlation id. Every other reply (commands produced to Kafka directly,
+/// the bulk of a busy application) is skipped without decoding.
+fn sent_by_a_gateway(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    use rdkafka::message::Headers;
+    let Some(headers) = m.headers() else { return false };
+    headers.iter().any(|h| h.key == crate::record::header::CORRELATION_ID && h.value.is_some() && h.value == m.key())
 }

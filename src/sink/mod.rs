@@ -46,20 +46,35 @@ impl SinkError {
 /// a store can checkpoint the changelog offset its overlay reaches.
 #[derive(Default)]
 pub struct SinkContext {
-    delivered: Mutex<HashMap<TopicPartition, i64>>,
+    /// By topic, then partition: a report looks its topic up by &str, without allocating.
+    delivered: Mutex<HashMap<String, HashMap<i32, i64>>>,
     failed: AtomicU64,
 }
 
 impl ClientContext for SinkContext {}
+
+impl SinkContext {
+    /// The open transaction's reports, handed over and forgotten.
+    fn take_delivered(&self) -> HashMap<TopicPartition, i64> {
+        let by_topic = std::mem::take(&mut *self.delivered.lock().expect("delivery map lock"));
+        by_topic
+            .into_iter()
+            .flat_map(|(topic, parts)| parts.into_iter().map(move |(p, o)| (TopicPartition::new(topic.as_str(), p), o)))
+            .collect()
+    }
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) => {
-                let tp = TopicPartition::new(m.topic(), m.partition());
                 let mut d = self.delivered.lock().expect("delivery map lock");
-                let e = d.entry(tp).or_insert(m.offset());
+                if !d.contains_key(m.topic()) {
+                    d.insert(m.topic().to_string(), HashMap::new());
+                }
+                let by_partition = d.get_mut(m.topic()).expect("inserted above");
+                let e = by_partition.entry(m.partition()).or_insert(m.offset());
                 *e = (*e).max(m.offset());
             }
             Err((e, _)) => {
@@ -219,7 +234,7 @@ impl TransactionalSink {
         self.open = false;
         metrics::histogram!("millrace_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("millrace_transactions_total", "result" => "committed").increment(1);
-        Ok(std::mem::take(&mut *self.producer.context().delivered.lock().expect("delivery map lock")))
+        Ok(self.producer.context().take_delivered())
     }
 
     /// At-least-once: the batch is done when every record is delivered. The caller then
@@ -237,7 +252,7 @@ impl TransactionalSink {
         }
         self.open = false;
         metrics::histogram!("millrace_commit_seconds").record(started.elapsed().as_secs_f64());
-        Ok(std::mem::take(&mut *self.producer.context().delivered.lock().expect("delivery map lock")))
+        Ok(self.producer.context().take_delivered())
     }
 
     pub fn exactly_once(&self) -> bool {
