@@ -27,20 +27,9 @@ pub fn run(n: usize) {
     println!("commands                 {n} (1 KB, {KEYS} keys, {PARTITIONS} partitions, commit every {COMMIT_MS} ms), SIGKILL after {kill_at} committed");
 
     let app = format!("{run}-millrace");
-    let dir = super::work_dir().join(&app);
     let topology = customer_topology(&app, &input, false, 1);
-    let first = MillraceInstance::start(&bootstrap, &dir, &topology);
-    wait_committed(&bootstrap, &app, &input, kill_at);
-    first.kill9();
-    let (restarted, committed) = (Instant::now(), committed_sum(&bootstrap, &app, &input));
-    let second = MillraceInstance::start(&bootstrap, &dir, &topology);
-    wait_committed(&bootstrap, &app, &input, committed + 1);
-    let back = restarted.elapsed().as_secs_f64();
-    let restored = second.metric("millrace_restore_records_total");
-    let held = changelog_records(&bootstrap, &format!("{app}-customers-changelog"));
-    println!("millrace                 restored {restored:>8.0} of {held:>8} changelog records; committing again {back:.2} s after restart");
-    wait_committed(&bootstrap, &app, &input, n as i64);
-    second.stop();
+    let dir = super::work_dir().join(&app);
+    crash_and_restart("millrace", &bootstrap, &app, &input, n, || MillraceInstance::start(&bootstrap, &dir, &topology));
     let _ = std::fs::remove_dir_all(&dir);
 
     match KafkaStreamsApp::from_env() {
@@ -48,20 +37,59 @@ pub fn run(n: usize) {
         Ok(ks) => {
             let app = format!("{run}-kstreams");
             let dir = super::work_dir().join(&app);
-            let first = ks.start(&bootstrap, &app, &input, dir.clone());
-            wait_committed(&bootstrap, &app, &input, kill_at);
-            first.kill9();
-            let (restarted, committed) = (Instant::now(), committed_sum(&bootstrap, &app, &input));
-            let mut second = ks.start(&bootstrap, &app, &input, dir);
-            wait_committed(&bootstrap, &app, &input, committed + 1);
-            let back = restarted.elapsed().as_secs_f64();
-            let restored = second.restored();
-            let held = changelog_records(&bootstrap, &format!("{app}-customers-changelog"));
-            println!("kafka streams EOS v2     restored {restored:>8} of {held:>8} changelog records; committing again {back:.2} s after restart");
-            wait_committed(&bootstrap, &app, &input, n as i64);
-            second.stop();
+            crash_and_restart("kafka streams EOS v2", &bootstrap, &app, &input, n, || ks.start(&bootstrap, &app, &input, dir.clone()));
         }
     }
+}
+
+/// A contender the crash benchmark can kill and ask about its restore.
+pub(crate) trait Restartable {
+    fn kill9(self);
+    fn stop(self);
+    /// Changelog records restored since this process started.
+    fn restored(&mut self) -> u64;
+}
+
+impl Restartable for MillraceInstance {
+    fn kill9(self) {
+        MillraceInstance::kill9(self)
+    }
+    fn stop(self) {
+        MillraceInstance::stop(self)
+    }
+    fn restored(&mut self) -> u64 {
+        self.metric("millrace_restore_records_total") as u64
+    }
+}
+
+impl Restartable for crate::kstreams::Running {
+    fn kill9(self) {
+        crate::kstreams::Running::kill9(self)
+    }
+    fn stop(self) {
+        crate::kstreams::Running::stop(self)
+    }
+    fn restored(&mut self) -> u64 {
+        crate::kstreams::Running::restored(self)
+    }
+}
+
+/// Runs `start`ed processes of application `app` over `input`: SIGKILL once half of the
+/// `n` commands are committed, start again on the same state, and print what the restart
+/// restored and how long until input was committed again; then let it finish.
+fn crash_and_restart<R: Restartable>(who: &str, bootstrap: &str, app: &str, input: &str, n: usize, start: impl Fn() -> R) {
+    let first = start();
+    wait_committed(bootstrap, app, input, n as i64 / 2);
+    first.kill9();
+    let (restarted, committed) = (Instant::now(), committed_sum(bootstrap, app, input));
+    let mut second = start();
+    wait_committed(bootstrap, app, input, committed + 1);
+    let back = restarted.elapsed().as_secs_f64();
+    let restored = second.restored();
+    let held = changelog_records(bootstrap, &format!("{app}-customers-changelog"));
+    println!("{who:<24} restored {restored:>8} of {held:>8} changelog records; committing again {back:.2} s after restart");
+    wait_committed(bootstrap, app, input, n as i64);
+    second.stop();
 }
 
 /// Records a full restore of `topic` would read: high minus low watermark, summed.

@@ -4,7 +4,7 @@
 //! builds it and says where with MILLRACE_BENCH_KSTREAMS; without it, or without `java`,
 //! the benchmark says so and measures millrace and the copy alone.
 
-use super::{committed_sum, wait_committed, ProcessUsage, COMMIT_MS, PARTITIONS};
+use super::{measure, ProcessUsage, COMMIT_MS, PARTITIONS};
 use millrace::runtime::topics::{self, TopicNeed};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -87,13 +87,7 @@ impl KafkaStreamsApp {
         let state_dir = super::work_dir().join(format!("{app}-kstreams"));
         let spawned = Instant::now();
         let running = self.start(bootstrap, app, input, state_dir);
-        let started = Instant::now();
-        let at_start = ProcessUsage::of(running.pid());
-        let before = committed_sum(bootstrap, app, input);
-        eprintln!("kafka streams running after {:.2} s ({before} commands already committed)", spawned.elapsed().as_secs_f64());
-        wait_committed(bootstrap, app, input, n as i64);
-        let secs = started.elapsed().as_secs_f64() * n as f64 / (n as i64 - before).max(1) as f64;
-        let usage = ProcessUsage::of(running.pid()).since(at_start);
+        let (secs, usage) = measure("kafka streams", spawned, running.pid(), bootstrap, app, input, n);
         running.stop();
         (secs, usage)
     }
@@ -124,7 +118,6 @@ impl Running {
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        drop(self.lines);
     }
 
     /// SIGTERM (a clean close through the shutdown hook), then the state is removed.

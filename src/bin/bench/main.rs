@@ -259,15 +259,7 @@ pub(crate) fn run_topology(bootstrap: &str, app: &str, topology_text: &str, meas
     let dir = work_dir().join(format!("{app}-millrace"));
     let spawned = Instant::now();
     let instance = MillraceInstance::start(bootstrap, &dir, topology_text);
-    let started = Instant::now();
-    let at_start = instance.usage();
-    // With several threads, the first member may process before the last one joined and
-    // the instance reports ready: count only what is committed from here on.
-    let before = committed_sum(bootstrap, app, input);
-    eprintln!("millrace ready after {:.2} s ({before} commands already committed)", spawned.elapsed().as_secs_f64());
-    wait_committed(bootstrap, app, input, n as i64);
-    let secs = started.elapsed().as_secs_f64() * n as f64 / (n as i64 - before).max(1) as f64;
-    let usage = instance.usage().since(at_start);
+    let (secs, usage) = measure("millrace", spawned, instance.child.id(), bootstrap, app, input, n);
     for line in instance.metrics().lines() {
         if line.starts_with("millrace_commit_seconds") || line.starts_with("millrace_transactions_total") {
             eprintln!("  {line}");
@@ -276,6 +268,21 @@ pub(crate) fn run_topology(bootstrap: &str, app: &str, topology_text: &str, meas
     instance.stop();
     let _ = std::fs::remove_dir_all(&dir);
     (secs, usage)
+}
+
+/// One contender's throughput, from now (it just became ready, `spawned` ago) until
+/// `group` has committed `n` offsets on `input`: the seconds, scaled to all `n` records,
+/// and the process's CPU over that time with its peak RSS.
+pub(crate) fn measure(who: &str, spawned: Instant, pid: u32, bootstrap: &str, group: &str, input: &str, n: usize) -> (f64, ProcessUsage) {
+    let started = Instant::now();
+    let at_start = ProcessUsage::of(pid);
+    // With several threads, the first member may process before the last one joined and
+    // the instance reports ready: count only what is committed from here on.
+    let before = committed_sum(bootstrap, group, input);
+    eprintln!("{who} ready after {:.2} s ({before} commands already committed)", spawned.elapsed().as_secs_f64());
+    wait_committed(bootstrap, group, input, n as i64);
+    let secs = started.elapsed().as_secs_f64() * n as f64 / (n as i64 - before).max(1) as f64;
+    (secs, ProcessUsage::of(pid).since(at_start))
 }
 
 /// Where the contenders keep their state: on the same disk for all, and not under the
@@ -325,10 +332,6 @@ impl MillraceInstance {
             .filter(|l| l.starts_with(name) && !l[name.len()..].starts_with('_'))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
-    }
-
-    pub(crate) fn usage(&self) -> ProcessUsage {
-        ProcessUsage::of(self.child.id())
     }
 
     /// SIGKILL: no clean shutdown.
