@@ -1,6 +1,13 @@
 //! The `millrace` binary: the only place that reads argv and the environment.
 //!
-//! Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad topology or arguments.
+//! Exit codes:
+//! - 0: clean shutdown;
+//! - 1: runtime failure: a processing thread died (a fatal error, or a transient one that
+//!   did not pass within its retry budget). `/health` answers 503 while the instance stops;
+//!   an orchestrator should restart it;
+//! - 2: bad topology, arguments or Kafka settings (a setting that would break exactly-once
+//!   or partitioning is named);
+//! - 3: `plan` found mismatches that need a human.
 
 use clap::{Parser, Subcommand};
 use millrace::runtime::RuntimeError;
@@ -41,13 +48,19 @@ enum Command {
         /// forwarded queries. Default: the listen address.
         #[arg(long, env = "MILLRACE_ADVERTISED_HTTP")]
         advertised_http: Option<String>,
-        /// Stable instance id (transactional id and static group member id).
-        #[arg(long, env = "MILLRACE_INSTANCE_ID", default_value = "0")]
-        instance_id: String,
-        /// Extra librdkafka consumer setting, `key=value`; repeatable.
+        /// Stable instance id (transactional id and static group member id). Default: the
+        /// host name and a hash of the state directory, stable across restarts and
+        /// different for two instances sharing a host.
+        #[arg(long, env = "MILLRACE_INSTANCE_ID")]
+        instance_id: Option<String>,
+        /// librdkafka settings for every Kafka client of the process (TLS, SASL, ...): a
+        /// properties file, `key=value` a line.
+        #[arg(long, env = "MILLRACE_KAFKA_CONFIG")]
+        kafka_config: Option<PathBuf>,
+        /// Extra librdkafka setting for the group consumer only, `key=value`; repeatable.
         #[arg(long = "consumer-config", value_parser = key_value)]
         consumer_config: Vec<(String, String)>,
-        /// Extra librdkafka producer setting, `key=value`; repeatable.
+        /// Extra librdkafka setting for the transactional producers only, `key=value`; repeatable.
         #[arg(long = "producer-config", value_parser = key_value)]
         producer_config: Vec<(String, String)>,
     },
@@ -65,6 +78,9 @@ enum Command {
         file: PathBuf,
         #[arg(long, env = "MILLRACE_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:19092")]
         bootstrap_servers: String,
+        /// librdkafka settings for the admin client (TLS, SASL, ...), as for `run`.
+        #[arg(long, env = "MILLRACE_KAFKA_CONFIG")]
+        kafka_config: Option<PathBuf>,
         /// Create the missing topics. Never deletes anything.
         #[arg(long)]
         apply: bool,
@@ -112,7 +128,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Plan { file, bootstrap_servers, apply } => {
+        Command::Plan { file, bootstrap_servers, kafka_config, apply } => {
             let t = match topology::load(&file) {
                 Ok(t) => t,
                 Err(e) => {
@@ -120,7 +136,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let steps = match millrace::runtime::plan::plan(&t, &bootstrap_servers) {
+            let clients = match clients(&bootstrap_servers, kafka_config.as_deref(), vec![], vec![]) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let steps = match millrace::runtime::plan::plan(&t, &clients) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -131,7 +154,7 @@ fn main() -> ExitCode {
                 println!("{s}");
             }
             if apply {
-                match millrace::runtime::plan::apply(&steps, &bootstrap_servers) {
+                match millrace::runtime::plan::apply(&steps, &clients) {
                     Ok(n) => println!("applied: created {n} topic(s); nothing deleted"),
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -142,7 +165,7 @@ fn main() -> ExitCode {
             // Mismatches need a human: a non-zero exit lets a deploy pipeline stop on them.
             if steps.iter().any(|s| s.is_problem()) { ExitCode::from(3) } else { ExitCode::SUCCESS }
         }
-        Command::Run { topology, bootstrap_servers, state_dir, http, advertised_http, instance_id, consumer_config, producer_config } => {
+        Command::Run { topology, bootstrap_servers, state_dir, http, advertised_http, instance_id, kafka_config, consumer_config, producer_config } => {
             let topo = match topology::load(&topology) {
                 Ok(t) => t,
                 Err(e) => {
@@ -156,14 +179,25 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let listen = http.unwrap_or_else(|| topo.http.listen.clone());
-            let config = AppConfig {
-                bootstrap_servers,
-                state_dir,
-                instance_id,
-                consumer_overrides: consumer_config,
-                producer_overrides: producer_config,
-                advertised_http,
+            let kafka = match clients(&bootstrap_servers, kafka_config.as_deref(), consumer_config, producer_config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
             };
+            let instance_id = match instance_id {
+                Some(id) => id,
+                None => match default_instance_id(&state_dir) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        eprintln!("error: state directory {}: {e}", state_dir.display());
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            tracing::info!(instance = %instance_id, kafka = ?kafka, "starting");
+            let config = AppConfig { kafka, state_dir, instance_id, advertised_http };
             let app = match App::new(topo, &registry, config) {
                 Ok(a) => a,
                 Err(e) => {
@@ -171,7 +205,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // Latencies as histograms with buckets, not summaries: buckets add up across
+            // threads and instances (a p99 over a cluster), quantiles do not.
             let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                )
+                .expect("non-empty buckets")
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics disabled"))
                 .ok();
@@ -187,6 +228,11 @@ fn main() -> ExitCode {
                     tracing::info!("clean shutdown");
                     ExitCode::SUCCESS
                 }
+                // Refused at start (a live twin with this instance id): the user's to fix.
+                Err(e) if e.recovery() == millrace::error::Recovery::Reject => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     eprintln!("error: {e} (recovery: {:?})", e.recovery());
                     ExitCode::from(1)
@@ -194,6 +240,40 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Every Kafka client's settings: the properties file (for every client), then the
+/// role-specific flags. Settings that would break exactly-once or partitioning are refused.
+fn clients(
+    bootstrap_servers: &str,
+    file: Option<&std::path::Path>,
+    consumer: Vec<(String, String)>,
+    producer: Vec<(String, String)>,
+) -> Result<millrace::kafka::Clients, millrace::kafka::KafkaConfigError> {
+    let (common, origin) = match file {
+        Some(f) => (millrace::kafka::parse_properties(f)?, f.display().to_string()),
+        None => (Vec::new(), String::new()),
+    };
+    millrace::kafka::Clients::new(bootstrap_servers, common, &origin, consumer, producer)
+}
+
+/// An instance id that survives restarts and differs between instances: the host name
+/// (a pod name under Kubernetes) and a hash of the absolute state directory, so two
+/// instances on one host with their own state directories never share one (sharing one
+/// would fence each other's transactions and group membership).
+fn default_instance_id(state_dir: &std::path::Path) -> std::io::Result<String> {
+    std::fs::create_dir_all(state_dir)?;
+    let dir = std::fs::canonicalize(state_dir)?;
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = dir.as_os_str().as_encoded_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    Ok(format!("{host}-{:08x}", hash as u32))
 }
 
 async fn shutdown_signal() {

@@ -66,3 +66,42 @@ fn missing_file_exits_2() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/topology.yaml: cannot read"), "{err}");
 }
+
+/// Settings that would silently break exactly-once or partitioning are refused before
+/// anything connects: exit 2, and the message names the key and where it came from.
+#[test]
+fn unsafe_kafka_settings_exit_2_naming_the_key() {
+    let topology = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/customers.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let base = ["run", "--topology", topology, "--bootstrap-servers", "127.0.0.1:1", "--state-dir", state.to_str().unwrap()];
+    for (flag, key) in [
+        ("--consumer-config", "isolation.level"),
+        ("--consumer-config", "enable.auto.commit"),
+        ("--consumer-config", "partition.assignment.strategy"),
+        ("--producer-config", "partitioner"),
+        ("--producer-config", "transactional.id"),
+    ] {
+        let setting = format!("{key}=x");
+        let mut args = base.to_vec();
+        args.extend([flag, setting.as_str()]);
+        let (code, err) = millrace(&args);
+        assert_eq!(code, 2, "{flag} {key}: {err}");
+        assert!(err.contains(&format!("Kafka setting \"{key}\" ({flag}) cannot be overridden")), "{err}");
+    }
+    // The same through a properties file (--kafka-config), which every client applies.
+    let props = dir.path().join("client.properties");
+    std::fs::write(&props, "# TLS and SASL\nsecurity.protocol=SASL_SSL\nisolation.level=read_uncommitted\n").unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--kafka-config", props.to_str().unwrap()]);
+    let (code, err) = millrace(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("Kafka setting \"isolation.level\" ({}) cannot be overridden", props.display())), "{err}");
+    // A line that is not a setting names the file and line, and never echoes a secret.
+    std::fs::write(&props, "security.protocol=SASL_SSL\nsasl.password hunter2\n").unwrap();
+    let (code, err) = millrace(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("{}:2: expected `key=value`", props.display())) && !err.contains("hunter2"), "{err}");
+    let (code, err) = millrace(&["plan", topology, "--bootstrap-servers", "127.0.0.1:1", "--kafka-config", props.to_str().unwrap()]);
+    assert_eq!(code, 2, "plan reads the same file: {err}");
+}

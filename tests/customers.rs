@@ -137,7 +137,7 @@ fn wrong_expected_version_and_duplicate_command_ids() {
 }
 
 #[test]
-fn malformed_commands_go_to_dead_letters_and_processing_goes_on() {
+fn invalid_commands_are_answered_and_dead_lettered_and_processing_goes_on() {
     let s = Setup::new("dlq", 2, "json");
     let _inst = s.start();
     let p = producer();
@@ -146,18 +146,28 @@ fn malformed_commands_go_to_dead_letters_and_processing_goes_on() {
     send(&p, &s.commands, "dd", br#"{"command_id":"x2","aggregate_id":"dd","type":"CreateCustomer","payload":{"name":"D"}}"#, &[]);
     send(&p, &s.commands, "dd", &command_json("x3", "dd", None, "CreateCustomer", json!({"name":"", "email":"d@x"})), &[]);
     send(&p, &s.commands, "dd", &command_json("x4", "dd", None, "CreateCustomer", create("Dee")), &[]);
+    // An envelope whose aggregate id disagrees with the record key: answered, never applied.
+    send(&p, &s.commands, "dd", &command_json("x5", "other", None, "CreateCustomer", create("Oth")), &[]);
     flush(&p);
-    let replies = wait_for(&s.replies, 1, Duration::from_secs(60));
-    assert_eq!(replies.len(), 1, "only the good command is answered");
-    assert_eq!(replies[0].json()["command_id"], "x4");
-    assert_eq!(replies[0].json()["outcome"], "accepted");
-    let dead = wait_for(&s.dead_letters, 4, Duration::from_secs(30));
-    assert_eq!(dead.len(), 4, "{dead:?}");
+    // Every command with a readable envelope is answered: the sender never waits forever.
+    let replies = replies_by_id(&wait_for(&s.replies, 5, Duration::from_secs(60)));
+    assert_eq!(replies.keys().map(String::as_str).collect::<Vec<_>>(), ["x1", "x2", "x3", "x4", "x5"], "{replies:?}");
+    for (id, want) in [("x1", "unknown variant `Explode`"), ("x2", "missing field `email`"), ("x3", "name is empty"), ("x5", "record key does not equal")] {
+        let r = &replies[id][0];
+        assert_eq!(r["outcome"], "invalid", "{id}: {r}");
+        assert!(r["reason"].as_str().unwrap().contains(want), "{id}: {r}");
+        assert_eq!(r["version"], 0, "{id}: nothing was applied before it: {r}");
+    }
+    assert_eq!(replies["x4"][0]["outcome"], "accepted");
+    assert_eq!(replies["x4"][0]["version"], 1, "no invalid command touched the aggregate");
+    let dead = wait_for(&s.dead_letters, 5, Duration::from_secs(30));
+    assert_eq!(dead.len(), 5, "{dead:?}");
     let reasons: Vec<&str> = dead.iter().map(|d| d.headers["millrace.dlq.reason"].as_str()).collect();
     assert!(reasons[0].contains("invalid JSON"), "{reasons:?}");
     assert!(reasons[1].contains("unknown variant `Explode`"), "{reasons:?}");
     assert!(reasons[2].contains("missing field `email`"), "{reasons:?}");
     assert!(reasons[3].contains("name is empty"), "{reasons:?}");
+    assert!(reasons[4].contains("record key does not equal"), "{reasons:?}");
     for d in &dead {
         assert_eq!(d.headers["millrace.dlq.topic"], s.commands);
         assert!(d.headers["millrace.dlq.offset"].parse::<i64>().is_ok());
@@ -165,6 +175,60 @@ fn malformed_commands_go_to_dead_letters_and_processing_goes_on() {
         assert_eq!(d.key.as_deref(), Some("dd"));
     }
     assert_eq!(dead[0].value, b"\x00\x01 not json", "the original bytes are kept");
+    assert_eq!(read_all(&s.events).len(), 1, "only x4 wrote an event");
+}
+
+/// A state larger than its changelog topic accepts: the command's transaction is rolled
+/// back, the batch runs again without it, and it is answered `failed` and dead-lettered.
+/// Nothing else stalls: later commands on the same key, the same partition and others are
+/// answered as usual.
+#[test]
+fn a_state_its_changelog_refuses_fails_its_command_and_nothing_else() {
+    let s = Setup::new("toolarge", 2, "json");
+    // The operator gave the changelog a 200 KB record limit.
+    create_topic_with(&s.changelog, 2, &[("cleanup.policy", "compact"), ("max.message.bytes", "200000")]);
+    let inst = s.start();
+    let p = producer();
+    // ~400 KB of random letters: lz4 cannot bring the snapshot under 200 KB.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let huge: String = (0..400_000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (b'a' + (seed % 26) as u8) as char
+        })
+        .collect();
+    send(&p, &s.commands, "big", &command_json("b0", "big", None, "CreateCustomer", create("Big")), &[]);
+    flush(&p);
+    assert_eq!(wait_for(&s.replies, 1, Duration::from_secs(60)).len(), 1);
+    send(&p, &s.commands, "big", &command_json("b1", "big", None, "UpdateCustomer", json!({"name": huge, "email": "b@x"})), &[]);
+    send(&p, &s.commands, "big", &command_json("b2", "big", None, "UpdateCustomer", create("Still small")), &[]);
+    for i in 0..10 {
+        let k = format!("k{i}");
+        send(&p, &s.commands, &k, &command_json(&format!("c{i}"), &k, None, "CreateCustomer", create(&k)), &[]);
+    }
+    flush(&p);
+    let replies = replies_by_id(&wait_for(&s.replies, 13, Duration::from_secs(90)));
+    assert_eq!(replies.len(), 13, "{:?}", replies.keys());
+    let b1 = &replies["b1"][0];
+    assert_eq!(b1["outcome"], "failed", "{b1}");
+    assert!(b1["reason"].as_str().unwrap().contains(&s.changelog) && b1["reason"].as_str().unwrap().contains("refused"), "{b1}");
+    assert_eq!(b1["version"], 1, "the failed command applied nothing");
+    assert_eq!((replies["b2"][0]["outcome"].as_str(), replies["b2"][0]["version"].as_u64()), (Some("accepted"), Some(2)));
+    for i in 0..10 {
+        assert_eq!(replies[&format!("c{i}")][0]["outcome"], "accepted");
+    }
+    let dead = wait_for(&s.dead_letters, 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1, "only the refused command is dead-lettered");
+    assert_eq!(dead[0].key.as_deref(), Some("big"));
+    assert!(dead[0].headers["millrace.dlq.reason"].contains("refused"), "{:?}", dead[0].headers);
+    // The events of the rolled-back transaction never became visible.
+    let events = events_by_key(&read_all(&s.events));
+    let versions: Vec<u64> = events["big"].iter().map(|e| e["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(inst.get("/stores/customers/keys/big?min_version=2").1["state"]["name"], "Still small");
+    assert!(inst.metric_sum("millrace_refused_records_total") >= 1.0, "{}", inst.metrics());
 }
 
 #[test]
@@ -290,7 +354,7 @@ fn produced_partitions_match_java_murmur2() {
 }
 
 fn create_topic(name: &str, partitions: i32) {
-    millrace::runtime::topics::ensure(&bootstrap(), &[millrace::runtime::topics::TopicNeed::plain(name, partitions)]).unwrap();
+    millrace::runtime::topics::ensure(&clients(), &[millrace::runtime::topics::TopicNeed::plain(name, partitions)]).unwrap();
 }
 
 #[test]
@@ -391,4 +455,34 @@ fn at_least_once_mode_processes_and_commits_offsets_without_transactions() {
     }
     assert_eq!(inst.get("/stores/customers/keys/a3").1["version"], 10);
     assert_eq!(inst.metric_sum("millrace_transactions_total"), 0.0, "no transactions in at-least-once mode");
+}
+
+/// Two live processes with one instance id would fence each other for as long as both run:
+/// the second refuses to start (exit 2, naming the id). A restart of the same id after a
+/// SIGKILL is no twin: it starts.
+#[test]
+fn a_second_live_instance_with_the_same_id_refuses_to_start() {
+    let s = Setup::new("twins", 2, "json");
+    let first = s.start_instance("twin");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["run", "--topology"]).arg(&s.topology)
+        .args(["--bootstrap-servers", &bootstrap()])
+        .arg("--state-dir").arg(s.dir.path().join("state-other"))
+        .args(["--http", "127.0.0.1:0", "--instance-id", "twin"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("another live process runs as instance \"twin\"") && err.contains(&first.http), "{err}");
+    // The first one was not disturbed.
+    let p = producer();
+    send(&p, &s.commands, "t1", &command_json("t1", "t1", None, "CreateCustomer", create("T")), &[]);
+    flush(&p);
+    assert_eq!(wait_for(&s.replies, 1, Duration::from_secs(60)).len(), 1);
+    assert_eq!(first.get("/health").0, 200);
+    // Killed and started again at once (its last heartbeat still fresh): not a twin.
+    first.kill9();
+    let again = s.start_instance("twin");
+    assert_eq!(again.get("/ready").0, 200);
+    assert!(again.terminate().success());
 }

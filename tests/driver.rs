@@ -64,6 +64,57 @@ fn crash_between_produce_and_commit_rolls_back_and_reprocesses() {
     assert_eq!(d.store("customers", "ada").unwrap()["state"]["name"], "Ada3");
 }
 
+/// An invalid command is answered `invalid` and dead-lettered in the same transaction as
+/// everything else: invisible until the commit, rolled back by a crash, then answered
+/// exactly once; the aggregate is not touched and the partition goes on.
+#[test]
+fn invalid_commands_are_answered_once_with_their_dead_letter_in_the_same_transaction() {
+    let mut d = driver();
+    d.pipe("customer-commands", "ada", br#"{"command_id":"i1","aggregate_id":"ada","type":"Explode","payload":{}}"#).unwrap();
+    d.pipe("customer-commands", "ada", &cmd("i2", "ada", "CreateCustomer", "")).unwrap();
+    d.pipe("customer-commands", "ada", b"no envelope at all").unwrap();
+    assert!(d.read_output("customers-dead-letters").is_empty() && d.read_output("customer-replies").is_empty());
+    d.crash().unwrap();
+    assert!(d.read_output("customers-dead-letters").is_empty(), "the crash rolled the dead letters back");
+    d.pipe("customer-commands", "ada", &cmd("i3", "ada", "CreateCustomer", "Ada")).unwrap();
+    d.commit().unwrap();
+    assert_eq!(replies(&d), vec![
+        ("i1".into(), "invalid".into(), 0), ("i2".into(), "invalid".into(), 0), ("i3".into(), "accepted".into(), 1),
+    ]);
+    let dead: Vec<String> = d.read_output("customers-dead-letters").iter()
+        .map(|r| r.headers.get_str("millrace.dlq.reason").unwrap().to_string()).collect();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(dead[0].contains("unknown variant `Explode`") && dead[1].contains("name is empty") && dead[2].contains("invalid JSON"), "{dead:?}");
+    assert_eq!(event_versions(&d, "ada"), vec![1]);
+}
+
+/// A snapshot that cannot be read (garbage in the changelog, restored after a crash)
+/// quarantines its key: each command for it is answered `failed` and dead-lettered, and
+/// the partition and every other key go on.
+#[test]
+fn an_unreadable_snapshot_quarantines_its_key_and_nothing_else() {
+    let mut d = driver();
+    d.pipe("customer-commands", "ada", &cmd("q1", "ada", "CreateCustomer", "Ada")).unwrap();
+    d.commit().unwrap();
+    d.pipe("customers-customers-changelog", "ada", b"\xff\xfe not a snapshot").unwrap();
+    d.crash().unwrap();
+    d.pipe("customer-commands", "ada", &cmd("q2", "ada", "UpdateCustomer", "Ada2")).unwrap();
+    d.pipe("customer-commands", "bob", &cmd("q3", "bob", "CreateCustomer", "Bob")).unwrap();
+    d.pipe("customer-commands", "ada", &cmd("q4", "ada", "UpdateCustomer", "Ada3")).unwrap();
+    d.pipe("customer-commands", "ada", &cmd("q5", "ada", "", "Ada4")).unwrap();
+    d.commit().unwrap();
+    assert_eq!(replies(&d), vec![
+        ("q1".into(), "accepted".into(), 1), ("q2".into(), "failed".into(), 0), ("q3".into(), "accepted".into(), 1),
+        ("q4".into(), "failed".into(), 0), ("q5".into(), "invalid".into(), 0),
+    ]);
+    let reasons: Vec<String> = d.read_output("customers-dead-letters").iter()
+        .map(|r| r.headers.get_str("millrace.dlq.reason").unwrap().to_string()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[..2].iter().all(|r| r.contains("stored snapshot for key ada in customers cannot be read")), "{reasons:?}");
+    assert_eq!(event_versions(&d, "ada"), vec![1], "nothing was applied to the quarantined key");
+    assert_eq!(d.store("customers", "bob").unwrap()["version"], 1);
+}
+
 #[test]
 fn crash_after_commit_restores_exactly_the_changelog_tail() {
     let mut d = driver();

@@ -82,6 +82,34 @@ fn commands_over_http_answer_with_their_reply_on_any_instance() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(a.get("/aggregates/customer/carol/commands/kafka-carol").0, 404);
 
+    // A command that cannot decode is refused at once, before it reaches Kafka: 400 with
+    // the reason, in well under the 10 s a reply may take.
+    for body in [json!({"type": "NoSuchCommand"}), json!({"type": "CreateCustomer", "payload": {"name": "N"}})] {
+        let started = Instant::now();
+        let (status, _, v) = post(&a, "/aggregates/customer/nobody/commands", &body);
+        assert_eq!((status, v["error"].as_str(), v["outcome"].as_str()), (400, Some("invalid_command"), Some("invalid")), "{body}: {v}");
+        assert!(v["reason"].is_string() && v["command_id"].is_string(), "{v}");
+        assert!(started.elapsed() < Duration::from_secs(2), "answered only after {:?}", started.elapsed());
+    }
+    // One that decodes but `decide` calls malformed (an empty name) is answered through
+    // Kafka: `invalid`, 400, never a 202 that does not resolve.
+    let (status, _, v) = post(&b, "/aggregates/customer/nameless/commands?timeout_ms=30000", &json!({
+        "command_id": "gw-nameless", "type": "CreateCustomer", "payload": {"name": "", "email": "n@x"}}));
+    assert_eq!((status, v["outcome"].as_str()), (400, Some("invalid")), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("name is empty"), "{v}");
+    // The status URL, on the other instance, says the same once its reply reader has it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = a.get("/aggregates/customer/nameless/commands/gw-nameless");
+        if status == 400 {
+            assert_eq!(body["outcome"], "invalid", "{body}");
+            break;
+        }
+        assert!(status == 404 && Instant::now() < deadline, "{status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(a.get("/stores/customers/keys/nameless").0, 404, "nothing was applied");
+
     // Bad requests: JSON 4xx, and the server goes on.
     for (path, body, want) in [
         ("/aggregates/customer/x/commands", "{not json", 400),

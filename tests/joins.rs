@@ -126,7 +126,7 @@ fn global_table_is_bootstrapped_before_orders_and_kept_current() {
 joins:
   enrich: {{ stream: {orders}, table: customers, key_field: customer_id, kind: inner, output: {enriched} }}
 "));
-    millrace::runtime::topics::ensure(&bootstrap(), &[
+    millrace::runtime::topics::ensure(&clients(), &[
         millrace::runtime::topics::TopicNeed::plain(s.customers.clone(), 4),
     ]).unwrap();
     // Customers exist before any instance starts: the bootstrap must load them all.
@@ -211,7 +211,7 @@ fn send_rest(s: &Shop, p: &rdkafka::producer::ThreadedProducer<rdkafka::producer
 #[test]
 fn replay_reads_table_and_stream_in_timestamp_order() {
     let s = shop_with("replay", "processing:\n  max_task_idle_ms: 500\n");
-    millrace::runtime::topics::ensure(&bootstrap(), &[
+    millrace::runtime::topics::ensure(&clients(), &[
         millrace::runtime::topics::TopicNeed::plain(s.customers.clone(), 4),
         millrace::runtime::topics::TopicNeed::plain(s.orders.clone(), 3),
     ]).unwrap();

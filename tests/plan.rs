@@ -20,7 +20,7 @@ fn plan(file: &std::path::Path, apply: bool) -> (i32, String) {
 fn plan_lists_creates_mismatches_and_orphans_and_apply_only_creates() {
     let s = Setup::new("plan", 2, "json");
     let orphan = format!("{}-oldname-changelog", s.app);
-    millrace::runtime::topics::ensure(&bootstrap(), &[
+    millrace::runtime::topics::ensure(&clients(), &[
         millrace::runtime::topics::TopicNeed::plain(orphan.clone(), 2),
         millrace::runtime::topics::TopicNeed::plain(s.events.clone(), 1),
     ]).unwrap();
@@ -49,7 +49,7 @@ fn plan_lists_creates_mismatches_and_orphans_and_apply_only_creates() {
     assert!(!out.contains("create "), "everything exists now:\n{out}");
     assert!(out.contains(&format!("ok        {}  partitions=2", s.changelog)), "{out}");
     assert!(out.contains(&format!("orphan    {orphan}")), "apply never deletes:\n{out}");
-    let counts = millrace::runtime::topics::partition_counts(&bootstrap(), &[&orphan, &s.events]).unwrap();
+    let counts = millrace::runtime::topics::partition_counts(&clients(), &[&orphan, &s.events]).unwrap();
     assert_eq!(counts.len(), 2, "the orphan and the old events topic are still there");
 }
 
@@ -137,7 +137,7 @@ fn a_table_without_changelog_rebuilds_from_its_input_after_losing_its_state() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(first.terminate().success());
-    let changelogs = millrace::runtime::topics::partition_counts(&bootstrap(), &[&format!("{app}-people-changelog")]).unwrap();
+    let changelogs = millrace::runtime::topics::partition_counts(&clients(), &[&format!("{app}-people-changelog")]).unwrap();
     assert!(changelogs.is_empty(), "no changelog topic was created");
 
     std::fs::remove_dir_all(&state).unwrap();

@@ -93,11 +93,9 @@ fn main() -> std::process::ExitCode {
     };
     let listen = topology.http.listen.clone();
     let config = AppConfig {
-        bootstrap_servers: bootstrap.into(),
+        kafka: millrace::kafka::Clients::plain(bootstrap),
         state_dir: "./state-loyalty".into(),
-        instance_id: "0".into(),
-        consumer_overrides: vec![],
-        producer_overrides: vec![],
+        instance_id: "loyalty-0".into(),
         advertised_http: None,
     };
     let app = App::new(topology, &registry(), config).expect("topology matches the registry");

@@ -12,7 +12,7 @@
 
 use super::aggregate::{Aggregate, Rejection};
 use super::wire::{self, Outcome, Processed, Reply, Snapshot};
-use super::{dead_letter, Context, Lookup, ProcessError, Processor, ValueRenderer};
+use super::{dead_letter, dead_letter_as, Context, Lookup, ProcessError, Processor, ValueRenderer};
 use crate::codec::Format;
 use crate::record::{header, Headers, InRecord, OutRecord};
 use std::collections::BTreeMap;
@@ -60,6 +60,35 @@ impl std::fmt::Debug for AwaitSettings {
     }
 }
 
+/// Why a command did not run.
+enum Refused {
+    /// The command itself is wrong (`decide` called it malformed).
+    Invalid { version: u64, reason: String },
+    /// The aggregate's snapshot cannot be read.
+    Failed(String),
+}
+
+impl Refused {
+    fn reason(&self) -> &str {
+        match self {
+            Refused::Invalid { reason, .. } | Refused::Failed(reason) => reason,
+        }
+    }
+}
+
+/// Where a reply goes besides the record's own headers (which take precedence).
+#[derive(Clone, Copy)]
+struct ReplyTo<'a> {
+    correlation_id: Option<&'a str>,
+    reply_to: Option<&'a str>,
+}
+
+impl<'a, C> From<&'a wire::Command<C>> for ReplyTo<'a> {
+    fn from(c: &'a wire::Command<C>) -> Self {
+        Self { correlation_id: c.correlation_id.as_deref(), reply_to: c.reply_to.as_deref() }
+    }
+}
+
 /// Where a command came from: a record of the command topic, or the stash.
 struct Source<'a> {
     headers: &'a Headers,
@@ -75,12 +104,24 @@ pub struct AggregateProcessor<A> {
     pending: Option<BTreeMap<String, i64>>,
     /// Largest record time seen by this task.
     stream_time: i64,
+    /// Keys whose snapshot could not be read, as far as this task has seen: each command
+    /// for one is answered `failed` (gauge `millrace_quarantined_keys`).
+    quarantined: std::collections::HashSet<String>,
     _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> Drop for AggregateProcessor<A> {
+    fn drop(&mut self) {
+        // The task closes: its keys are no longer this instance's to count.
+        if !self.quarantined.is_empty() {
+            metrics::gauge!("millrace_quarantined_keys", "store" => self.settings.store.clone()).decrement(self.quarantined.len() as f64);
+        }
+    }
 }
 
 impl<A: Aggregate> AggregateProcessor<A> {
     pub fn new(settings: AggregateSettings) -> Self {
-        Self { settings, pending: None, stream_time: i64::MIN, _aggregate: PhantomData }
+        Self { settings, pending: None, stream_time: i64::MIN, quarantined: Default::default(), _aggregate: PhantomData }
     }
 
     fn load(&self, ctx: &Context<'_>, id: &str) -> Result<Snapshot<A::State>, ProcessError> {
@@ -96,16 +137,16 @@ impl<A: Aggregate> AggregateProcessor<A> {
         }
     }
 
-    fn reply(&self, ctx: &mut Context<'_>, source: &Source<'_>, cmd: &wire::Command<A::Command>, reply: Reply) {
+    fn reply(&self, ctx: &mut Context<'_>, source: &Source<'_>, to: ReplyTo<'_>, reply: Reply) {
         metrics::counter!("millrace_commands_total", "outcome" => reply.outcome.as_str()).increment(1);
         let mut headers = Headers::default();
         let correlation = source.headers.get(header::CORRELATION_ID).map(<[u8]>::to_vec)
-            .or_else(|| cmd.correlation_id.clone().map(String::into_bytes));
+            .or_else(|| to.correlation_id.map(|c| c.as_bytes().to_vec()));
         if let Some(c) = correlation {
             headers.insert(header::CORRELATION_ID, c);
         }
         let topic = source.headers.get_str(header::REPLY_TO).map(str::to_string)
-            .or_else(|| cmd.reply_to.clone())
+            .or_else(|| to.reply_to.map(str::to_string))
             .unwrap_or_else(|| self.settings.reply_topic.clone());
         ctx.out.send(OutRecord {
             topic,
@@ -115,6 +156,43 @@ impl<A: Aggregate> AggregateProcessor<A> {
             headers,
             timestamp: source.timestamp,
         });
+    }
+
+    /// Answers a command that cannot run (`invalid`, with the reason) and dead-letters the
+    /// original, in the same transaction: the sender is never left waiting, and nothing
+    /// is lost. The snapshot is not touched.
+    fn invalid(&self, ctx: &mut Context<'_>, record: &InRecord, env: &wire::Envelope, version: u64, reason: String) {
+        self.refuse(ctx, record, env, Outcome::Invalid, version, reason, "invalid_command");
+    }
+
+    /// Answers a command the engine could not run (`failed`: its snapshot cannot be read)
+    /// and dead-letters it. The key stays quarantined while its snapshot is unreadable.
+    fn failed(&mut self, ctx: &mut Context<'_>, record: &InRecord, env: &wire::Envelope, reason: String) {
+        if self.quarantined.insert(env.aggregate_id.clone()) {
+            tracing::error!(store = %self.settings.store, key = %env.aggregate_id, %reason,
+                "snapshot cannot be read; key quarantined until its snapshot is deleted or repaired (docs/operations.md)");
+            metrics::gauge!("millrace_quarantined_keys", "store" => self.settings.store.clone()).increment(1.0);
+        }
+        self.refuse(ctx, record, env, Outcome::Failed, 0, reason, "failed");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(&self, ctx: &mut Context<'_>, record: &InRecord, env: &wire::Envelope, outcome: Outcome, version: u64, reason: String, kind: &'static str) {
+        let source = Source { headers: &record.headers, offset: Some(record.offset), timestamp: record.timestamp, internal: false };
+        let to = ReplyTo { correlation_id: env.correlation_id.as_deref(), reply_to: env.reply_to.as_deref() };
+        let reply = Reply {
+            command_id: env.command_id.clone(),
+            aggregate_id: env.aggregate_id.clone(),
+            outcome,
+            version,
+            event_count: None,
+            reason: Some(reason.clone()),
+            expected: None,
+            actual: None,
+            original_outcome: None,
+        };
+        self.reply(ctx, &source, to, reply);
+        ctx.out.send(dead_letter_as(record, &reason, &self.settings.dead_letter_topic, kind));
     }
 
     fn remember(&self, snap: &mut Snapshot<A::State>, reply: &Reply) {
@@ -128,16 +206,24 @@ impl<A: Aggregate> AggregateProcessor<A> {
         snap.recent.drain(..excess);
     }
 
-    /// Runs one decoded command. Malformed commands come back as `Err(reason)` for the
-    /// caller to dead-letter.
+    /// Runs one decoded command. A command `decide` calls malformed comes back as
+    /// `Err(reason)`, unanswered and unapplied: the caller answers it `invalid` and
+    /// dead-letters it.
     fn handle(
         &mut self,
         ctx: &mut Context<'_>,
         source: &Source<'_>,
         cmd: &wire::Command<A::Command>,
-    ) -> Result<Result<(), String>, ProcessError> {
+    ) -> Result<Result<(), Refused>, ProcessError> {
         let id = cmd.aggregate_id.as_str();
-        let mut snap = self.load(ctx, id)?;
+        let mut snap = match self.load(ctx, id) {
+            Ok(snap) => snap,
+            // One unreadable snapshot must not stall its partition: the key is quarantined
+            // (every command for it is answered `failed`) until an operator deletes or
+            // repairs the snapshot; every other key goes on.
+            Err(e @ ProcessError::CorruptSnapshot { .. }) => return Ok(Err(Refused::Failed(e.to_string()))),
+            Err(e) => return Err(e),
+        };
         let base = Reply {
             command_id: cmd.command_id.clone(),
             aggregate_id: id.to_string(),
@@ -158,7 +244,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
                 original_outcome: Some(prev.outcome),
                 ..base
             };
-            self.reply(ctx, source, cmd, reply);
+            self.reply(ctx, source, cmd.into(), reply);
             return Ok(Ok(()));
         }
 
@@ -170,7 +256,9 @@ impl<A: Aggregate> AggregateProcessor<A> {
                 ..base
             },
             _ => match A::decide(&snap.state, &cmd.body) {
-                Err(Rejection::Malformed(reason)) => return Ok(Err(format!("malformed command: {reason}"))),
+                Err(Rejection::Malformed(reason)) => {
+                    return Ok(Err(Refused::Invalid { version: snap.version, reason: format!("malformed command: {reason}") }))
+                }
                 Err(Rejection::Rule(reason)) => Reply { outcome: Outcome::Rejected, reason: Some(reason), ..base },
                 Ok(events) => {
                     for event in &events {
@@ -222,8 +310,31 @@ impl<A: Aggregate> AggregateProcessor<A> {
         }
         let bytes = wire::encode_snapshot::<A>(self.settings.store_format, &snap);
         ctx.put(id.as_bytes(), Some(bytes));
-        self.reply(ctx, source, cmd, reply);
+        if self.quarantined.remove(id) {
+            // Its snapshot was deleted or repaired: readable again.
+            metrics::gauge!("millrace_quarantined_keys", "store" => self.settings.store.clone()).decrement(1.0);
+        }
+        self.reply(ctx, source, cmd.into(), reply);
         Ok(Ok(()))
+    }
+
+    /// The snapshot, or None (logged) when it cannot be read: for work no command asked
+    /// for, which must not stop the partition over one key.
+    fn load_readable(&self, ctx: &Context<'_>, id: &str) -> Result<Option<Snapshot<A::State>>, ProcessError> {
+        match self.load(ctx, id) {
+            Ok(s) => Ok(Some(s)),
+            Err(ProcessError::CorruptSnapshot { reason, .. }) => {
+                tracing::warn!(store = %self.settings.store, key = id, %reason, "skipping an unreadable snapshot");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The aggregate's version for a reply that does not load it otherwise; 0 when its
+    /// snapshot cannot be read (the reply's reason is about the command, not the snapshot).
+    fn current_version(&self, ctx: &Context<'_>, id: &str) -> u64 {
+        self.load(ctx, id).map_or(0, |s| s.version)
     }
 
     /// The waiting aggregates, loaded from the store's index on first use.
@@ -237,8 +348,9 @@ impl<A: Aggregate> AggregateProcessor<A> {
                 let Some(last) = page.last().map(|(k, _)| k.clone()) else { break };
                 for (k, _) in page {
                     let id = String::from_utf8_lossy(&k).into_owned();
-                    // The overlay may have moved on since the commit the index reflects.
-                    if let Some(deadline) = self.load(ctx, &id)?.await_deadline {
+                    // The overlay may have moved on since the commit the index reflects. An
+                    // unreadable snapshot waits for nothing: its key is quarantined.
+                    if let Some(deadline) = self.load_readable(ctx, &id)?.and_then(|s| s.await_deadline) {
                         found.insert(id, deadline);
                     }
                 }
@@ -262,7 +374,10 @@ impl<A: Aggregate> AggregateProcessor<A> {
         // needs the keys found, expired needs the table to have reached the deadline),
         // it never changes one, so the partition keeps moving meanwhile.
         for (id, deadline) in due {
-            let snap = self.load(ctx, &id)?;
+            let Some(snap) = self.load_readable(ctx, &id)? else {
+                self.pending.as_mut().expect("loaded").remove(&id);
+                continue;
+            };
             let Some(wait) = A::awaiting(&snap.state).filter(|_| snap.await_deadline == Some(deadline)) else {
                 self.pending.as_mut().expect("loaded").remove(&id);
                 continue;
@@ -305,8 +420,8 @@ impl<A: Aggregate> AggregateProcessor<A> {
             let record_time = ctx.timestamp.replace(at);
             let handled = self.handle(ctx, &source, &cmd);
             ctx.timestamp = record_time;
-            if let Err(reason) = handled? {
-                tracing::warn!(aggregate = %id, %reason, "the stash's command was malformed; the wait ends");
+            if let Err(refused) = handled? {
+                tracing::warn!(aggregate = %id, reason = %refused.reason(), "the stash's command could not run; the wait ends");
             }
         }
         Ok(())
@@ -322,17 +437,28 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
             dlq(ctx, "command record has no value");
             return Ok(());
         };
-        let cmd = match wire::decode_command::<A>(self.settings.command_format, value) {
+        let format = self.settings.command_format;
+        let cmd = match wire::decode_command::<A>(format, value) {
             Ok(c) => c,
             Err(e) => {
-                dlq(ctx, &format!("cannot decode {} command: {e}", self.settings.command_format));
+                let reason = format!("cannot decode {format} command: {e}");
+                match wire::decode_envelope(format, value) {
+                    // The body is wrong but the sender can be answered.
+                    Some(env) if record.key.as_deref() == Some(env.aggregate_id.as_bytes()) => {
+                        let version = self.current_version(ctx, &env.aggregate_id);
+                        self.invalid(ctx, record, &env, version, reason);
+                    }
+                    Some(env) => self.invalid(ctx, record, &env, 0, key_mismatch(&env.aggregate_id)),
+                    None => dlq(ctx, &reason),
+                }
                 return Ok(());
             }
         };
         // The key decides the partition, and so which task owns the aggregate. A key that
         // disagrees with the envelope would let two tasks write one aggregate.
         if record.key.as_deref() != Some(cmd.aggregate_id.as_bytes()) {
-            dlq(ctx, &format!("record key does not equal aggregate_id {:?}", cmd.aggregate_id));
+            let env = cmd.envelope();
+            self.invalid(ctx, record, &env, 0, key_mismatch(&cmd.aggregate_id));
             return Ok(());
         }
         if let Some(ts) = record.timestamp {
@@ -343,8 +469,10 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
             self.pending(ctx)?;
         }
         let source = Source { headers: &record.headers, offset: Some(record.offset), timestamp: record.timestamp, internal: false };
-        if let Err(reason) = self.handle(ctx, &source, &cmd)? {
-            ctx.out.send(dead_letter(record, &reason, &self.settings.dead_letter_topic));
+        match self.handle(ctx, &source, &cmd)? {
+            Ok(()) => {}
+            Err(Refused::Invalid { version, reason }) => self.invalid(ctx, record, &cmd.envelope(), version, reason),
+            Err(Refused::Failed(reason)) => self.failed(ctx, record, &cmd.envelope(), reason),
         }
         if self.settings.awaits.is_some() && self.stream_time > i64::MIN {
             self.check_waits(ctx, self.stream_time)?;
@@ -362,6 +490,19 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
     fn aborted(&mut self) {
         self.pending = None;
     }
+
+    fn fail(&mut self, record: &InRecord, reason: &str, ctx: &mut Context<'_>) -> bool {
+        let Some(env) = record.value.as_deref().and_then(|v| wire::decode_envelope(self.settings.command_format, v)) else {
+            return false;
+        };
+        let version = self.current_version(ctx, &env.aggregate_id);
+        self.refuse(ctx, record, &env, Outcome::Failed, version, reason.to_string(), "failed");
+        true
+    }
+}
+
+fn key_mismatch(aggregate_id: &str) -> String {
+    format!("record key does not equal aggregate_id {aggregate_id:?}")
 }
 
 /// Renders this aggregate's snapshots for the query server.

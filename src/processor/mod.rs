@@ -14,7 +14,7 @@ pub mod wire;
 
 pub use aggregate::{Aggregate, Await, Rejection};
 pub use aggregate_processor::{AggregateProcessor, AggregateSettings, AwaitSettings, SnapshotRenderer, AWAITING_INDEX};
-pub use dead_letter::dead_letter;
+pub use dead_letter::{dead_letter, dead_letter_as};
 pub use join::{field_key, JoinKind, JoinProcessor, Lookup, TableSource};
 pub use rekey::RekeyProcessor;
 pub use table::{TableProcessor, TableRenderer};
@@ -79,6 +79,14 @@ pub trait Processor: Send {
 
     /// The open transaction aborted: forget anything cached from it.
     fn aborted(&mut self) {}
+
+    /// What this record wrote could not be committed (a topic refused an output for good:
+    /// too large, invalid), so it is not run again: answer it as failed, with `reason`.
+    /// Returns false when there is nobody to answer; the engine then dead-letters it.
+    fn fail(&mut self, record: &InRecord, reason: &str, ctx: &mut Context<'_>) -> bool {
+        let _ = (record, reason, ctx);
+        false
+    }
 }
 
 /// Failures a processor cannot turn into a reply or a dead letter.

@@ -18,6 +18,17 @@ pub struct Command<C> {
     pub body: C,
 }
 
+impl<C> Command<C> {
+    pub fn envelope(&self) -> Envelope {
+        Envelope {
+            command_id: self.command_id.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            reply_to: self.reply_to.clone(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct JsonCommand<C> {
     command_id: String,
@@ -70,6 +81,36 @@ pub fn decode_command<A: Aggregate>(
     Ok(cmd)
 }
 
+/// The envelope of a command whose body may not decode: enough to answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Envelope {
+    pub command_id: String,
+    pub aggregate_id: String,
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+}
+
+/// Reads only the envelope fields of a command, ignoring its body: a command whose
+/// payload or type is wrong still has a sender waiting for an answer. None when not even
+/// the command id and aggregate id can be read (those bytes can only be dead-lettered).
+pub fn decode_envelope(format: Format, bytes: &[u8]) -> Option<Envelope> {
+    let e = match format {
+        Format::Json => serde_json::from_slice::<Envelope>(bytes).ok()?,
+        Format::Protobuf => {
+            let e = pb::CommandEnvelope::decode(bytes).ok()?;
+            Envelope {
+                command_id: e.command_id,
+                aggregate_id: e.aggregate_id,
+                correlation_id: Some(e.correlation_id).filter(|s| !s.is_empty()),
+                reply_to: Some(e.reply_to).filter(|s| !s.is_empty()),
+            }
+        }
+    };
+    (!e.command_id.is_empty() && !e.aggregate_id.is_empty()).then_some(e)
+}
+
 #[derive(Serialize)]
 struct JsonEvent<'a, E> {
     aggregate_id: &'a str,
@@ -105,6 +146,10 @@ pub enum Outcome {
     Rejected,
     WrongExpectedVersion,
     Duplicate,
+    /// The command cannot run: undecodable payload, unknown type, or `Rejection::Malformed`.
+    Invalid,
+    /// The engine could not run it: an unreadable snapshot, an output a topic refuses.
+    Failed,
 }
 
 impl Outcome {
@@ -114,6 +159,8 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::WrongExpectedVersion => "wrong_expected_version",
             Outcome::Duplicate => "duplicate",
+            Outcome::Invalid => "invalid",
+            Outcome::Failed => "failed",
         }
     }
 
@@ -123,6 +170,8 @@ impl Outcome {
             Outcome::Rejected => pb::Outcome::Rejected,
             Outcome::WrongExpectedVersion => pb::Outcome::WrongExpectedVersion,
             Outcome::Duplicate => pb::Outcome::Duplicate,
+            Outcome::Invalid => pb::Outcome::Invalid,
+            Outcome::Failed => pb::Outcome::Failed,
         }
     }
 
@@ -132,6 +181,8 @@ impl Outcome {
             pb::Outcome::Rejected => Some(Outcome::Rejected),
             pb::Outcome::WrongExpectedVersion => Some(Outcome::WrongExpectedVersion),
             pb::Outcome::Duplicate => Some(Outcome::Duplicate),
+            pb::Outcome::Invalid => Some(Outcome::Invalid),
+            pb::Outcome::Failed => Some(Outcome::Failed),
             pb::Outcome::Unspecified => None,
         }
     }
@@ -322,7 +373,9 @@ mod tests {
             Just(Outcome::Accepted),
             Just(Outcome::Rejected),
             Just(Outcome::WrongExpectedVersion),
-            Just(Outcome::Duplicate)
+            Just(Outcome::Duplicate),
+            Just(Outcome::Invalid),
+            Just(Outcome::Failed)
         ]
     }
 
@@ -343,7 +396,7 @@ mod tests {
                 };
                 match outcome {
                     Outcome::Accepted => Reply { event_count: Some(n % 10), ..base },
-                    Outcome::Rejected => Reply { reason: Some(reason), ..base },
+                    Outcome::Rejected | Outcome::Invalid | Outcome::Failed => Reply { reason: Some(reason), ..base },
                     Outcome::WrongExpectedVersion => Reply { expected: Some(version + 1), actual: Some(version), ..base },
                     Outcome::Duplicate if orig == Outcome::Duplicate => Reply { original_outcome: Some(Outcome::Accepted), ..base },
                     Outcome::Duplicate => Reply { original_outcome: Some(orig), ..base },
@@ -395,6 +448,21 @@ mod tests {
         fn arbitrary_bytes_never_panic_the_command_decoders(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_command::<CustomerAggregate>(Format::Json, &bytes);
             let _ = decode_command::<CustomerAggregate>(Format::Protobuf, &bytes);
+            let _ = decode_envelope(Format::Json, &bytes);
+            let _ = decode_envelope(Format::Protobuf, &bytes);
+        }
+
+        /// Whatever the body, a readable envelope is read: an unknown type or a payload of
+        /// the wrong shape still leaves the sender something to be answered on.
+        #[test]
+        fn envelopes_read_past_any_body(id in "[a-z0-9]{1,8}", agg in "[a-z0-9]{1,8}", ty in "[A-Za-z]{0,12}",
+                                        payload in prop_oneof![Just(serde_json::json!(null)), Just(serde_json::json!(7)),
+                                                               Just(serde_json::json!({"x": [1]}))]) {
+            let bytes = serde_json::to_vec(&serde_json::json!({
+                "command_id": id, "aggregate_id": agg, "type": ty, "payload": payload, "reply_to": "r",
+            })).unwrap();
+            let e = decode_envelope(Format::Json, &bytes).unwrap();
+            prop_assert_eq!((e.command_id, e.aggregate_id, e.reply_to), (id, agg, Some("r".to_string())));
         }
     }
 }

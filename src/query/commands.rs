@@ -24,13 +24,21 @@ fn gateway_error(e: GatewayError) -> QueryError {
     }
 }
 
-/// 200 for an accepted command, 409 for a refused one; a duplicate counts as its original.
+/// 200 for an accepted command, 409 for one the rules or the expected version refused,
+/// 400 for one that cannot run (`invalid`), 422 for one the engine could not run
+/// (`failed`: retrying the same command does not help until an operator acts). A
+/// duplicate counts as its original.
 fn answer(reply: Reply) -> Response {
     let outcome = match reply.outcome {
         Outcome::Duplicate => reply.original_outcome.unwrap_or(Outcome::Accepted),
         o => o,
     };
-    let status = if outcome == Outcome::Accepted { StatusCode::OK } else { StatusCode::CONFLICT };
+    let status = match outcome {
+        Outcome::Accepted => StatusCode::OK,
+        Outcome::Invalid => StatusCode::BAD_REQUEST,
+        Outcome::Failed => StatusCode::UNPROCESSABLE_ENTITY,
+        Outcome::Rejected | Outcome::WrongExpectedVersion | Outcome::Duplicate => StatusCode::CONFLICT,
+    };
     (status, Json(reply)).into_response()
 }
 
@@ -84,6 +92,8 @@ pub(super) async fn submit(
         "payload": payload,
     });
     let bytes = serde_json::to_vec(&envelope).expect("JSON values serialize");
+    // A command that cannot decode is answered now, not after a round trip through Kafka.
+    target.check(&bytes).map_err(|reason| QueryError::InvalidCommand { command_id: command_id.clone(), reason })?;
     match gateway.submit(&target, &id, &command_id, &bytes, timeout).await.map_err(gateway_error)? {
         Some(reply) => Ok(answer(reply)),
         None => {

@@ -24,6 +24,9 @@ pub enum QueryError {
     BadParameter { name: String, reason: String },
     #[error("bad request body: {0}")]
     BadBody(String),
+    /// The command cannot run (checked before it is sent): same answer as an `invalid` reply.
+    #[error("invalid command: {reason}")]
+    InvalidCommand { command_id: String, reason: String },
     #[error("{0}")]
     UnknownAggregate(String),
     #[error("{0}")]
@@ -53,6 +56,7 @@ impl QueryError {
             QueryError::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "behind"),
             QueryError::BadParameter { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             QueryError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            QueryError::InvalidCommand { .. } => (StatusCode::BAD_REQUEST, "invalid_command"),
             QueryError::UnknownAggregate(_) => (StatusCode::NOT_FOUND, "unknown_aggregate"),
             QueryError::Unsupported(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported"),
             QueryError::UnknownCommand(_) => (StatusCode::NOT_FOUND, "unknown_command"),
@@ -71,6 +75,11 @@ impl IntoResponse for QueryError {
         let mut body = json!({"error": code, "message": self.to_string()});
         match &self {
             QueryError::NotOwner { partition, .. } => body["partition"] = json!(partition),
+            QueryError::InvalidCommand { command_id, reason } => {
+                body["command_id"] = json!(command_id);
+                body["outcome"] = json!("invalid");
+                body["reason"] = json!(reason);
+            }
             QueryError::Moving { partition, .. } => {
                 body["partition"] = json!(partition);
                 // Ownership settles within a rebalance; a second is a fair first wait.

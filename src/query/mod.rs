@@ -47,7 +47,7 @@ pub fn router(
     gateway: Option<Arc<crate::runtime::gateway::Gateway>>,
 ) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/stores", get(stores))
@@ -61,6 +61,15 @@ pub fn router(
         .fallback(|| async { QueryError::NoRoute })
         .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
         .with_state(Ctx { catalog, metrics, directory, gateway })
+}
+
+/// Liveness: 503 once a processing thread died (the process is about to exit with code 1;
+/// an orchestrator restarts it).
+async fn health(State(ctx): State<Ctx>) -> Response {
+    match ctx.catalog.failure() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "reason": reason}))).into_response(),
+    }
 }
 
 async fn ready(State(ctx): State<Ctx>) -> Response {

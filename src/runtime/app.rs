@@ -8,6 +8,7 @@ use super::registry::Registry;
 use super::topics;
 use crate::topology::TopicNeed;
 use super::RuntimeError;
+use crate::error::Recovery;
 use crate::codec::Format;
 use crate::processor::{AggregateSettings, AwaitSettings, AWAITING_INDEX, JoinProcessor, Lookup, RekeyProcessor, TableProcessor, TableRenderer, TableSource, ValueRenderer};
 use super::global::GlobalTable;
@@ -29,15 +30,12 @@ use std::time::Duration;
 /// Where and as whom an instance runs.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
-    pub bootstrap_servers: String,
+    /// The bootstrap servers and the user's Kafka settings: every client is made from it.
+    pub kafka: crate::kafka::Clients,
     /// Parent of every store directory of this instance.
     pub state_dir: PathBuf,
     /// Stable id of this instance: names its transactional id and static group membership.
     pub instance_id: String,
-    /// Extra librdkafka settings for the consumer, e.g. `session.timeout.ms`.
-    pub consumer_overrides: Vec<(String, String)>,
-    /// Extra librdkafka settings for the transactional producer.
-    pub producer_overrides: Vec<(String, String)>,
     /// The `host:port` other instances reach this one's query server at. None: the
     /// listen address (with the host name when it listens on every interface).
     pub advertised_http: Option<String>,
@@ -49,6 +47,8 @@ pub struct App {
     routes: BTreeMap<String, Route>,
     catalog: Arc<Catalog>,
     globals: BTreeMap<String, Arc<GlobalTable>>,
+    /// Each aggregate node's command check, for the gateway.
+    checks: BTreeMap<String, super::registry::CommandCheck>,
 }
 
 impl App {
@@ -57,6 +57,7 @@ impl App {
         let mut routes = BTreeMap::new();
         let catalog = Catalog::new();
         let mut globals = BTreeMap::new();
+        let mut checks = BTreeMap::new();
         for (node, g) in &topology.global_tables {
             let table = Arc::new(GlobalTable::new(node, &g.topic, &g.store, topology.store_spec(&g.store).history_ms));
             catalog.define(&g.store, StoreView {
@@ -115,6 +116,7 @@ impl App {
                     .collect(),
                 global: false,
             });
+            checks.insert(node.clone(), registered.check.clone());
             catalog.define_aggregate(&a.aggregate, &a.store);
             catalog.define_aggregate(node, &a.store);
             let make = registered.processor.clone();
@@ -212,7 +214,7 @@ impl App {
                 peers,
             });
         }
-        Ok(Self { topology, config, routes, catalog, globals })
+        Ok(Self { topology, config, routes, catalog, globals, checks })
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -259,8 +261,8 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), RuntimeError> {
         let needs = self.topic_needs();
-        let bootstrap = self.config.bootstrap_servers.clone();
-        tokio::task::spawn_blocking(move || topics::ensure(&bootstrap, &needs))
+        let clients = self.config.kafka.clone();
+        tokio::task::spawn_blocking(move || topics::ensure(&clients, &needs))
             .await
             .expect("topic check does not panic")?;
 
@@ -271,25 +273,25 @@ impl App {
         // Global tables load to their end before any input is processed, then follow.
         let mut followers = Vec::new();
         for g in self.globals.values() {
-            let (g, dir, partitions, res, bootstrap) = (
+            let (g, dir, partitions, res, clients) = (
                 g.clone(),
                 self.config.state_dir.join(&self.topology.application_id).join("global"),
                 self.topology.topics[&g.topic].partitions,
                 resources.clone(),
-                self.config.bootstrap_servers.clone(),
+                self.config.kafka.clone(),
             );
             let catalog = self.catalog.clone();
             let g = tokio::task::spawn_blocking(move || {
                 for s in g.open(&dir, partitions, &res)? {
                     catalog.attach(&s);
                 }
-                let n = g.bootstrap(&bootstrap)?;
+                let n = g.bootstrap(&clients)?;
                 tracing::info!(table = %g.name, records = n, "global table bootstrapped");
                 Ok::<_, RuntimeError>(g)
             })
             .await
             .expect("global bootstrap does not panic")?;
-            followers.push(g.follow(self.config.bootstrap_servers.clone(), stop.clone()));
+            followers.push(g.follow(self.config.kafka.clone(), stop.clone()));
         }
         // Any instance answers any key: publish what this one holds, learn what the others do.
         let local = listener.local_addr().map_err(RuntimeError::Http)?;
@@ -323,7 +325,7 @@ impl App {
                 directory.clone(),
                 self.catalog.clone(),
             ));
-            followers.push(s.clone().spawn(self.config.bootstrap_servers.clone(), stop.clone()));
+            followers.push(s.clone().spawn(self.config.kafka.clone(), stop.clone()));
             s
         });
         let standby_set: Option<super::members::StandbySet> =
@@ -333,9 +335,22 @@ impl App {
             self.catalog.clone(),
             standby_set,
             self.topology.members_topic(),
-            self.config.bootstrap_servers.clone(),
+            self.config.kafka.clone(),
             stop.clone(),
         ));
+        // Before joining the group: a live twin with our instance id would be fenced by us,
+        // and fence us back, for as long as both run.
+        let check = directory.clone();
+        let checked = tokio::task::spawn_blocking(move || check.refuse_duplicate(Duration::from_secs(30)))
+            .await
+            .expect("the duplicate check does not panic");
+        if let Err(e) = checked {
+            stop.store(true, Ordering::SeqCst);
+            tokio::task::spawn_blocking(move || followers.into_iter().for_each(|f| drop(f.join())))
+                .await
+                .expect("join does not panic");
+            return Err(e);
+        }
         let mut processing = Vec::with_capacity(threads);
         for thread in 0..threads {
             // One member id per thread: `<app>-<instance>` alone, `<app>-<instance>-<n>` for more.
@@ -345,9 +360,8 @@ impl App {
                 format!("{}-{}-{thread}", self.topology.application_id, self.config.instance_id)
             };
             let settings = EngineSettings {
-                bootstrap_servers: self.config.bootstrap_servers.clone(),
+                clients: self.config.kafka.clone(),
                 transactional_id: member.clone(),
-                producer_overrides: self.config.producer_overrides.clone(),
                 state_dir: self.config.state_dir.join(&self.topology.application_id),
                 commit_interval: Duration::from_millis(self.topology.processing.commit_interval_ms),
                 max_batch_records: self.topology.processing.max_batch_records.max(1),
@@ -367,7 +381,12 @@ impl App {
                 std::thread::Builder::new()
                     .name(format!("millrace-processing-{thread}"))
                     .spawn(move || {
-                        let r = poll_loop(consumer_cfg, settings, resources, catalog, stop.clone());
+                        let r = poll_loop(consumer_cfg, settings, resources, catalog.clone(), stop.clone());
+                        if let Err(e) = &r {
+                            // /health says so (503) while the instance shuts down.
+                            tracing::error!(thread, error = %e, "processing thread failed; the instance stops");
+                            catalog.set_failed(format!("processing thread {thread} failed: {e}"));
+                        }
                         // One thread failing stops the instance: its partitions would stall.
                         stop.store(true, Ordering::SeqCst);
                         r
@@ -385,6 +404,7 @@ impl App {
                 replies: a.replies.clone(),
                 reply_format: self.topology.topics[&a.replies].codec,
                 reply_partitions: self.topology.topics[&a.replies].partitions,
+                check: self.checks[node].clone(),
             };
             targets.insert(a.aggregate.clone(), target.clone());
             targets.insert(node.clone(), target);
@@ -392,10 +412,10 @@ impl App {
         let gateway = if targets.is_empty() {
             None
         } else {
-            let g = Arc::new(super::gateway::Gateway::new(targets, &self.config.bootstrap_servers, &self.config.instance_id)?);
-            let (g2, bootstrap, stop2) = (g.clone(), self.config.bootstrap_servers.clone(), stop.clone());
+            let g = Arc::new(super::gateway::Gateway::new(targets, &self.config.kafka, &self.config.instance_id)?);
+            let (g2, clients, stop2) = (g.clone(), self.config.kafka.clone(), stop.clone());
             followers.push(
-                tokio::task::spawn_blocking(move || g2.spawn_reader(&bootstrap, stop2))
+                tokio::task::spawn_blocking(move || g2.spawn_reader(&clients, stop2))
                     .await
                     .expect("gateway start does not panic")?,
             );
@@ -439,9 +459,8 @@ impl App {
     }
 
     fn consumer_config(&self, member: &str) -> ClientConfig {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &self.config.bootstrap_servers)
-            .set("group.id", &self.topology.application_id)
+        let mut cfg = self.config.kafka.client();
+        cfg.set("group.id", &self.topology.application_id)
             // Static membership: a restarted instance takes its partitions back without a
             // rebalance, and a zombie with the same id is fenced.
             .set("group.instance.id", member)
@@ -454,9 +473,7 @@ impl App {
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "2000");
-        for (k, v) in &self.config.consumer_overrides {
-            cfg.set(k, v);
-        }
+        self.config.kafka.apply_consumer(&mut cfg);
         cfg
     }
 }
@@ -516,30 +533,71 @@ fn poll_loop(
     consumer.subscribe(&names).map_err(|e| kafka("subscribe", e))?;
 
     let result = (|| {
+        let mut retry = RetryBudget::default();
+        // After a transient failure the next step is a resync, not a poll.
+        let mut resync = false;
         while !stop.load(Ordering::SeqCst) {
-            let wait = {
-                let g = shared.lock().expect("engine lock");
-                g.as_ref().map_or(Duration::from_millis(100), |e| e.until_commit_due()).min(Duration::from_millis(100))
-            };
-            let record = match consumer.poll(wait) {
-                Some(Ok(m)) => Some(in_record(&m)),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    None
+            let record = if resync {
+                None
+            } else {
+                let wait = {
+                    let g = shared.lock().expect("engine lock");
+                    g.as_ref().map_or(Duration::from_millis(100), |e| e.until_commit_due()).min(Duration::from_millis(100))
+                };
+                match consumer.poll(wait) {
+                    Some(Ok(m)) => Some(in_record(&m)),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        None
+                    }
+                    None => None,
                 }
-                None => None,
             };
             let mut g = shared.lock().expect("engine lock");
             let engine = g.as_mut().expect("engine is set before subscribe");
-            if let Some(f) = engine.failure.take() {
-                return Err(f);
+            let step = if resync {
+                engine.resync(&consumer)
+            } else {
+                (|| {
+                    if let Some(f) = engine.failure.take() {
+                        return Err(f);
+                    }
+                    if let Some(r) = record {
+                        engine.buffer(r);
+                    }
+                    engine.drain(&consumer)?;
+                    engine.maybe_punctuate(&consumer)?;
+                    engine.maybe_commit(&consumer)
+                })()
+            };
+            let commits = engine.commits();
+            drop(g);
+            match step {
+                Ok(()) => {
+                    if resync {
+                        tracing::info!("recovered from a transient failure");
+                    }
+                    resync = false;
+                    // Progress (a commit) ends a run of failures; a resync that succeeds
+                    // does not, or a fault that returns after every resync would never
+                    // exhaust the budget.
+                    retry.progress(commits);
+                }
+                // Transient (broker unreachable, a metadata timeout, a coordinator moving,
+                // a restore that stalled): retried with bounded backoff, from the last
+                // commit, never taken as permanent. Past the budget the thread ends and
+                // the instance exits (a restart is the next thing to try).
+                Err(e) if e.recovery() == Recovery::Retry => {
+                    let Some(pause) = retry.next(commits) else {
+                        return Err(RuntimeError::RetriesExhausted { after_s: retry.limit.as_secs(), last: Box::new(e) });
+                    };
+                    metrics::counter!("millrace_transient_errors_total", "op" => "processing").increment(1);
+                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "transient failure; resuming from the last commit after a pause");
+                    resync = true;
+                    std::thread::sleep(pause);
+                }
+                Err(e) => return Err(e),
             }
-            if let Some(r) = record {
-                engine.buffer(r);
-            }
-            engine.drain(&consumer)?;
-            engine.maybe_punctuate(&consumer)?;
-            engine.maybe_commit(&consumer)?;
         }
         Ok(())
     })();
@@ -548,6 +606,81 @@ fn poll_loop(
     drop(engine);
     drop(consumer);
     result.and(closed)
+}
+
+/// Backoff for transient failures: 200 ms doubling to 5 s, for at most `limit` since the
+/// first failure of a run of them. A run ends with progress (a commit after its first
+/// failure), or after `QUIET` without a failure.
+struct RetryBudget {
+    limit: Duration,
+    first: Option<std::time::Instant>,
+    last: Option<std::time::Instant>,
+    /// Commits the engine had made when the run began.
+    commits_at_first: u64,
+    attempts: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self { limit: Self::LIMIT, first: None, last: None, commits_at_first: 0, attempts: 0 }
+    }
+}
+
+impl RetryBudget {
+    /// As long as a consumer may go without a poll before the group drops it
+    /// (`max.poll.interval.ms`, 300 s by default), as Kafka Streams' `task.timeout.ms`.
+    const LIMIT: Duration = Duration::from_secs(300);
+    const QUIET: Duration = Duration::from_secs(30);
+
+    /// The pause before the next attempt; None once the budget is spent. `commits`: the
+    /// engine's commit count now.
+    fn next(&mut self, commits: u64) -> Option<Duration> {
+        if self.last.is_some_and(|l| l.elapsed() > Self::QUIET) {
+            self.reset();
+        }
+        let now = std::time::Instant::now();
+        if self.first.is_none() {
+            self.first = Some(now);
+            self.commits_at_first = commits;
+        }
+        self.last = Some(now);
+        if self.first.is_some_and(|f| f.elapsed() >= self.limit) {
+            return None;
+        }
+        let pause = Duration::from_millis(200u64.saturating_mul(1 << self.attempts.min(5))).min(Duration::from_secs(5));
+        self.attempts += 1;
+        Some(pause)
+    }
+
+    /// A step succeeded; if the engine committed since the run of failures began, the run
+    /// is over.
+    fn progress(&mut self, commits: u64) {
+        if self.first.is_some() && commits > self.commits_at_first {
+            self.reset();
+        }
+    }
+
+    fn reset(&mut self) {
+        *self = Self { limit: self.limit, ..Self::default() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RetryBudget;
+    use std::time::Duration;
+
+    #[test]
+    fn transient_retries_back_off_and_end_when_the_budget_is_spent() {
+        let mut b = RetryBudget { limit: Duration::from_millis(50), ..RetryBudget::default() };
+        let pauses: Vec<u128> = (0..7).map(|_| b.next(3).unwrap().as_millis()).collect();
+        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.progress(3);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.next(3), None, "steps without a commit in between do not end the run: the budget is spent");
+        b.progress(4);
+        assert_eq!(b.next(4), Some(Duration::from_millis(200)), "a commit ends the run: a fresh budget");
+    }
 }
 
 fn in_record(m: &BorrowedMessage<'_>) -> InRecord {

@@ -29,6 +29,8 @@ pub struct Catalog {
     /// Processing threads of this instance, and which of them are ready.
     threads: AtomicUsize,
     ready: Mutex<BTreeMap<usize, bool>>,
+    /// Set when a processing thread died: /health answers 503 with it.
+    failed: Mutex<Option<String>>,
 }
 
 impl Catalog {
@@ -110,7 +112,20 @@ impl Catalog {
         self.ready.lock().expect("catalog lock").insert(thread, ready);
     }
 
+    /// A processing thread died: the instance is failing and about to exit.
+    pub fn set_failed(&self, reason: String) {
+        self.failed.lock().expect("catalog lock").get_or_insert(reason);
+    }
+
+    /// Why the instance is failing, if it is.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().expect("catalog lock").clone()
+    }
+
     pub fn is_ready(&self) -> bool {
+        if self.failure().is_some() {
+            return false;
+        }
         let ready = self.ready.lock().expect("catalog lock");
         ready.len() >= self.threads.load(Ordering::SeqCst).max(1) && ready.values().all(|r| *r)
     }

@@ -16,13 +16,13 @@ use super::sync::InputSync;
 use super::task::{Task, TaskState};
 use super::RuntimeError;
 use crate::error::Recovery;
-use crate::processor::Processor;
+use crate::processor::{dead_letter_as, Processor};
 use crate::record::{InRecord, OutRecord, TopicPartition};
 use crate::sink::{SinkError, TransactionalSink};
 use crate::store::{ChangeloggedStore, Indexer, RocksStore, StoreError, StoreResources};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,9 +116,9 @@ pub(crate) fn peer_stores<'a>(
 
 /// What the engine needs to build and commit tasks.
 pub(crate) struct EngineSettings {
-    pub bootstrap_servers: String,
+    /// Every Kafka client is made through this (the user's settings included).
+    pub clients: crate::kafka::Clients,
     pub transactional_id: String,
-    pub producer_overrides: Vec<(String, String)>,
     pub state_dir: PathBuf,
     pub commit_interval: Duration,
     pub max_batch_records: usize,
@@ -154,6 +154,12 @@ pub(crate) struct Engine {
     /// A failure inside the rebalance callback, where it cannot be returned; the poll loop
     /// picks it up.
     pub failure: Option<RuntimeError>,
+    /// Input records whose outputs a topic refused for good, with the reason and how
+    /// often: run again, the batch answers them instead of running them. Dropped once a
+    /// commit moves past them.
+    poisoned: HashMap<(TopicPartition, i64), (String, u32)>,
+    /// Transactions committed so far: progress, for the poll loop's retry budget.
+    commits: u64,
 }
 
 impl Engine {
@@ -162,12 +168,7 @@ impl Engine {
         resources: StoreResources,
         catalog: Arc<Catalog>,
     ) -> Result<Self, RuntimeError> {
-        let sink = TransactionalSink::new(
-            &settings.bootstrap_servers,
-            &settings.transactional_id,
-            settings.exactly_once,
-            &settings.producer_overrides,
-        )?;
+        let sink = TransactionalSink::new(&settings.clients, &settings.transactional_id, settings.exactly_once)?;
         let sync = InputSync::new(settings.sync_groups.clone(), settings.max_task_idle);
         Ok(Self {
             settings,
@@ -182,7 +183,14 @@ impl Engine {
             gauges_updated: Instant::now(),
             punctuated: Instant::now(),
             failure: None,
+            poisoned: HashMap::new(),
+            commits: 0,
         })
+    }
+
+    /// Transactions committed so far.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// Time left until the open transaction is due; the poll loop waits at most this long.
@@ -210,7 +218,23 @@ impl Engine {
             self.txn_started = Instant::now();
             self.txn_records = 0;
         }
-        let result = if self.settings.routes[&tp.topic].peers.is_empty() {
+        self.sink.set_origin(Some((&tp, record.offset)));
+        let result = if let Some((reason, refusals)) = self.poisoned.get(&(tp.clone(), record.offset)) {
+            // A topic refused what this record wrote, for good: the batch runs again
+            // without it, and it is answered `failed` instead (one batch lost at most).
+            if *refusals == 1 {
+                if !task.fail(&record, reason, &mut self.out) {
+                    self.out.push(dead_letter_as(&record, reason, &self.settings.dead_letter_topic, "failed"));
+                }
+            } else {
+                // Even the answer was refused: pass over the record rather than stop the
+                // partition for good.
+                tracing::error!(task = %tp, offset = record.offset, %reason, "the answer to a refused record was refused too; the record is skipped");
+                metrics::counter!("millrace_skipped_records_total", "topic" => tp.topic.clone()).increment(1);
+                task.skip(&record);
+            }
+            Ok(())
+        } else if self.settings.routes[&tp.topic].peers.is_empty() {
             task.process(&record, &mut self.out, &[])
         } else {
             // The task leaves the map while it runs, so the peers can be borrowed from it.
@@ -230,8 +254,8 @@ impl Engine {
                 _ => Err(e.into()),
             };
         }
-        if let Err(e) = self.send_out(consumer) {
-            return self.recover(consumer, e);
+        if let Some(done) = self.sent_or_recovered(consumer, &tp.topic) {
+            return done;
         }
         self.txn_records += 1;
         if self.txn_records >= self.settings.max_batch_records {
@@ -240,17 +264,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Sends what the last processor call wrote into the open transaction.
-    fn send_out<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), SinkError> {
-        let mut out = std::mem::take(&mut self.out);
-        for r in out.iter_mut() {
-            self.check_destination(consumer, r);
+    /// Sends what the last processor call wrote; on failure, recovers the transaction and
+    /// returns what the caller should return (None: sent, go on).
+    fn sent_or_recovered<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, input: &str) -> Option<Result<(), RuntimeError>> {
+        match self.send_out(consumer, input) {
+            Ok(()) => None,
+            Err(SendError::Sink(e)) => Some(self.recover(consumer, e)),
+            // Transient: the poll loop backs off (within its retry budget) and runs the
+            // batch again from the last commit.
+            Err(SendError::Destination(e)) => Some(Err(e)),
         }
+    }
+
+    /// Sends what the last processor call wrote into the open transaction.
+    fn send_out<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, input: &str) -> Result<(), SendError> {
+        let mut out = std::mem::take(&mut self.out);
         let mut result = Ok(());
-        for r in out.drain(..) {
-            if let Err(e) = self.sink.send(&r) {
-                result = Err(e);
+        for r in out.iter_mut() {
+            if let Err(e) = self.check_destination(consumer, r, input) {
+                result = Err(SendError::Destination(e));
                 break;
+            }
+        }
+        if result.is_ok() {
+            for r in out.iter() {
+                if let Err(e) = self.sink.send(r) {
+                    result = Err(SendError::Sink(e));
+                    break;
+                }
             }
         }
         out.clear();
@@ -272,6 +313,7 @@ impl Engine {
         let tps: Vec<TopicPartition> = self.tasks.keys().cloned().collect();
         for tp in tps {
             let Some(task) = self.tasks.get_mut(&tp) else { continue };
+            self.sink.set_origin(None);
             if let Err(e) = task.punctuate(now_ms, &mut self.out) {
                 tracing::error!(task = %tp, error = %e, "punctuation failed");
                 self.out.clear();
@@ -294,8 +336,8 @@ impl Engine {
                 self.txn_started = Instant::now();
                 self.txn_records = 0;
             }
-            if let Err(e) = self.send_out(consumer) {
-                return self.recover(consumer, e);
+            if let Some(done) = self.sent_or_recovered(consumer, &tp.topic) {
+                return done;
             }
         }
         Ok(())
@@ -306,24 +348,36 @@ impl Engine {
     /// to the dead-letter topic instead, with the reason; nothing is lost and the partition
     /// keeps moving. Existing topics are remembered, so this costs a metadata request only
     /// the first time a name is seen.
-    fn check_destination<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, r: &mut OutRecord) {
+    /// Sends a record to a topic nobody declared (a `reply-to` header) only if the topic
+    /// exists; a missing one would fail the whole transaction, so the record goes to the
+    /// dead-letter topic instead. Only the broker's own answer "no such topic" (or "not
+    /// authorized") counts: a metadata timeout says nothing about the topic, and is
+    /// retried (the transaction aborts and the batch runs again) rather than taken as
+    /// permanent, which would dead-letter a valid reply.
+    fn check_destination<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, r: &mut OutRecord, input: &str) -> Result<(), RuntimeError> {
         if self.settings.known_topics.contains(&r.topic) {
-            return;
+            return Ok(());
         }
-        let exists = consumer
-            .fetch_metadata(Some(&r.topic), Duration::from_secs(10))
-            .map(|md| md.topics().iter().any(|t| t.name() == r.topic && t.error().is_none() && !t.partitions().is_empty()))
-            .unwrap_or(false);
-        if exists {
-            self.settings.known_topics.insert(r.topic.clone());
-            return;
-        }
-        tracing::warn!(topic = %r.topic, "output topic does not exist; sending the record to the dead-letter topic");
-        metrics::counter!("millrace_dead_letters_total", "topic" => r.topic.clone()).increment(1);
-        r.headers.insert(crate::record::header::DLQ_REASON, format!("destination topic {} does not exist", r.topic));
+        let reason = match valid_topic_name(&r.topic).map_or_else(|| destination(consumer, &r.topic), Destination::Refused) {
+            Destination::Exists => {
+                self.settings.known_topics.insert(r.topic.clone());
+                return Ok(());
+            }
+            Destination::Refused(reason) => reason,
+            Destination::Unknown(source) => {
+                metrics::counter!("millrace_transient_errors_total", "op" => "metadata").increment(1);
+                return Err(RuntimeError::Kafka { op: "metadata of an output topic", topic: r.topic.clone(), source });
+            }
+        };
+        tracing::warn!(topic = %r.topic, %reason, "output topic refused; sending the record to the dead-letter topic");
+        // Labelled with the input topic and a fixed reason, never the destination: a
+        // reply-to header is client input, and would grow the label set without bound.
+        metrics::counter!("millrace_dead_letters_total", "topic" => input.to_string(), "reason" => "no_destination").increment(1);
+        r.headers.insert(crate::record::header::DLQ_REASON, reason);
         r.headers.insert(crate::record::header::DLQ_TOPIC, r.topic.as_bytes());
         r.topic = self.settings.dead_letter_topic.clone();
         r.partition = None;
+        Ok(())
     }
 
     /// Commits the open transaction when it is due.
@@ -357,6 +411,10 @@ impl Engine {
         };
         match self.sink.commit(&offsets, &group) {
             Ok(delivered) => {
+                self.commits += 1;
+                // Refused records this commit moved past are done with.
+                let tasks = &self.tasks;
+                self.poisoned.retain(|(tp, o), _| tasks.get(tp).is_some_and(|t| t.offset_to_commit().is_none_or(|next| *o >= next)));
                 for (tp, task) in self.tasks.iter_mut() {
                     let checkpoint = match &self.settings.routes[&tp.topic].state {
                         Some(st) if st.source_is_changelog(&tp.topic) => task.offset_to_commit().map(|next| next - 1),
@@ -396,8 +454,18 @@ impl Engine {
 
     fn recover<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, e: SinkError) -> Result<(), RuntimeError> {
         tracing::warn!(error = %e, recovery = ?e.recovery(), "transaction failed");
+        if let SinkError::Poisoned { poisoned, .. } = &e {
+            for p in poisoned {
+                metrics::counter!("millrace_refused_records_total", "topic" => p.input.topic.clone()).increment(1);
+                self.poisoned.entry((p.input.clone(), p.offset)).or_insert_with(|| (p.reason.clone(), 0)).1 += 1;
+            }
+        }
         match e.recovery() {
             Recovery::GiveUpPartitions => self.give_up(consumer),
+            Recovery::Fatal => {
+                let _ = self.sink.abort();
+                Err(e.into())
+            }
             _ => self.abort_and_rewind(consumer),
         }
     }
@@ -448,12 +516,34 @@ impl Engine {
         metrics::counter!("millrace_fenced_total").increment(1);
         self.sync.clear();
         self.close_all();
-        self.sink = TransactionalSink::new(
-            &self.settings.bootstrap_servers,
-            &self.settings.transactional_id,
-            self.settings.exactly_once,
-            &self.settings.producer_overrides,
-        )?;
+        self.new_sink()?;
+        self.reopen_assignment(consumer)
+    }
+
+    /// After a transient failure: abort whatever is open, drop every task, and take the
+    /// assignment up again from the committed offsets. Each task restores only its tail;
+    /// until every one is open, the instance is not ready and processes nothing.
+    pub fn resync<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        self.catalog.set_ready(self.settings.thread, false);
+        self.sync.clear();
+        if let Err(e) = self.sink.abort() {
+            // A producer that cannot abort cannot be trusted with the next transaction; a
+            // new one (init_transactions) aborts what the old one left open.
+            tracing::warn!(error = %e, "abort failed; starting a new producer");
+            self.close_all();
+            self.new_sink()?;
+        }
+        self.close_all();
+        self.reopen_assignment(consumer)
+    }
+
+    fn new_sink(&mut self) -> Result<(), RuntimeError> {
+        self.sink = TransactionalSink::new(&self.settings.clients, &self.settings.transactional_id, self.settings.exactly_once)?;
+        Ok(())
+    }
+
+    /// Opens a task for every assigned partition, each positioned at its committed offset.
+    fn reopen_assignment<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
         let assignment = consumer.assignment().map_err(|source| RuntimeError::Kafka {
             op: "assignment",
             topic: String::new(),
@@ -501,9 +591,9 @@ impl Engine {
                     s.release(&st.name, tp.partition);
                 }
                 let rocks = Arc::new(open_store(&self.settings.state_dir, st, tp.partition, &self.resources)?);
-                let restored = restore(&rocks, &st.changelog, &self.settings.bootstrap_servers, st.accept.as_ref(), st.history_ms.is_some())?;
+                let restored = restore(&rocks, &st.changelog, &self.settings.clients, st.accept.as_ref(), st.history_ms.is_some())?;
                 if let Some(ev) = &st.events {
-                    super::restore::ensure_event_history(&rocks, ev, &self.settings.bootstrap_servers, restored)?;
+                    super::restore::ensure_event_history(&rocks, ev, &self.settings.clients, restored)?;
                 }
                 metrics::gauge!("millrace_store_keys", "store" => st.name.clone(), "partition" => tp.partition.to_string())
                     .set(rocks.estimated_keys() as f64);
@@ -534,6 +624,8 @@ impl Engine {
     }
 
     fn close_all(&mut self) {
+        // Refused records of partitions that go are their next owner's to meet.
+        self.poisoned.clear();
         for (tp, mut task) in std::mem::take(&mut self.tasks) {
             task.aborted();
             self.detach(&tp);
@@ -565,13 +657,20 @@ impl Engine {
         // miss records that commit a moment later, and the task would then decide commands
         // on a stale snapshot. A read_committed consumer's offset fetch requires stable
         // offsets (KIP-447), so it waits here until that transaction has ended.
+        // If it does not end in time, nothing is restored: the poll loop retries (with
+        // backoff, the instance unready) rather than let a task decide on a stale snapshot.
         let started = Instant::now();
         match consumer.committed_offsets(tpl.clone(), Duration::from_secs(120)) {
             Ok(_) if started.elapsed() > Duration::from_secs(1) => {
                 tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "waited for a previous owner's transaction to end before restoring");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "committed offsets not stable; restoring anyway"),
+            Err(source) => {
+                self.catalog.set_ready(self.settings.thread, false);
+                let partitions = tpl.elements().iter().map(|e| format!("{}-{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",");
+                self.failure = Some(RuntimeError::UnstableOffsets { partitions, source });
+                return;
+            }
         }
         if let Err(e) = self.open_tasks(tpl) {
             tracing::error!(error = %e, "cannot open assigned tasks");
@@ -587,6 +686,56 @@ impl Engine {
         }
         self.close_all();
         result
+    }
+}
+
+/// A record could not be queued in the open transaction.
+enum SendError {
+    Sink(SinkError),
+    /// Whether a destination exists could not be learned (a transient metadata failure).
+    Destination(RuntimeError),
+}
+
+/// What the broker says about an output topic.
+enum Destination {
+    Exists,
+    /// The broker refused it for good: the reason, for the dead letter.
+    Refused(String),
+    /// No answer (timeout, broker unreachable, leader moving): ask again later.
+    Unknown(rdkafka::error::KafkaError),
+}
+
+/// Why `topic` cannot be a Kafka topic name (None if it can): a `reply-to` header is
+/// client input, and a name the client library cannot even ask about must not stall the
+/// partition (nor reach rdkafka, which panics on names over 512 bytes).
+fn valid_topic_name(topic: &str) -> Option<String> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    (!ok).then(|| format!("destination topic name {:?} is not a valid Kafka topic name", topic.chars().take(80).collect::<String>()))
+}
+
+fn destination<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Destination {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let md = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(md) => md,
+        // The broker did not answer (timeout, transport): nothing is known.
+        Err(e @ rdkafka::error::KafkaError::MetadataFetch(_)) => return Destination::Unknown(e),
+        // The client refused to ask: that will not change.
+        Err(e) => return Destination::Refused(format!("destination topic {topic} cannot be asked about: {e}")),
+    };
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Destination::Unknown(rdkafka::error::KafkaError::MetadataFetch(Code::UnknownTopicOrPartition));
+    };
+    match t.error().map(Code::from) {
+        None if !t.partitions().is_empty() => Destination::Exists,
+        Some(Code::UnknownTopicOrPartition | Code::UnknownTopic) => Destination::Refused(format!("destination topic {topic} does not exist")),
+        Some(Code::TopicAuthorizationFailed) => Destination::Refused(format!("not authorized to write destination topic {topic}")),
+        Some(Code::InvalidTopic) => Destination::Refused(format!("destination topic name {topic:?} is invalid")),
+        Some(code) => Destination::Unknown(rdkafka::error::KafkaError::MetadataFetch(code)),
+        None => Destination::Unknown(rdkafka::error::KafkaError::MetadataFetch(Code::LeaderNotAvailable)),
     }
 }
 

@@ -6,13 +6,14 @@
 //! gateway are skipped undecoded. A retry with the same command id is safe: the
 //! aggregate answers it as a duplicate, with the original outcome.
 
-use super::restore::{reader_config, watermarks, RestoreContext};
+use super::restore::{watermarks, RestoreContext};
+use crate::kafka::Clients;
 use super::RuntimeError;
 use crate::codec::Format;
 use crate::processor::wire::{self, Reply};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,13 +24,29 @@ use tokio::sync::oneshot;
 const REMEMBERED: usize = 20_000;
 
 /// An aggregate the gateway can send commands to.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GatewayTarget {
     pub commands: String,
     pub command_format: Format,
     pub replies: String,
     pub reply_format: Format,
     pub reply_partitions: i32,
+    /// Decodes a command as the aggregate's processor will, so a command that cannot run
+    /// is refused before it is sent (its reply would say `invalid` anyway).
+    pub(crate) check: super::registry::CommandCheck,
+}
+
+impl std::fmt::Debug for GatewayTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayTarget").field("commands", &self.commands).field("replies", &self.replies).finish_non_exhaustive()
+    }
+}
+
+impl GatewayTarget {
+    /// Why the aggregate could not run this command, if it could not.
+    pub fn check(&self, command: &[u8]) -> Result<(), String> {
+        (self.check)(self.command_format, command)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +70,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(targets: BTreeMap<String, GatewayTarget>, bootstrap: &str, instance: &str) -> Result<Self, RuntimeError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+    pub fn new(targets: BTreeMap<String, GatewayTarget>, clients: &Clients, instance: &str) -> Result<Self, RuntimeError> {
+        let producer: FutureProducer = clients
+            .client()
             .set("partitioner", "murmur2_random")
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
@@ -153,9 +170,9 @@ impl Gateway {
 
     /// Reads every partition of every reply topic from its current end (positions fixed
     /// before this returns, so no reply to a command sent afterwards is missed) until `stop`.
-    pub fn spawn_reader(self: Arc<Self>, bootstrap: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, RuntimeError> {
+    pub fn spawn_reader(self: Arc<Self>, clients: &Clients, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, RuntimeError> {
         let kafka = |source| RuntimeError::Kafka { op: "gateway replies", topic: String::new(), source };
-        let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap, format!("millrace-gateway-{}", self.instance))
+        let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-gateway-{}", self.instance))
             .set("fetch.wait.max.ms", "50")
             // Replies are small and read as they come: no need for librdkafka's default
             // 64 MiB of prefetch per instance.

@@ -10,7 +10,8 @@
 //! How far the table has come is tracked per partition: the largest timestamp applied, and
 //! since when the reader has been at the partition's end.
 
-use super::restore::{reader_config, restore, RestoreContext};
+use super::restore::{restore, RestoreContext};
+use crate::kafka::Clients;
 use super::RuntimeError;
 use crate::codec::murmur2::partition_for_key;
 use crate::processor::Lookup;
@@ -74,32 +75,32 @@ impl GlobalTable {
     }
 
     /// Reads every partition up to its end: nothing joins against a half-loaded table.
-    pub fn bootstrap(&self, bootstrap_servers: &str) -> Result<u64, RuntimeError> {
+    pub fn bootstrap(&self, clients: &Clients) -> Result<u64, RuntimeError> {
         let stores = self.partitions.read().expect("global table lock").clone();
         let mut total = 0;
         for s in &stores {
-            total += restore(s, &self.topic, bootstrap_servers, &|_| true, true)?;
+            total += restore(s, &self.topic, clients, &|_| true, true)?;
         }
         Ok(total)
     }
 
     /// Tails the topic from each partition's checkpoint until `stop`, applying records as
     /// they come. Global tables mirror their topic; there is no transaction to join.
-    pub fn follow(self: Arc<Self>, bootstrap_servers: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    pub fn follow(self: Arc<Self>, clients: Clients, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
         std::thread::Builder::new()
             .name(format!("millrace-global-{}", self.name))
             .spawn(move || {
-                if let Err(e) = self.follow_loop(&bootstrap_servers, &stop) {
+                if let Err(e) = self.follow_loop(&clients, &stop) {
                     tracing::error!(table = %self.name, error = %e, "global table reader stopped");
                 }
             })
             .expect("spawn global table reader")
     }
 
-    fn follow_loop(&self, bootstrap_servers: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    fn follow_loop(&self, clients: &Clients, stop: &AtomicBool) -> Result<(), RuntimeError> {
         let kafka = |source| RuntimeError::Kafka { op: "follow global table", topic: self.topic.clone(), source };
         // The restore context keeps librdkafka's end-of-partition reports at debug level.
-        let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap_servers, format!("millrace-global-{}", self.topic))
+        let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-global-{}", self.topic))
             .set("enable.partition.eof", "true")
             .create_with_context(RestoreContext)
             .map_err(kafka)?;

@@ -10,11 +10,12 @@
 //! exists, a query answers 503 with Retry-After: never a wrong owner.
 
 use super::catalog::Catalog;
-use super::restore::{reader_config, RestoreContext};
+use super::restore::{watermarks, RestoreContext};
+use crate::kafka::Clients;
 use super::RuntimeError;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,10 @@ pub struct Member {
     pub standbys: BTreeMap<String, Vec<i32>>,
     /// Wall-clock time of this publication, in ms.
     pub heartbeat_ms: i64,
+    /// Which run of the instance published this (new at every start): two live processes
+    /// with one instance id publish different incarnations.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 /// The owner of one store partition.
@@ -48,8 +53,19 @@ pub struct Owner {
 
 pub struct Directory {
     pub me: Owner,
+    /// This run of the instance (see `Member::incarnation`).
+    pub incarnation: String,
     members: RwLock<BTreeMap<String, Member>>,
     stale_after: Duration,
+    /// Set once the reader has read the topic as far as it reached at start.
+    loaded: AtomicBool,
+    /// After loading: another run publishing under this instance's id, alive (its HTTP
+    /// address).
+    duplicate: RwLock<Option<String>>,
+    /// At loading: the last record another run left under this instance's id, if any.
+    predecessor: RwLock<Option<Member>>,
+    /// The duplicate check passed: the publisher may publish under our id.
+    checked: AtomicBool,
 }
 
 fn now_ms() -> i64 {
@@ -58,7 +74,24 @@ fn now_ms() -> i64 {
 
 impl Directory {
     pub fn new(me: Owner, stale_after: Duration) -> Self {
-        Self { me, members: RwLock::new(BTreeMap::new()), stale_after }
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        Self {
+            incarnation: format!("{}-{started:x}", std::process::id()),
+            me,
+            members: RwLock::new(BTreeMap::new()),
+            stale_after,
+            loaded: AtomicBool::new(false),
+            duplicate: RwLock::new(None),
+            predecessor: RwLock::new(None),
+            checked: AtomicBool::new(false),
+        }
+    }
+
+    /// The reader has caught up with the topic as it was at start.
+    fn mark_loaded(&self) {
+        let mine = self.members.read().expect("directory lock").get(&self.me.instance).cloned();
+        *self.predecessor.write().expect("directory lock") = mine.filter(|m| m.incarnation != self.incarnation);
+        self.loaded.store(true, Ordering::SeqCst);
     }
 
     /// Takes one record of the members topic (None = the instance left).
@@ -66,6 +99,16 @@ impl Directory {
         let mut members = self.members.write().expect("directory lock");
         match value.and_then(|v| serde_json::from_slice::<Member>(v).ok()) {
             Some(m) => {
+                // Read after start-up, another run's heartbeat under our id that moved on
+                // from what it had left: that run is alive. (Wall clocks are not compared:
+                // the other run may be on another host.)
+                if instance == self.me.instance && m.incarnation != self.incarnation && self.loaded.load(Ordering::SeqCst) {
+                    let predecessor = self.predecessor.read().expect("directory lock");
+                    let moved_on = predecessor.as_ref().is_none_or(|p| p.incarnation != m.incarnation || m.heartbeat_ms > p.heartbeat_ms);
+                    if moved_on {
+                        *self.duplicate.write().expect("directory lock") = Some(m.http.clone());
+                    }
+                }
                 members.insert(instance.to_string(), m);
             }
             None => {
@@ -113,6 +156,40 @@ impl Directory {
         out
     }
 
+    /// Refuses to start while another live process publishes under this instance's id: two
+    /// of them would fence each other's transactions and group membership for ever.
+    /// Waits for the reader to load the topic (at most `load_timeout`), then, only if
+    /// another run left a recent record (a crash a moment ago, or a live twin), for one
+    /// heartbeat and a second: a live twin publishes again, a dead one does not.
+    pub fn refuse_duplicate(&self, load_timeout: Duration) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + load_timeout;
+        while !self.loaded.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                tracing::warn!("members directory not loaded in time; starting without the duplicate-id check");
+                self.checked.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let recent = self.predecessor.read().expect("directory lock").as_ref().is_some_and(|p| {
+            // Generous with clock skew: a record this recent may be a live twin's.
+            now_ms() - p.heartbeat_ms < (self.stale_after + Duration::from_secs(10)).as_millis() as i64
+        });
+        if recent {
+            let until = Instant::now() + HEARTBEAT + Duration::from_secs(1);
+            while Instant::now() < until && self.duplicate.read().expect("directory lock").is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        match self.duplicate.read().expect("directory lock").clone() {
+            Some(http) => Err(RuntimeError::DuplicateInstance { instance: self.me.instance.clone(), http }),
+            None => {
+                self.checked.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    }
+
     /// Every instance with a fresh heartbeat.
     pub fn live(&self) -> Vec<Member> {
         let oldest = now_ms() - self.stale_after.as_millis() as i64;
@@ -130,16 +207,18 @@ pub fn spawn(
     catalog: Arc<Catalog>,
     standbys: Option<StandbySet>,
     topic: String,
-    bootstrap_servers: String,
+    clients: Clients,
     stop: Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<()>> {
     let reader = {
-        let (directory, topic, bootstrap, stop) = (directory.clone(), topic.clone(), bootstrap_servers.clone(), stop.clone());
+        let (directory, topic, clients, stop) = (directory.clone(), topic.clone(), clients.clone(), stop.clone());
         std::thread::Builder::new()
             .name("millrace-members-reader".into())
             .spawn(move || {
-                if let Err(e) = read_loop(&directory, &topic, &bootstrap, &stop) {
+                if let Err(e) = read_loop(&directory, &topic, &clients, &stop) {
                     tracing::error!(error = %e, "members reader stopped; routing to other instances is off");
+                    // Nobody will load the directory: do not hold the start-up check up.
+                    directory.mark_loaded();
                 }
             })
             .expect("spawn members reader")
@@ -147,7 +226,7 @@ pub fn spawn(
     let publisher = std::thread::Builder::new()
         .name("millrace-members-publisher".into())
         .spawn(move || {
-            if let Err(e) = publish_loop(&directory, &catalog, standbys, &topic, &bootstrap_servers, &stop) {
+            if let Err(e) = publish_loop(&directory, &catalog, standbys, &topic, &clients, &stop) {
                 tracing::error!(error = %e, "members publisher stopped; other instances will stop routing here");
             }
         })
@@ -155,9 +234,9 @@ pub fn spawn(
     vec![reader, publisher]
 }
 
-fn read_loop(directory: &Directory, topic: &str, bootstrap: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+fn read_loop(directory: &Directory, topic: &str, clients: &Clients, stop: &AtomicBool) -> Result<(), RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "read members", topic: topic.to_string(), source };
-    let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap, format!("millrace-members-{topic}"))
+    let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-members-{topic}"))
         .set("fetch.wait.max.ms", "100")
         .set("queued.max.messages.kbytes", "1024")
         .create_with_context(RestoreContext)
@@ -165,8 +244,12 @@ fn read_loop(directory: &Directory, topic: &str, bootstrap: &str, stop: &AtomicB
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning).map_err(kafka)?;
     consumer.assign(&tpl).map_err(kafka)?;
+    // How far the topic reached at start: read that far, the directory is loaded.
+    let (_, end) = watermarks(&consumer, topic, 0).map_err(kafka)?;
+    let mut loaded = false;
     while !stop.load(Ordering::SeqCst) {
-        match consumer.poll(Duration::from_millis(200)) {
+        let polled = consumer.poll(Duration::from_millis(200));
+        match &polled {
             Some(Ok(m)) => {
                 if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
                     directory.apply(k, m.payload());
@@ -175,6 +258,16 @@ fn read_loop(directory: &Directory, topic: &str, bootstrap: &str, stop: &AtomicB
             }
             Some(Err(e)) => tracing::debug!(error = %e, "members reader"),
             None => {}
+        }
+        if !loaded {
+            let at = match &polled {
+                Some(Ok(m)) => Some(m.offset() + 1),
+                _ => consumer.position().ok().and_then(|p| p.find_partition(topic, 0)?.offset().to_raw()),
+            };
+            if end == 0 || at.is_some_and(|o| o >= end) {
+                loaded = true;
+                directory.mark_loaded();
+            }
         }
     }
     Ok(())
@@ -185,12 +278,12 @@ fn publish_loop(
     catalog: &Catalog,
     standbys: Option<StandbySet>,
     topic: &str,
-    bootstrap: &str,
+    clients: &Clients,
     stop: &AtomicBool,
 ) -> Result<(), RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "publish members", topic: topic.to_string(), source };
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: ThreadedProducer<DefaultProducerContext> = clients
+        .client()
         .set("linger.ms", "0")
         .set("enable.idempotence", "true")
         .create()
@@ -207,6 +300,10 @@ fn publish_loop(
             tracing::warn!(error = %e, "cannot publish membership");
         }
     };
+    // Nothing is published under our id before we know no live twin publishes under it.
+    while !stop.load(Ordering::SeqCst) && !directory.checked.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     while !stop.load(Ordering::SeqCst) {
         // Only what is ready counts: a partition still restoring is not served yet.
         let stores = if catalog.is_ready() { catalog.owned() } else { BTreeMap::new() };
@@ -223,14 +320,18 @@ fn publish_loop(
                 stores: claims.0.clone(),
                 standbys: claims.1.clone(),
                 heartbeat_ms: now_ms(),
+                incarnation: directory.incarnation.clone(),
             };
             send(Some(&serde_json::to_vec(&m).expect("members serialize")));
             last = Some((claims, Instant::now()));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Leaving: nothing here any more, so nobody waits for this instance to go stale.
-    send(None);
+    // Leaving: nothing here any more, so nobody waits for this instance to go stale. A run
+    // refused as a twin published nothing, and must not erase the live twin's entry.
+    if directory.checked.load(Ordering::SeqCst) {
+        send(None);
+    }
     producer.flush(Duration::from_secs(5)).map_err(kafka)?;
     Ok(())
 }
@@ -246,6 +347,7 @@ mod tests {
             stores: [("s".to_string(), parts.to_vec())].into(),
             standbys: [("s".to_string(), vec![9])].into(),
             heartbeat_ms,
+            incarnation: format!("{id}-1"),
         };
         serde_json::to_vec(&m).unwrap()
     }

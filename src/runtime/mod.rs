@@ -49,15 +49,24 @@ pub enum RuntimeError {
     Process(#[from] crate::processor::ProcessError),
     #[error("http server: {0}")]
     Http(std::io::Error),
+    #[error("restore of {topic}-{partition} made no progress for {waited_s} s at position {position:?}, short of its end {end}; the task stays unready and the restore is retried")]
+    RestoreStalled { topic: String, partition: i32, position: Option<i64>, end: i64, waited_s: u64 },
+    #[error("a transient failure did not pass within {after_s} s; giving up: {last}")]
+    RetriesExhausted { after_s: u64, last: Box<RuntimeError> },
+    #[error("another live process runs as instance {instance:?} (its HTTP server: {http}); give each instance its own --instance-id")]
+    DuplicateInstance { instance: String, http: String },
+    #[error("a previous owner's transaction over {partitions} is still open (committed offsets are not stable); restoring now could miss its records")]
+    UnstableOffsets { partitions: String, source: KafkaError },
 }
 
 impl RuntimeError {
     pub fn recovery(&self) -> Recovery {
         match self {
-            RuntimeError::Kafka { .. } => Recovery::Retry,
+            RuntimeError::Kafka { .. } | RuntimeError::RestoreStalled { .. } | RuntimeError::UnstableOffsets { .. } => Recovery::Retry,
             RuntimeError::Store(e) => e.recovery(),
             RuntimeError::Sink(e) => e.recovery(),
             RuntimeError::Process(e) => e.recovery(),
+            RuntimeError::DuplicateInstance { .. } => Recovery::Reject,
             _ => Recovery::Fatal,
         }
     }

@@ -9,7 +9,7 @@ use crate::topology::Topology;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use crate::kafka::Clients;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
@@ -47,15 +47,14 @@ impl fmt::Display for Step {
 }
 
 /// Compares the topology with the cluster.
-pub fn plan(t: &Topology, bootstrap_servers: &str) -> Result<Vec<Step>, RuntimeError> {
+pub fn plan(t: &Topology, clients: &Clients) -> Result<Vec<Step>, RuntimeError> {
     let kafka = |op, source| RuntimeError::Kafka { op, topic: String::new(), source };
     let needs = t.topic_needs();
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap_servers).create().map_err(|e| kafka("connect", e))?;
+    let consumer: BaseConsumer = clients.client().create().map_err(|e| kafka("connect", e))?;
     let md = consumer.fetch_metadata(None, Duration::from_secs(30)).map_err(|e| kafka("fetch metadata", e))?;
     let existing: BTreeMap<String, i32> =
         md.topics().iter().filter(|x| x.error().is_none()).map(|x| (x.name().to_string(), x.partitions().len() as i32)).collect();
-    let policies = cleanup_policies(bootstrap_servers, needs.iter().filter(|n| existing.contains_key(&n.name)).map(|n| n.name.as_str()))?;
+    let policies = cleanup_policies(clients, needs.iter().filter(|n| existing.contains_key(&n.name)).map(|n| n.name.as_str()))?;
     let mut steps = Vec::new();
     for n in &needs {
         match existing.get(&n.name) {
@@ -84,12 +83,11 @@ pub fn plan(t: &Topology, bootstrap_servers: &str) -> Result<Vec<Step>, RuntimeE
 }
 
 fn cleanup_policies<'a>(
-    bootstrap_servers: &str,
+    clients: &Clients,
     names: impl Iterator<Item = &'a str>,
 ) -> Result<BTreeMap<String, String>, RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "describe configs", topic: String::new(), source };
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap_servers).create().map_err(kafka)?;
+    let admin: AdminClient<DefaultClientContext> = clients.client().create().map_err(kafka)?;
     let specs: Vec<ResourceSpecifier<'_>> = names.map(ResourceSpecifier::Topic).collect();
     if specs.is_empty() {
         return Ok(BTreeMap::new());
@@ -111,8 +109,8 @@ fn cleanup_policies<'a>(
 }
 
 /// Creates every topic the plan says to create. Never deletes or alters anything.
-pub fn apply(steps: &[Step], bootstrap_servers: &str) -> Result<usize, RuntimeError> {
+pub fn apply(steps: &[Step], clients: &Clients) -> Result<usize, RuntimeError> {
     let create: Vec<TopicNeed> = steps.iter().filter_map(|s| match s { Step::Create(n) => Some(n.clone()), _ => None }).collect();
-    topics::ensure(bootstrap_servers, &create)?;
+    topics::ensure(clients, &create)?;
     Ok(create.len())
 }

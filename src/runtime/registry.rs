@@ -11,11 +11,14 @@ use std::sync::Arc;
 
 type ProcessorFactory = Arc<dyn Fn(AggregateSettings) -> Box<dyn Processor> + Send + Sync>;
 type RendererFactory = Arc<dyn Fn(Format) -> Arc<dyn ValueRenderer> + Send + Sync>;
+/// Decodes a command envelope and body as the processor will: the reason if it cannot.
+pub(crate) type CommandCheck = Arc<dyn Fn(Format, &[u8]) -> Result<(), String> + Send + Sync>;
 
 #[derive(Clone)]
 pub(crate) struct Registered {
     pub processor: ProcessorFactory,
     pub renderer: RendererFactory,
+    pub check: CommandCheck,
     pub supports_protobuf: bool,
 }
 
@@ -37,6 +40,9 @@ impl Registry {
                 processor: Arc::new(|s| Box::new(AggregateProcessor::<A>::new(s))),
                 renderer: Arc::new(|format| {
                     Arc::new(SnapshotRenderer::<A> { format, _aggregate: PhantomData })
+                }),
+                check: Arc::new(|format, bytes| {
+                    crate::processor::wire::decode_command::<A>(format, bytes).map(drop).map_err(|e| e.to_string())
                 }),
                 supports_protobuf: A::supports_protobuf(),
             },

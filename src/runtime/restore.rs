@@ -7,10 +7,15 @@ use super::RuntimeError;
 use crate::store::RocksStore;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use crate::kafka::Clients;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 2_000;
+
+/// How long a restore may see no progress, short of the end, before it gives up (and is
+/// retried from where it got to: what it applied is checkpointed).
+const STALL: Duration = Duration::from_secs(10);
 
 /// How long one poll of a restore waits. Short: a tail that holds only an aborted
 /// transaction (what a crash leaves) delivers nothing and often no EOF event either, and
@@ -32,18 +37,6 @@ impl ClientContext for RestoreContext {
 }
 
 impl ConsumerContext for RestoreContext {}
-
-/// The settings every reader outside the group shares (restore, event history, global
-/// tables, standbys, members, gateway replies): assigned partitions, never a committed
-/// offset, only committed transactions. Callers add what is particular to them.
-pub(crate) fn reader_config(bootstrap_servers: &str, group: String) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", bootstrap_servers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed");
-    cfg
-}
 
 type Batch = Vec<(Vec<u8>, Option<Vec<u8>>, i64)>;
 
@@ -71,13 +64,13 @@ pub(crate) fn watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: 
 pub fn restore(
     store: &RocksStore,
     changelog: &str,
-    bootstrap_servers: &str,
+    clients: &Clients,
     accept: &dyn Fn(Option<&[u8]>) -> bool,
     versions: bool,
 ) -> Result<u64, RuntimeError> {
     let partition = store.partition();
     let kafka = |source| RuntimeError::Kafka { op: "restore", topic: changelog.to_string(), source };
-    let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap_servers, format!("millrace-restore-{changelog}"))
+    let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-restore-{changelog}"))
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .create_with_context(RestoreContext)
@@ -137,8 +130,22 @@ pub fn restore(
                     .position()
                     .ok()
                     .and_then(|p| p.find_partition(changelog, partition).and_then(|e| e.offset().to_raw()));
-                if pos.is_some_and(|p| p >= high) || idle_since.elapsed() > Duration::from_secs(10) {
+                if pos.is_some_and(|p| p >= high) {
                     break;
+                }
+                // Nothing moved for long, short of the end: the store is partial. The task
+                // must not process on it, so this is an error (retried by the poll loop,
+                // the instance unready meanwhile), never an early Ok.
+                if idle_since.elapsed() > STALL {
+                    flush(&mut batch, last)?;
+                    metrics::counter!("millrace_restore_stalls_total", &labels).increment(1);
+                    return Err(RuntimeError::RestoreStalled {
+                        topic: changelog.to_string(),
+                        partition,
+                        position: pos,
+                        end: high,
+                        waited_s: STALL.as_secs(),
+                    });
                 }
             }
         }
@@ -169,7 +176,7 @@ pub fn restore(
 pub(crate) fn ensure_event_history(
     store: &RocksStore,
     source: &super::engine::EventSource,
-    bootstrap_servers: &str,
+    clients: &Clients,
     restored: u64,
 ) -> Result<(), RuntimeError> {
     let complete = store.events_complete().map_err(RuntimeError::Store)?;
@@ -194,7 +201,7 @@ pub(crate) fn ensure_event_history(
         // Events are written idempotently (key = aggregate id + version): re-applying one
         // the history has is harmless.
         let from = if complete { store.events_offset(p).map_err(RuntimeError::Store)?.map(|o| o + 1) } else { None };
-        read_to_end(&source.topic, p, from, bootstrap_servers, &mut |batch| {
+        read_to_end(&source.topic, p, from, clients, &mut |batch| {
             let events: Vec<(Vec<u8>, u64, Vec<u8>)> = batch
                 .iter()
                 .filter(|(k, _)| crate::codec::murmur2::partition_for_key(k, source.input_partitions) == mine)
@@ -219,11 +226,11 @@ fn read_to_end(
     topic: &str,
     partition: i32,
     from: Option<i64>,
-    bootstrap_servers: &str,
+    clients: &Clients,
     apply: &mut dyn FnMut(&[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), RuntimeError>,
 ) -> Result<(), RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "read to end", topic: topic.to_string(), source };
-    let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap_servers, format!("millrace-rebuild-{topic}"))
+    let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-rebuild-{topic}"))
         .set("enable.partition.eof", "true")
         .create_with_context(RestoreContext)
         .map_err(kafka)?;
@@ -254,8 +261,19 @@ fn read_to_end(
             None => {
                 // As in restore: transaction markers hide the end from EOF reports.
                 let pos = consumer.position().ok().and_then(|p| p.find_partition(topic, partition).and_then(|e| e.offset().to_raw()));
-                if pos.is_some_and(|p| p >= high) || idle_since.elapsed() > Duration::from_secs(10) {
+                if pos.is_some_and(|p| p >= high) {
                     break;
+                }
+                // The history is not complete: an error, as for a stalled restore.
+                if idle_since.elapsed() > STALL {
+                    apply(&batch)?;
+                    return Err(RuntimeError::RestoreStalled {
+                        topic: topic.to_string(),
+                        partition,
+                        position: pos,
+                        end: high,
+                        waited_s: STALL.as_secs(),
+                    });
                 }
             }
         }

@@ -14,7 +14,8 @@
 
 use super::catalog::Catalog;
 use super::members::Directory;
-use super::restore::{reader_config, RestoreContext};
+use super::restore::RestoreContext;
+use crate::kafka::Clients;
 use super::RuntimeError;
 use crate::store::{Indexer, RocksStore, StoreResources};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -132,20 +133,20 @@ impl Standbys {
     }
 
     /// Keeps the wanted copies current until `stop`.
-    pub fn spawn(self: Arc<Self>, bootstrap: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    pub fn spawn(self: Arc<Self>, clients: Clients, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
         std::thread::Builder::new()
             .name("millrace-standby".into())
             .spawn(move || {
-                if let Err(e) = self.run(&bootstrap, &stop) {
+                if let Err(e) = self.run(&clients, &stop) {
                     tracing::error!(error = %e, "standby replicas stopped; a failover will restore from the changelog");
                 }
             })
             .expect("spawn standby thread")
     }
 
-    fn run(&self, bootstrap: &str, stop: &AtomicBool) -> Result<(), RuntimeError> {
+    fn run(&self, clients: &Clients, stop: &AtomicBool) -> Result<(), RuntimeError> {
         let kafka = |source| RuntimeError::Kafka { op: "standby", topic: String::new(), source };
-        let consumer: BaseConsumer<RestoreContext> = reader_config(bootstrap, format!("millrace-standby-{}", self.directory.me.instance))
+        let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-standby-{}", self.directory.me.instance))
             .create_with_context(RestoreContext)
             .map_err(kafka)?;
         let changelog_of: BTreeMap<String, StandbyStore> = self.stores.iter().map(|s| (s.changelog.clone(), s.clone())).collect();

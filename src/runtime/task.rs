@@ -73,13 +73,32 @@ impl Task {
         out: &mut dyn Collector,
         peers: &[(&str, &ChangeloggedStore)],
     ) -> Result<(), ProcessError> {
+        self.consume(record);
+        let mut ctx = Context { store: self.store.as_mut(), out, peers, timestamp: record.timestamp };
+        self.processor.process(record, &mut ctx)
+    }
+
+    /// The record is part of the open transaction: its offset commits with it.
+    fn consume(&mut self, record: &InRecord) {
         debug_assert_eq!(self.state, TaskState::Running);
         if self.txn_first_offset.is_none() {
             self.txn_first_offset = Some(record.offset);
         }
         self.next_offset = Some(record.offset + 1);
-        let mut ctx = Context { store: self.store.as_mut(), out, peers, timestamp: record.timestamp };
-        self.processor.process(record, &mut ctx)
+    }
+
+    /// Answers a record without running it (its outputs were refused for good); false
+    /// when the processor has nobody to answer and the caller must dead-letter it.
+    pub fn fail(&mut self, record: &InRecord, reason: &str, out: &mut dyn Collector) -> bool {
+        self.consume(record);
+        let mut ctx = Context { store: self.store.as_mut(), out, peers: &[], timestamp: record.timestamp };
+        self.processor.fail(record, reason, &mut ctx)
+    }
+
+    /// Passes over a record without any output: the last resort for one whose answer was
+    /// refused too, which would otherwise stop the partition for good.
+    pub fn skip(&mut self, record: &InRecord) {
+        self.consume(record);
     }
 
     /// Wall-clock punctuation, inside the open transaction.

@@ -7,17 +7,16 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
+use crate::kafka::Clients;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use crate::topology::TopicNeed;
 
 /// Partition counts of existing topics, by name (topics that do not exist are absent).
-pub fn partition_counts(bootstrap_servers: &str, names: &[&str]) -> Result<BTreeMap<String, i32>, RuntimeError> {
+pub fn partition_counts(clients: &Clients, names: &[&str]) -> Result<BTreeMap<String, i32>, RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "fetch metadata", topic: String::new(), source };
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap_servers).create().map_err(kafka)?;
+    let consumer: BaseConsumer = clients.client().create().map_err(kafka)?;
     let md = consumer.fetch_metadata(None, Duration::from_secs(30)).map_err(kafka)?;
     Ok(md
         .topics()
@@ -28,9 +27,9 @@ pub fn partition_counts(bootstrap_servers: &str, names: &[&str]) -> Result<BTree
 }
 
 /// Creates missing topics and checks the partition counts of existing ones.
-pub fn ensure(bootstrap_servers: &str, needs: &[TopicNeed]) -> Result<(), RuntimeError> {
+pub fn ensure(clients: &Clients, needs: &[TopicNeed]) -> Result<(), RuntimeError> {
     let names: Vec<&str> = needs.iter().map(|n| n.name.as_str()).collect();
-    let existing = partition_counts(bootstrap_servers, &names)?;
+    let existing = partition_counts(clients, &names)?;
     for need in needs {
         if let Some(&found) = existing.get(&need.name) {
             if found != need.partitions {
@@ -47,8 +46,8 @@ pub fn ensure(bootstrap_servers: &str, needs: &[TopicNeed]) -> Result<(), Runtim
         return Ok(());
     }
     let kafka = |topic: &str, source| RuntimeError::Kafka { op: "create topic", topic: topic.into(), source };
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
+    let admin: AdminClient<DefaultClientContext> = clients
+        .client()
         .create()
         .map_err(|e| kafka("", e))?;
     let retention: BTreeMap<&str, Option<String>> =
@@ -78,7 +77,7 @@ pub fn ensure(bootstrap_servers: &str, needs: &[TopicNeed]) -> Result<(), Runtim
     }
     // Creation is asynchronous on the broker: wait until metadata shows every new topic.
     for _ in 0..100 {
-        let now = partition_counts(bootstrap_servers, &names)?;
+        let now = partition_counts(clients, &names)?;
         if needs.iter().all(|n| now.get(&n.name) == Some(&n.partitions)) {
             return Ok(());
         }

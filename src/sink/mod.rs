@@ -16,7 +16,8 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext, Message, TopicPartitionList};
+use crate::kafka::Clients;
+use rdkafka::{ClientContext, Message, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -30,6 +31,47 @@ pub enum SinkError {
     Abortable { transactional_id: String, source: KafkaError },
     #[error("producer {transactional_id}: {op} failed: {source}")]
     Failed { transactional_id: String, op: &'static str, source: KafkaError },
+    /// Records the broker (or the producer) refuses for good, whatever the retry: too
+    /// large, invalid. The transaction must abort; the input records that wrote them are
+    /// named, so the batch can run again without them.
+    #[error("producer {transactional_id}: {} record(s) refused for good: {}", poisoned.len(), poisoned.first().map_or("", |p| p.reason.as_str()))]
+    Poisoned { transactional_id: String, poisoned: Vec<Poisoned> },
+    #[error("producer {transactional_id}: a record for {topic} that no input record wrote (a punctuation's) was refused for good: {source}")]
+    Unattributable { transactional_id: String, topic: String, source: KafkaError },
+}
+
+/// The input record whose output a topic refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poisoned {
+    pub input: TopicPartition,
+    pub offset: i64,
+    pub reason: String,
+}
+
+/// Which input record the records being sent come from: what a refused record is traced
+/// back to. None for work no record triggered (punctuation).
+type OriginIndex = usize;
+const NO_ORIGIN: OriginIndex = usize::MAX;
+
+/// One record refused for good, as its delivery report told.
+struct Refused {
+    origin: OriginIndex,
+    topic: String,
+    partition: i32,
+    bytes: usize,
+    error: KafkaError,
+}
+
+/// Delivery errors that say the record itself is unacceptable: retrying it can only fail
+/// again. Anything else (timeouts, leaders moving) is transient.
+fn refused_for_good(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+    )
 }
 
 impl SinkError {
@@ -38,6 +80,8 @@ impl SinkError {
             SinkError::Fenced { .. } => Recovery::GiveUpPartitions,
             SinkError::Abortable { .. } => Recovery::AbortAndRewind,
             SinkError::Failed { .. } => Recovery::Retry,
+            SinkError::Poisoned { .. } => Recovery::AbortAndRewind,
+            SinkError::Unattributable { .. } => Recovery::Fatal,
         }
     }
 }
@@ -49,6 +93,8 @@ pub struct SinkContext {
     /// By topic, then partition: a report looks its topic up by &str, without allocating.
     delivered: Mutex<HashMap<String, HashMap<i32, i64>>>,
     failed: AtomicU64,
+    /// Records refused for good in the open transaction.
+    refused: Mutex<Vec<Refused>>,
 }
 
 impl ClientContext for SinkContext {}
@@ -65,8 +111,8 @@ impl SinkContext {
 }
 
 impl ProducerContext for SinkContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = OriginIndex;
+    fn delivery(&self, result: &DeliveryResult<'_>, origin: OriginIndex) {
         match result {
             Ok(m) => {
                 let mut d = self.delivered.lock().expect("delivery map lock");
@@ -77,10 +123,20 @@ impl ProducerContext for SinkContext {
                 let e = by_partition.entry(m.partition()).or_insert(m.offset());
                 *e = (*e).max(m.offset());
             }
-            Err((e, _)) => {
+            Err((e, m)) => {
                 // The commit that covers this record will fail and abort; count it for metrics.
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "delivery failed");
+                tracing::warn!(error = %e, topic = m.topic(), "delivery failed");
+                if e.rdkafka_error_code().is_some_and(refused_for_good) {
+                    let bytes = m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len);
+                    self.refused.lock().expect("refused lock").push(Refused {
+                        origin,
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        bytes,
+                        error: e.clone(),
+                    });
+                }
             }
         }
     }
@@ -94,37 +150,40 @@ pub struct TransactionalSink {
     exactly_once: bool,
     open: bool,
     timeout: Duration,
+    /// Input records of the open transaction whose outputs were sent, by origin index.
+    origins: Vec<(TopicPartition, i64)>,
+    current: OriginIndex,
 }
 
 impl TransactionalSink {
     /// Creates the producer and runs `init_transactions`, which also aborts whatever a
     /// previous incarnation with the same transactional id left open (a SIGKILLed process).
-    pub fn new(
-        bootstrap_servers: &str,
-        transactional_id: &str,
-        exactly_once: bool,
-        overrides: &[(String, String)],
-    ) -> Result<Self, SinkError> {
-        let mut cfg = ClientConfig::new();
+    pub fn new(clients: &Clients, transactional_id: &str, exactly_once: bool) -> Result<Self, SinkError> {
+        let mut cfg = clients.client();
         if exactly_once {
             cfg.set("transactional.id", transactional_id);
         }
-        cfg.set("bootstrap.servers", bootstrap_servers)
-            .set("enable.idempotence", "true")
+        cfg.set("enable.idempotence", "true")
             // Java-compatible partitioning for every keyed record (invariant 3).
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .set("transaction.timeout.ms", "60000")
             .set("message.timeout.ms", "60000");
-        for (k, v) in overrides {
-            cfg.set(k, v);
-        }
+        clients.apply_producer(&mut cfg);
         let failed = |op, source| SinkError::Failed { transactional_id: transactional_id.into(), op, source };
         let producer: ThreadedProducer<SinkContext> =
             cfg.create_with_context(SinkContext::default()).map_err(|e| failed("create", e))?;
         let timeout = Duration::from_secs(30);
-        let sink = Self { producer, transactional_id: transactional_id.into(), exactly_once, open: false, timeout };
+        let sink = Self {
+            producer,
+            transactional_id: transactional_id.into(),
+            exactly_once,
+            open: false,
+            timeout,
+            origins: Vec::new(),
+            current: NO_ORIGIN,
+        };
         let started = Instant::now();
         while exactly_once {
             match sink.producer.init_transactions(timeout) {
@@ -161,6 +220,9 @@ impl TransactionalSink {
     pub fn begin(&mut self) -> Result<(), SinkError> {
         if !self.open {
             self.producer.context().delivered.lock().expect("delivery map lock").clear();
+            self.producer.context().refused.lock().expect("refused lock").clear();
+            self.origins.clear();
+            self.current = NO_ORIGIN;
             if self.exactly_once {
                 self.producer.begin_transaction().map_err(|e| self.classify("begin_transaction", e))?;
             }
@@ -169,9 +231,56 @@ impl TransactionalSink {
         Ok(())
     }
 
+    /// The records sent next come from this input record (None: from no record).
+    pub fn set_origin(&mut self, input: Option<(&TopicPartition, i64)>) {
+        self.current = match input {
+            None => NO_ORIGIN,
+            Some((tp, offset)) => {
+                if self.origins.last().is_none_or(|(t, o)| t != tp || *o != offset) {
+                    self.origins.push((tp.clone(), offset));
+                }
+                self.origins.len() - 1
+            }
+        };
+    }
+
+    /// The input records whose outputs were refused for good in the open transaction.
+    ///
+    /// The broker refuses a whole batch when it is over a topic's `max.message.bytes`, so
+    /// every record that shared a batch with the culprit reports the same error. Only the
+    /// largest refused record of each partition is taken for the culprit; the others run
+    /// again (and, were one of them too large as well, are found the next round).
+    fn poisoned(&self) -> Option<SinkError> {
+        let refused = std::mem::take(&mut *self.producer.context().refused.lock().expect("refused lock"));
+        let mut largest: HashMap<(String, i32), Refused> = HashMap::new();
+        for r in refused {
+            let key = (r.topic.clone(), r.partition);
+            if largest.get(&key).is_none_or(|l| r.bytes > l.bytes) {
+                largest.insert(key, r);
+            }
+        }
+        let mut poisoned: Vec<Poisoned> = Vec::new();
+        for r in largest.into_values() {
+            let Some((input, offset)) = self.origins.get(r.origin) else {
+                // Written by no input record (a punctuation): nothing to answer and no
+                // batch to run without it. Stop, rather than run it again for ever.
+                return Some(SinkError::Unattributable { transactional_id: self.transactional_id.clone(), topic: r.topic, source: r.error });
+            };
+            if poisoned.iter().any(|p| p.input == *input && p.offset == *offset) {
+                continue;
+            }
+            poisoned.push(Poisoned {
+                input: input.clone(),
+                offset: *offset,
+                reason: format!("a record of {} KB for {} was refused: {}", r.bytes.div_ceil(1024), r.topic, r.error),
+            });
+        }
+        (!poisoned.is_empty()).then(|| SinkError::Poisoned { transactional_id: self.transactional_id.clone(), poisoned })
+    }
+
     /// Queues one record in the open transaction.
     pub fn send(&mut self, r: &OutRecord) -> Result<(), SinkError> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&r.topic);
+        let mut record: BaseRecord<'_, [u8], [u8], OriginIndex> = BaseRecord::with_opaque_to(&r.topic, self.current);
         // Changelog records carry no headers: skip the native header list for them.
         if !r.headers.0.is_empty() {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.0.len());
@@ -200,7 +309,27 @@ impl TransactionalSink {
                     record = rec;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((e, _)) => return Err(self.classify("send", e)),
+                // Larger than the producer's message.max.bytes: refused before it is sent.
+                Err((e, _)) if e.rdkafka_error_code().is_some_and(refused_for_good) => {
+                    if let Some((input, offset)) = self.origins.get(self.current) {
+                        let size = r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, Vec::len);
+                        return Err(SinkError::Poisoned {
+                            transactional_id: self.transactional_id.clone(),
+                            poisoned: vec![Poisoned {
+                                input: input.clone(),
+                                offset: *offset,
+                                reason: format!("a record of {} KB for {} was refused: {e}", size.div_ceil(1024), r.topic),
+                            }],
+                        });
+                    }
+                    return Err(self.classify("send", e));
+                }
+                // A refusal reported earlier puts the transaction in an abortable state, and
+                // every later send fails: report the refusal, not its consequence.
+                Err((e, _)) => {
+                    self.drain();
+                    return Err(self.poisoned().unwrap_or_else(|| self.classify("send", e)));
+                }
             }
         }
     }
@@ -215,20 +344,26 @@ impl TransactionalSink {
         if !self.exactly_once {
             return self.flush_batch();
         }
+        // A refused record fails the transaction; the refusal, not the failure it causes
+        // downstream, is what the engine needs to hear, so it is looked for first.
         if offsets.count() > 0 {
-            self.producer
-                .send_offsets_to_transaction(offsets, group, self.timeout)
-                .map_err(|e| self.classify("send_offsets_to_transaction", e))?;
+            if let Err(e) = self.producer.send_offsets_to_transaction(offsets, group, self.timeout) {
+                self.drain();
+                return Err(self.poisoned().unwrap_or_else(|| self.classify("send_offsets_to_transaction", e)));
+            }
         }
         let started = Instant::now();
         self.drain();
+        if let Some(p) = self.poisoned() {
+            return Err(p);
+        }
         loop {
             match self.producer.commit_transaction(self.timeout) {
                 Ok(()) => break,
                 Err(e) if is_retriable(&e) && started.elapsed() < Duration::from_secs(60) => {
                     tracing::warn!(error = %e, "commit_transaction is retriable; retrying");
                 }
-                Err(e) => return Err(self.classify("commit_transaction", e)),
+                Err(e) => return Err(self.poisoned().unwrap_or_else(|| self.classify("commit_transaction", e))),
             }
         }
         self.open = false;
@@ -242,6 +377,10 @@ impl TransactionalSink {
     fn flush_batch(&mut self) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         let started = Instant::now();
         self.drain();
+        if let Some(p) = self.poisoned() {
+            self.producer.context().failed.store(0, Ordering::Relaxed);
+            return Err(p);
+        }
         let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
         if self.producer.in_flight_count() > 0 || failed > 0 {
             return Err(SinkError::Failed {

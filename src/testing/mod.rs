@@ -82,11 +82,9 @@ impl TopologyDriver {
     pub fn new(topology: Topology, registry: &Registry) -> Result<Self, RuntimeError> {
         let dir = tempfile::tempdir().map_err(RuntimeError::Http)?;
         let config = AppConfig {
-            bootstrap_servers: String::new(),
+            kafka: crate::kafka::Clients::plain(""),
             state_dir: dir.path().to_path_buf(),
             instance_id: "driver".into(),
-            consumer_overrides: vec![],
-            producer_overrides: vec![],
             advertised_http: None,
         };
         let app = App::new(topology, registry, config)?;

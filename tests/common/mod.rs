@@ -32,6 +32,27 @@ pub fn bootstrap() -> String {
     .clone()
 }
 
+/// The client factory the library's own functions take, for the test broker.
+pub fn clients() -> millrace::kafka::Clients {
+    millrace::kafka::Clients::plain(&bootstrap())
+}
+
+/// Creates a topic with topic-level settings (e.g. `max.message.bytes`), as an operator would.
+pub fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in config {
+        t = t.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = futures::executor::block_on(admin.create_topics(&[t], &opts)).unwrap();
+    for r in results {
+        r.unwrap_or_else(|(topic, code)| panic!("create {topic}: {code}"));
+    }
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -20,7 +20,7 @@ pub fn run(n: usize) {
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into());
     let run = format!("benchcrash-{}", std::process::id());
     let input = format!("{run}-commands");
-    topics::ensure(&bootstrap, &[TopicNeed::plain(input.clone(), PARTITIONS)]).expect("create bench topics");
+    topics::ensure(&millrace::kafka::Clients::plain(&bootstrap), &[TopicNeed::plain(input.clone(), PARTITIONS)]).expect("create bench topics");
     eprintln!("loading {n} commands of ~1 KB over {KEYS} keys into {input}");
     load(&bootstrap, &input, n, KEYS);
     let kill_at = n as i64 / 2;

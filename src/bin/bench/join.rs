@@ -18,7 +18,7 @@ pub fn run(n: usize) {
     let (customers, orders, copy) = (format!("{run}-customers"), format!("{run}-orders"), format!("{run}-copy"));
     let mut compacted = TopicNeed::plain(customers.clone(), PARTITIONS);
     compacted.compacted = true;
-    topics::ensure(&bootstrap, &[compacted, TopicNeed::plain(orders.clone(), PARTITIONS), TopicNeed::plain(copy.clone(), PARTITIONS)])
+    topics::ensure(&millrace::kafka::Clients::plain(&bootstrap), &[compacted, TopicNeed::plain(orders.clone(), PARTITIONS), TopicNeed::plain(copy.clone(), PARTITIONS)])
         .expect("create bench topics");
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)

@@ -48,7 +48,7 @@ impl KafkaStreamsApp {
     pub fn start(&self, bootstrap: &str, app: &str, input: &str, state_dir: PathBuf) -> Running {
         // Kafka Streams creates its changelog but not its sinks.
         let sinks = [format!("{app}-events"), format!("{app}-replies")];
-        topics::ensure(bootstrap, &sinks.map(|t| TopicNeed::plain(t, PARTITIONS))).expect("create the Kafka Streams sink topics");
+        topics::ensure(&millrace::kafka::Clients::plain(bootstrap), &sinks.map(|t| TopicNeed::plain(t, PARTITIONS))).expect("create the Kafka Streams sink topics");
         let classpath = format!("{}:{}/*", self.dir.join("target/classes").display(), self.dir.join("target/lib").display());
         let mut child = Command::new("java")
             .args(&self.java_opts)

@@ -42,7 +42,7 @@ fn main() {
     let run = format!("bench-{}", std::process::id());
     let input = format!("{run}-commands");
     let copy_out = format!("{run}-copy");
-    topics::ensure(&bootstrap, &[
+    topics::ensure(&millrace::kafka::Clients::plain(&bootstrap), &[
         TopicNeed::plain(input.clone(), PARTITIONS),
         TopicNeed::plain(copy_out.clone(), PARTITIONS),
     ])
