@@ -85,6 +85,26 @@ enum Command {
         #[arg(long)]
         apply: bool,
     },
+    /// An operator's request about one aggregate's snapshot, carried out by the running
+    /// instance that owns the key (docs/operations.md, "Faults and what each one does").
+    Store {
+        /// repair: refold the snapshot from the aggregate's event history; delete: remove
+        /// a snapshot that cannot be read.
+        #[arg(value_parser = ["repair", "delete"])]
+        op: String,
+        /// The aggregate: its registered name or its node name.
+        aggregate: String,
+        key: String,
+        #[arg(long, env = "MILLRACE_TOPOLOGY")]
+        topology: PathBuf,
+        #[arg(long, env = "MILLRACE_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:19092")]
+        bootstrap_servers: String,
+        #[arg(long, env = "MILLRACE_KAFKA_CONFIG")]
+        kafka_config: Option<PathBuf>,
+        /// How long to wait for the owner's answer, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+    },
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -128,6 +148,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Store { op, aggregate, key, topology, bootstrap_servers, kafka_config, timeout_s } => {
+            store_admin(&op, &aggregate, &key, &topology, &bootstrap_servers, kafka_config.as_deref(), timeout_s)
+        }
         Command::Plan { file, bootstrap_servers, kafka_config, apply } => {
             let t = match topology::load(&file) {
                 Ok(t) => t,
@@ -238,6 +261,61 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// `millrace store repair|delete`: exit 0 when done, 1 when it could not be sent or no
+/// answer came, 2 on bad arguments, 3 when the owner refused it (the reason is printed).
+fn store_admin(op: &str, aggregate: &str, key: &str, topology_file: &std::path::Path, bootstrap: &str, kafka_config: Option<&std::path::Path>, timeout_s: u64) -> ExitCode {
+    let topo = match topology::load(topology_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let kafka = match clients(bootstrap, kafka_config, vec![], vec![]) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = AppConfig { kafka: kafka.clone(), state_dir: std::env::temp_dir(), instance_id: "cli".into(), advertised_http: None };
+    let app = match App::new(topo, &millrace::builtin_registry(), config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let request = if op == "repair" { "repair-snapshot" } else { "delete-snapshot" };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
+    let sent = rt.block_on(millrace::runtime::gateway::admin_request(
+        app.gateway_targets(),
+        &kafka,
+        aggregate,
+        key,
+        request,
+        std::time::Duration::from_secs(timeout_s),
+    ));
+    match sent {
+        Ok(Some(reply)) => {
+            println!("{}", serde_json::to_string(&reply).expect("replies serialize"));
+            if reply.outcome == millrace::processor::wire::Outcome::Accepted { ExitCode::SUCCESS } else { ExitCode::from(3) }
+        }
+        Ok(None) => {
+            eprintln!("error: no answer within {timeout_s} s; is an instance of the application running?");
+            ExitCode::from(1)
+        }
+        Err(e) if e.recovery() == millrace::error::Recovery::Reject => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -86,6 +86,10 @@ pub mod header {
     pub const VERSION: &str = "millrace.version";
     pub const SCHEMA_VERSION: &str = "millrace.schema-version";
     pub const COMMAND_ID: &str = "millrace.command-id";
+    /// An operator's request about an aggregate's snapshot, sent on its command topic so
+    /// the partition's owner carries it out in its own transaction: `delete-snapshot` or
+    /// `repair-snapshot` (see docs/operations.md).
+    pub const ADMIN: &str = "millrace.admin";
     /// The key a record had before a re-key node replaced it.
     pub const ORIGINAL_KEY: &str = "millrace.original-key";
     pub const DLQ_REASON: &str = "millrace.dlq.reason";

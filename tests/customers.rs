@@ -486,3 +486,50 @@ fn a_second_live_instance_with_the_same_id_refuses_to_start() {
     assert_eq!(again.get("/ready").0, 200);
     assert!(again.terminate().success());
 }
+
+/// The reproduction: garbage in the changelog for one key, the state directory
+/// deleted, a restart. That key is quarantined (its commands answered `failed`), every other
+/// key goes on, and the operator refolds its snapshot from the event history with
+/// `millrace store repair`; a readable snapshot is never deleted.
+#[test]
+fn an_unreadable_snapshot_quarantines_one_key_until_an_operator_repairs_it() {
+    let s = Setup::new("quarantine", 2, "json");
+    let inst = s.start();
+    let p = producer();
+    send(&p, &s.commands, "q", &command_json("q1", "q", None, "CreateCustomer", create("Q")), &[]);
+    send(&p, &s.commands, "q", &command_json("q2", "q", None, "UpdateCustomer", create("Q2")), &[]);
+    flush(&p);
+    assert_eq!(wait_for(&s.replies, 2, Duration::from_secs(60)).len(), 2);
+    assert!(inst.terminate().success());
+    send(&p, &s.changelog, "q", b"\xff\xfe not a snapshot", &[]);
+    flush(&p);
+    std::fs::remove_dir_all(s.state_dir()).unwrap();
+    let inst = s.start();
+    send(&p, &s.commands, "q", &command_json("q3", "q", None, "UpdateCustomer", create("Q3")), &[]);
+    send(&p, &s.commands, "ok", &command_json("k1", "ok", None, "CreateCustomer", create("Ok")), &[]);
+    flush(&p);
+    let replies = replies_by_id(&wait_for(&s.replies, 4, Duration::from_secs(60)));
+    assert_eq!(replies["q3"][0]["outcome"], "failed", "{:?}", replies["q3"]);
+    assert!(replies["q3"][0]["reason"].as_str().unwrap().contains("stored snapshot for key q"), "{:?}", replies["q3"]);
+    assert_eq!(replies["k1"][0]["outcome"], "accepted", "the rest of the partition goes on");
+    assert_eq!(inst.metric_sum("millrace_quarantined_keys"), 1.0);
+    // HTTP: a readable snapshot is not deleted (409).
+    let (status, _, body) = http_delete(&inst.http, "/aggregates/customer/ok/snapshot");
+    assert_eq!(status, 409, "{body}");
+    // The CLI refolds q from its two events.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["store", "repair", "customer", "q", "--topology"]).arg(&s.topology)
+        .args(["--bootstrap-servers", &bootstrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((reply["outcome"].as_str(), reply["version"].as_u64()), (Some("accepted"), Some(2)), "{reply}");
+    send(&p, &s.commands, "q", &command_json("q4", "q", None, "UpdateCustomer", create("Q4")), &[]);
+    flush(&p);
+    let replies = replies_by_id(&wait_for(&s.replies, 6, Duration::from_secs(60)));
+    assert_eq!((replies["q4"][0]["outcome"].as_str(), replies["q4"][0]["version"].as_u64()), (Some("accepted"), Some(3)));
+    assert_eq!(inst.metric_sum("millrace_quarantined_keys"), 0.0);
+    assert_eq!(inst.get("/stores/customers/keys/q?min_version=3").1["state"]["name"], "Q4");
+}

@@ -337,6 +337,98 @@ impl<A: Aggregate> AggregateProcessor<A> {
         self.load(ctx, id).map_or(0, |s| s.version)
     }
 
+    /// An operator's request about one aggregate's snapshot (header `millrace.admin`), run
+    /// by the partition's owner in its transaction like any command:
+    /// - `repair-snapshot`: refolds the state from the aggregate's event history
+    ///   (`event_history: true`); the version is the number of events;
+    /// - `delete-snapshot`: removes a snapshot that cannot be read (a readable one is
+    ///   refused: its aggregate would restart at version 1 while its events remain).
+    ///
+    /// Either takes the key out of quarantine.
+    fn admin(&mut self, ctx: &mut Context<'_>, record: &InRecord, op: &str) -> Result<(), ProcessError> {
+        let value = record.value.as_deref().unwrap_or_default();
+        let Some(env) = wire::decode_envelope(self.settings.command_format, value) else {
+            ctx.out.send(dead_letter(record, "admin request without a readable command_id and aggregate_id", &self.settings.dead_letter_topic));
+            return Ok(());
+        };
+        if record.key.as_deref() != Some(env.aggregate_id.as_bytes()) {
+            self.invalid(ctx, record, &env, 0, key_mismatch(&env.aggregate_id));
+            return Ok(());
+        }
+        let id = env.aggregate_id.as_str();
+        let readable = match self.load(ctx, id) {
+            Ok(snap) => Some(snap.version),
+            Err(ProcessError::CorruptSnapshot { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let outcome = match op {
+            "delete-snapshot" => match readable {
+                Some(version) => Err((Outcome::Rejected, version, "the snapshot reads; only an unreadable snapshot can be deleted (repair-snapshot refolds one from its events)".to_string())),
+                None => {
+                    ctx.put(id.as_bytes(), None);
+                    Ok((0, None, "snapshot deleted by an operator".to_string()))
+                }
+            },
+            "repair-snapshot" => self.refold(ctx, id).map(|(version, count)| (version, Some(count), format!("snapshot refolded from {count} events of the history"))),
+            other => Err((Outcome::Invalid, 0, format!("unknown admin request {other:?}; expected delete-snapshot or repair-snapshot"))),
+        };
+        let to = ReplyTo { correlation_id: env.correlation_id.as_deref(), reply_to: env.reply_to.as_deref() };
+        let source = Source { headers: &record.headers, offset: Some(record.offset), timestamp: record.timestamp, internal: false };
+        let base = Reply {
+            command_id: env.command_id.clone(),
+            aggregate_id: id.to_string(),
+            outcome: Outcome::Accepted,
+            version: 0,
+            event_count: None,
+            reason: None,
+            expected: None,
+            actual: None,
+            original_outcome: None,
+        };
+        let reply = match outcome {
+            Ok((version, event_count, reason)) => {
+                tracing::warn!(store = %self.settings.store, key = id, %reason, "admin request carried out");
+                if self.quarantined.remove(id) {
+                    metrics::gauge!("millrace_quarantined_keys", "store" => self.settings.store.clone()).decrement(1.0);
+                }
+                if let Some(pending) = &mut self.pending {
+                    pending.remove(id);
+                }
+                Reply { version, event_count: event_count.map(|n| n as u32), reason: Some(reason), ..base }
+            }
+            Err((outcome, version, reason)) => Reply { outcome, version, reason: Some(reason), ..base },
+        };
+        self.reply(ctx, &source, to, reply);
+        Ok(())
+    }
+
+    /// A new snapshot folded from the aggregate's committed event history: (version,
+    /// events folded). The dedup window starts empty.
+    fn refold(&mut self, ctx: &mut Context<'_>, id: &str) -> Result<(u64, u64), (Outcome, u64, String)> {
+        let failed = |reason: String| (Outcome::Failed, 0, reason);
+        if !self.settings.event_history {
+            return Err(failed(format!(
+                "aggregate store {} keeps no event history (event_history: true); delete the snapshot instead",
+                self.settings.store
+            )));
+        }
+        let store = ctx.store.as_deref().expect("an aggregate has a store").inner().clone();
+        let events = store.events_of(id.as_bytes(), 1, usize::MAX).map_err(|e| failed(e.to_string()))?;
+        let mut state = A::State::default();
+        for (i, (version, bytes)) in events.iter().enumerate() {
+            if *version != i as u64 + 1 {
+                return Err(failed(format!("the event history of {id} has a gap before version {version}")));
+            }
+            let event = wire::decode_event::<A>(Format::Json, bytes, Some(A::EVENT_SCHEMA_VERSION))
+                .map_err(|e| failed(format!("event version {version} of the history cannot be read: {e}")))?;
+            state = A::evolve(state, &event.body);
+        }
+        let version = events.len() as u64;
+        let snap = Snapshot { version, state, source_offset: -1, recent: vec![], await_deadline: None };
+        ctx.put(id.as_bytes(), Some(wire::encode_snapshot::<A>(self.settings.store_format, &snap)));
+        Ok((version, version))
+    }
+
     /// The waiting aggregates, loaded from the store's index on first use.
     fn pending(&mut self, ctx: &Context<'_>) -> Result<&mut BTreeMap<String, i64>, ProcessError> {
         if self.pending.is_none() {
@@ -438,6 +530,9 @@ impl<A: Aggregate> Processor for AggregateProcessor<A> {
             return Ok(());
         };
         let format = self.settings.command_format;
+        if let Some(op) = record.headers.get_str(header::ADMIN) {
+            return self.admin(ctx, record, op);
+        }
         let cmd = match wire::decode_command::<A>(format, value) {
             Ok(c) => c,
             Err(e) => {

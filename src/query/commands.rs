@@ -94,7 +94,7 @@ pub(super) async fn submit(
     let bytes = serde_json::to_vec(&envelope).expect("JSON values serialize");
     // A command that cannot decode is answered now, not after a round trip through Kafka.
     target.check(&bytes).map_err(|reason| QueryError::InvalidCommand { command_id: command_id.clone(), reason })?;
-    match gateway.submit(&target, &id, &command_id, &bytes, timeout).await.map_err(gateway_error)? {
+    match gateway.submit(&target, &id, &command_id, &bytes, timeout, None).await.map_err(gateway_error)? {
         Some(reply) => Ok(answer(reply)),
         None => {
             let url = status_url(&aggregate, &id, &command_id);
@@ -106,6 +106,34 @@ pub(super) async fn submit(
                 .into_response())
         }
     }
+}
+
+/// `DELETE /aggregates/{type}/{id}/snapshot` and `POST .../snapshot/repair`: an operator's
+/// request about a quarantined key's snapshot, carried out by the partition's owner in its
+/// transaction (docs/operations.md). Answers like a command: 200 done, 409 refused (a
+/// readable snapshot is not deleted), 422 failed (no event history to refold).
+pub(super) async fn admin(ctx: Ctx, aggregate: String, id: String, op: &'static str) -> Result<Response, QueryError> {
+    let gateway = ctx.gateway.as_ref().ok_or_else(|| QueryError::Unsupported("this server sends no commands".into()))?;
+    let target = gateway.target(&aggregate).map_err(gateway_error)?.clone();
+    let command_id = gateway.new_command_id();
+    let envelope = json!({"command_id": command_id, "aggregate_id": id});
+    let bytes = serde_json::to_vec(&envelope).expect("JSON values serialize");
+    match gateway.submit(&target, &id, &command_id, &bytes, Duration::from_secs(30), Some(op)).await.map_err(gateway_error)? {
+        Some(reply) => Ok(answer(reply)),
+        None => {
+            let url = status_url(&aggregate, &id, &command_id);
+            Ok((StatusCode::ACCEPTED, [(header::LOCATION, url.clone())], Json(json!({"command_id": command_id, "status": "pending", "status_url": url})))
+                .into_response())
+        }
+    }
+}
+
+pub(super) async fn delete_snapshot(State(ctx): State<Ctx>, Path((aggregate, id)): Path<(String, String)>) -> Result<Response, QueryError> {
+    admin(ctx, aggregate, id, "delete-snapshot").await
+}
+
+pub(super) async fn repair_snapshot(State(ctx): State<Ctx>, Path((aggregate, id)): Path<(String, String)>) -> Result<Response, QueryError> {
+    admin(ctx, aggregate, id, "repair-snapshot").await
 }
 
 pub(super) async fn status(

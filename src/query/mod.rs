@@ -58,6 +58,8 @@ pub fn router(
         .route("/aggregates/{aggregate}/{id}/commands", post(commands::submit))
         .route("/aggregates/{aggregate}/{id}/events", get(events::history))
         .route("/aggregates/{aggregate}/{id}/commands/{command_id}", get(commands::status))
+        .route("/aggregates/{aggregate}/{id}/snapshot", axum::routing::delete(commands::delete_snapshot))
+        .route("/aggregates/{aggregate}/{id}/snapshot/repair", post(commands::repair_snapshot))
         .fallback(|| async { QueryError::NoRoute })
         .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
         .with_state(Ctx { catalog, metrics, directory, gateway })

@@ -3,7 +3,9 @@
 //! broker address, the state directory, an HTTP listener and a shutdown signal.
 
 use super::catalog::{Catalog, StoreView};
-use super::engine::{Engine, EngineSettings, EventSource, RebalanceHandler, Route, RouteStore};
+use super::engine::{Engine, EngineSettings, EventSource, Route, RouteStore};
+use super::kafka_ports::{KafkaChangelog, KafkaInput, RebalanceHandler};
+use super::ports::{ChangelogReader, Sink, SinkFactory};
 use super::registry::Registry;
 use super::topics;
 use crate::topology::TopicNeed;
@@ -240,10 +242,50 @@ impl App {
         &self.globals
     }
 
-    /// How each command topic is processed; the broker-free driver builds its tasks from it.
-    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
-    pub(crate) fn routes(&self) -> &BTreeMap<String, Route> {
-        &self.routes
+    /// What the command gateway can send to: every aggregate, by aggregate name and by
+    /// node name.
+    pub fn gateway_targets(&self) -> BTreeMap<String, super::gateway::GatewayTarget> {
+        let mut targets = BTreeMap::new();
+        for (node, a) in &self.topology.aggregates {
+            let Some(check) = self.checks.get(node) else { continue };
+            let target = super::gateway::GatewayTarget {
+                commands: a.commands.clone(),
+                command_format: self.topology.topics[&a.commands].codec,
+                replies: a.replies.clone(),
+                reply_format: self.topology.topics[&a.replies].codec,
+                reply_partitions: self.topology.topics[&a.replies].partitions,
+                check: check.clone(),
+            };
+            targets.insert(a.aggregate.clone(), target.clone());
+            targets.insert(node.clone(), target);
+        }
+        targets
+    }
+
+    /// What processing thread `thread`'s engine runs with (the broker-free driver's too).
+    pub(crate) fn engine_settings(&self, thread: usize, standbys: Option<Arc<super::standby::Standbys>>) -> EngineSettings {
+        EngineSettings {
+            state_dir: self.config.state_dir.join(&self.topology.application_id),
+            commit_interval: Duration::from_millis(self.topology.processing.commit_interval_ms),
+            max_batch_records: self.topology.processing.max_batch_records.max(1),
+            routes: self.routes.clone(),
+            known_topics: self.topic_needs().into_iter().map(|t| t.name).collect(),
+            dead_letter_topic: self.topology.dead_letter_topic(),
+            thread,
+            sync_groups: self.sync_groups(),
+            max_task_idle: Duration::from_millis(self.topology.processing.max_task_idle_ms),
+            globals: self.globals.values().cloned().collect(),
+            standbys,
+        }
+    }
+
+    /// The transactional id (and static member id) of processing thread `thread`.
+    pub(crate) fn member_id(&self, thread: usize) -> String {
+        if self.topology.processing.threads.max(1) == 1 {
+            format!("{}-{}", self.topology.application_id, self.config.instance_id)
+        } else {
+            format!("{}-{}-{thread}", self.topology.application_id, self.config.instance_id)
+        }
     }
 
     /// Every topic this application needs, internal ones included.
@@ -354,34 +396,22 @@ impl App {
         let mut processing = Vec::with_capacity(threads);
         for thread in 0..threads {
             // One member id per thread: `<app>-<instance>` alone, `<app>-<instance>-<n>` for more.
-            let member = if threads == 1 {
-                format!("{}-{}", self.topology.application_id, self.config.instance_id)
-            } else {
-                format!("{}-{}-{thread}", self.topology.application_id, self.config.instance_id)
-            };
-            let settings = EngineSettings {
-                clients: self.config.kafka.clone(),
-                transactional_id: member.clone(),
-                state_dir: self.config.state_dir.join(&self.topology.application_id),
-                commit_interval: Duration::from_millis(self.topology.processing.commit_interval_ms),
-                max_batch_records: self.topology.processing.max_batch_records.max(1),
-                routes: self.routes.clone(),
-                known_topics: self.topic_needs().into_iter().map(|t| t.name).collect(),
-                dead_letter_topic: self.topology.dead_letter_topic(),
-                thread,
-                exactly_once: self.topology.processing.exactly_once,
-                sync_groups: self.sync_groups(),
-                max_task_idle: Duration::from_millis(self.topology.processing.max_task_idle_ms),
-                globals: self.globals.values().cloned().collect(),
-                standbys: standbys.clone(),
-            };
+            let member = self.member_id(thread);
+            let settings = self.engine_settings(thread, standbys.clone());
             let consumer_cfg = self.consumer_config(&member);
+            // The ports over Kafka: one transactional id per thread (a new producer with it
+            // fences the old one), restores through the client factory.
+            let (clients, exactly_once) = (self.config.kafka.clone(), self.topology.processing.exactly_once);
+            let new_sink: SinkFactory = Box::new(move || {
+                Ok(Box::new(crate::sink::TransactionalSink::new(&clients, &member, exactly_once)?) as Box<dyn Sink>)
+            });
+            let reader: Arc<dyn ChangelogReader> = Arc::new(KafkaChangelog { clients: self.config.kafka.clone() });
             let (resources, catalog, stop) = (resources.clone(), self.catalog.clone(), stop.clone());
             processing.push(
                 std::thread::Builder::new()
                     .name(format!("millrace-processing-{thread}"))
                     .spawn(move || {
-                        let r = poll_loop(consumer_cfg, settings, resources, catalog.clone(), stop.clone());
+                        let r = poll_loop(consumer_cfg, settings, resources, catalog.clone(), (new_sink, reader), stop.clone());
                         if let Err(e) = &r {
                             // /health says so (503) while the instance shuts down.
                             tracing::error!(thread, error = %e, "processing thread failed; the instance stops");
@@ -395,20 +425,7 @@ impl App {
             );
         }
 
-        // The command gateway: every aggregate, by aggregate name and by node name.
-        let mut targets = BTreeMap::new();
-        for (node, a) in &self.topology.aggregates {
-            let target = super::gateway::GatewayTarget {
-                commands: a.commands.clone(),
-                command_format: self.topology.topics[&a.commands].codec,
-                replies: a.replies.clone(),
-                reply_format: self.topology.topics[&a.replies].codec,
-                reply_partitions: self.topology.topics[&a.replies].partitions,
-                check: self.checks[node].clone(),
-            };
-            targets.insert(a.aggregate.clone(), target.clone());
-            targets.insert(node.clone(), target);
-        }
+        let targets = self.gateway_targets();
         let gateway = if targets.is_empty() {
             None
         } else {
@@ -518,6 +535,7 @@ fn poll_loop(
     settings: EngineSettings,
     resources: StoreResources,
     catalog: Arc<Catalog>,
+    (new_sink, reader): (SinkFactory, Arc<dyn ChangelogReader>),
     stop: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
     let kafka = |op, source| RuntimeError::Kafka { op, topic: String::new(), source };
@@ -528,7 +546,7 @@ fn poll_loop(
         .map_err(|e| kafka("create consumer", e))?;
     // init_transactions (inside Engine::new) comes before any restore: it aborts whatever
     // a crashed predecessor left open, so read_committed restore is not held at its LSO.
-    *shared.lock().expect("engine lock") = Some(Engine::new(settings, resources, catalog)?);
+    *shared.lock().expect("engine lock") = Some(Engine::new(settings, resources, catalog, new_sink, reader)?);
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&names).map_err(|e| kafka("subscribe", e))?;
 
@@ -556,7 +574,7 @@ fn poll_loop(
             let mut g = shared.lock().expect("engine lock");
             let engine = g.as_mut().expect("engine is set before subscribe");
             let step = if resync {
-                engine.resync(&consumer)
+                engine.resync(&KafkaInput(&consumer))
             } else {
                 (|| {
                     if let Some(f) = engine.failure.take() {
@@ -565,9 +583,10 @@ fn poll_loop(
                     if let Some(r) = record {
                         engine.buffer(r);
                     }
-                    engine.drain(&consumer)?;
-                    engine.maybe_punctuate(&consumer)?;
-                    engine.maybe_commit(&consumer)
+                    let input = KafkaInput(&consumer);
+                    engine.drain(&input)?;
+                    engine.maybe_punctuate(&input)?;
+                    engine.maybe_commit(&input)
                 })()
             };
             let commits = engine.commits();
@@ -602,7 +621,7 @@ fn poll_loop(
         Ok(())
     })();
     let mut engine = shared.lock().expect("engine lock").take().expect("engine present");
-    let closed = engine.shutdown(&consumer);
+    let closed = engine.shutdown(&KafkaInput(&consumer));
     drop(engine);
     drop(consumer);
     result.and(closed)

@@ -1,6 +1,8 @@
 //! The processing side of an instance: its tasks, the transactional sink, and the commit
-//! cycle. It is shared between the poll loop and the consumer's rebalance callback, which
-//! run on the same thread (the callback fires inside `poll`), behind one mutex.
+//! cycle. It talks to the outside only through its ports (`runtime::ports`: input, sink,
+//! changelog reader), so the same engine runs over Kafka (the poll loop and the consumer's
+//! rebalance callback, on one thread, behind one mutex) and over the broker-free driver's
+//! in-memory log.
 //!
 //! Invariants protected here:
 //! - A commit covers a batch: every `commit_interval` or `max_batch_records`, never per
@@ -11,20 +13,18 @@
 //!   before the partitions go.
 
 use super::catalog::Catalog;
-use super::restore::restore;
 use super::sync::InputSync;
 use super::task::{Task, TaskState};
 use super::RuntimeError;
 use crate::error::Recovery;
 use crate::processor::{dead_letter_as, Processor};
 use crate::record::{InRecord, OutRecord, TopicPartition};
-use crate::sink::{SinkError, TransactionalSink};
+use super::ports::{ChangelogReader, Destination, Input, Sink, SinkFactory};
+use crate::sink::SinkError;
 use crate::store::{ChangeloggedStore, Indexer, RocksStore, StoreError, StoreResources};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How the records of one input topic are processed: a fresh processor per task, the
@@ -116,9 +116,6 @@ pub(crate) fn peer_stores<'a>(
 
 /// What the engine needs to build and commit tasks.
 pub(crate) struct EngineSettings {
-    /// Every Kafka client is made through this (the user's settings included).
-    pub clients: crate::kafka::Clients,
-    pub transactional_id: String,
     pub state_dir: PathBuf,
     pub commit_interval: Duration,
     pub max_batch_records: usize,
@@ -128,8 +125,6 @@ pub(crate) struct EngineSettings {
     pub dead_letter_topic: String,
     /// Which of the instance's processing threads this engine is.
     pub thread: usize,
-    /// Transactions (true) or at-least-once batches (false).
-    pub exactly_once: bool,
     /// Topics read in time order against each other, per partition (a join's table and stream).
     pub sync_groups: Vec<Vec<String>>,
     pub max_task_idle: Duration,
@@ -139,9 +134,38 @@ pub(crate) struct EngineSettings {
     pub standbys: Option<Arc<super::standby::Standbys>>,
 }
 
+/// The steps of the commit cycle where the broker-free driver can inject a crash.
+#[cfg(feature = "test-util")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CrashPoint {
+    /// A record was processed; its outputs are not sent yet.
+    BeforeSend,
+    /// A record's outputs are in the open transaction.
+    AfterSend,
+    /// The offsets are about to commit with the transaction (after they were sent to it).
+    BeforeCommit,
+    /// The transaction committed; the stores have not written it to RocksDB.
+    AfterCommit,
+    /// The stores wrote the committed transaction to RocksDB.
+    AfterStoreWrite,
+}
+
+#[cfg(feature = "test-util")]
+impl CrashPoint {
+    pub const ALL: [CrashPoint; 5] =
+        [CrashPoint::BeforeSend, CrashPoint::AfterSend, CrashPoint::BeforeCommit, CrashPoint::AfterCommit, CrashPoint::AfterStoreWrite];
+}
+
 pub(crate) struct Engine {
     settings: EngineSettings,
-    sink: TransactionalSink,
+    sink: Box<dyn Sink>,
+    /// Makes a new sink with the same transactional id (after fencing, or a failed abort).
+    new_sink: SinkFactory,
+    reader: Arc<dyn ChangelogReader>,
+    /// Changelog records restores of this engine have read.
+    restored: u64,
+    #[cfg(feature = "test-util")]
+    crash_at: Option<CrashPoint>,
     tasks: BTreeMap<TopicPartition, Task>,
     resources: StoreResources,
     catalog: Arc<Catalog>,
@@ -163,16 +187,25 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
+    /// `new_sink` runs once now: for Kafka, `init_transactions` aborts whatever a crashed
+    /// predecessor with the same transactional id left open, before anything is restored.
     pub fn new(
         settings: EngineSettings,
         resources: StoreResources,
         catalog: Arc<Catalog>,
+        new_sink: SinkFactory,
+        reader: Arc<dyn ChangelogReader>,
     ) -> Result<Self, RuntimeError> {
-        let sink = TransactionalSink::new(&settings.clients, &settings.transactional_id, settings.exactly_once)?;
+        let sink = new_sink()?;
         let sync = InputSync::new(settings.sync_groups.clone(), settings.max_task_idle);
         Ok(Self {
             settings,
             sink,
+            new_sink,
+            reader,
+            restored: 0,
+            #[cfg(feature = "test-util")]
+            crash_at: None,
             tasks: BTreeMap::new(),
             resources,
             catalog,
@@ -188,9 +221,44 @@ impl Engine {
         })
     }
 
+    /// Whether a transaction is open (records processed, not yet committed).
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
+    pub fn in_transaction(&self) -> bool {
+        self.sink.is_open()
+    }
+
     /// Transactions committed so far.
     pub fn commits(&self) -> u64 {
         self.commits
+    }
+
+    /// Changelog records this engine's restores have read.
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
+    pub fn restored(&self) -> u64 {
+        self.restored
+    }
+
+    /// The next time the cycle reaches `at`, it stops there with `InjectedCrash`, as if
+    /// the process died: the caller then drops the engine (`abandon`).
+    #[cfg(feature = "test-util")]
+    pub fn crash_at(&mut self, at: CrashPoint) {
+        self.crash_at = Some(at);
+    }
+
+    #[cfg(feature = "test-util")]
+    fn crash_point(&mut self, at: CrashPoint) -> Result<(), RuntimeError> {
+        if self.crash_at == Some(at) {
+            self.crash_at = None;
+            return Err(RuntimeError::InjectedCrash(at));
+        }
+        Ok(())
+    }
+
+    /// The process died: every task goes without committing anything (the open
+    /// transaction is simply never committed, as after a SIGKILL).
+    #[cfg(feature = "test-util")]
+    pub fn abandon(mut self) {
+        self.close_all();
     }
 
     /// Time left until the open transaction is due; the poll loop waits at most this long.
@@ -201,9 +269,9 @@ impl Engine {
         self.settings.commit_interval.saturating_sub(self.txn_started.elapsed())
     }
 
-    pub fn process<C: ConsumerContext>(
+    pub fn process(
         &mut self,
-        consumer: &BaseConsumer<C>,
+        input: &dyn Input,
         record: InRecord,
     ) -> Result<(), RuntimeError> {
         let tp = TopicPartition::new(record.topic.as_str(), record.partition);
@@ -213,13 +281,14 @@ impl Engine {
         };
         if !self.sink.is_open() {
             if let Err(e) = self.sink.begin() {
-                return self.recover(consumer, e);
+                return self.recover(input, e);
             }
             self.txn_started = Instant::now();
             self.txn_records = 0;
         }
         self.sink.set_origin(Some((&tp, record.offset)));
-        let result = if let Some((reason, refusals)) = self.poisoned.get(&(tp.clone(), record.offset)) {
+        let poisoned = if self.poisoned.is_empty() { None } else { self.poisoned.get(&(tp.clone(), record.offset)) };
+        let result = if let Some((reason, refusals)) = poisoned {
             // A topic refused what this record wrote, for good: the batch runs again
             // without it, and it is answered `failed` instead (one batch lost at most).
             if *refusals == 1 {
@@ -248,28 +317,35 @@ impl Engine {
             tracing::error!(task = %tp, error = %e, "processing failed");
             return match e.recovery() {
                 Recovery::RestoreTask => {
-                    self.abort_and_rewind(consumer)?;
+                    self.abort_and_rewind(input)?;
                     self.reopen(&tp)
                 }
                 _ => Err(e.into()),
             };
         }
-        if let Some(done) = self.sent_or_recovered(consumer, &tp.topic) {
+        if let Some(done) = self.sent_or_recovered(input, &tp.topic) {
             return done;
         }
         self.txn_records += 1;
         if self.txn_records >= self.settings.max_batch_records {
-            self.commit(consumer)?;
+            self.commit(input)?;
         }
         Ok(())
     }
 
     /// Sends what the last processor call wrote; on failure, recovers the transaction and
     /// returns what the caller should return (None: sent, go on).
-    fn sent_or_recovered<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, input: &str) -> Option<Result<(), RuntimeError>> {
-        match self.send_out(consumer, input) {
+    fn sent_or_recovered(&mut self, input: &dyn Input, origin_topic: &str) -> Option<Result<(), RuntimeError>> {
+        #[cfg(feature = "test-util")]
+        if let Err(e) = self.crash_point(CrashPoint::BeforeSend) {
+            return Some(Err(e));
+        }
+        match self.send_out(input, origin_topic) {
+            #[cfg(feature = "test-util")]
+            Ok(()) => self.crash_point(CrashPoint::AfterSend).err().map(Err),
+            #[cfg(not(feature = "test-util"))]
             Ok(()) => None,
-            Err(SendError::Sink(e)) => Some(self.recover(consumer, e)),
+            Err(SendError::Sink(e)) => Some(self.recover(input, e)),
             // Transient: the poll loop backs off (within its retry budget) and runs the
             // batch again from the last commit.
             Err(SendError::Destination(e)) => Some(Err(e)),
@@ -277,11 +353,11 @@ impl Engine {
     }
 
     /// Sends what the last processor call wrote into the open transaction.
-    fn send_out<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, input: &str) -> Result<(), SendError> {
+    fn send_out(&mut self, input: &dyn Input, origin_topic: &str) -> Result<(), SendError> {
         let mut out = std::mem::take(&mut self.out);
         let mut result = Ok(());
         for r in out.iter_mut() {
-            if let Err(e) = self.check_destination(consumer, r, input) {
+            if let Err(e) = self.check_destination(input, r, origin_topic) {
                 result = Err(SendError::Destination(e));
                 break;
             }
@@ -302,7 +378,7 @@ impl Engine {
     /// Wall-clock punctuation of every task, about once per commit interval: work that no
     /// input record triggers (a wait whose table entry arrived while its partition was
     /// quiet). What it writes goes into the open transaction, opened if needed.
-    pub fn maybe_punctuate<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+    pub fn maybe_punctuate(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         if self.punctuated.elapsed() < self.settings.commit_interval {
             return Ok(());
         }
@@ -310,6 +386,11 @@ impl Engine {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        self.punctuate_at(input, now_ms)
+    }
+
+    /// Punctuates every task at `now_ms` (the driver's clock, or the wall clock).
+    pub fn punctuate_at(&mut self, input: &dyn Input, now_ms: i64) -> Result<(), RuntimeError> {
         let tps: Vec<TopicPartition> = self.tasks.keys().cloned().collect();
         for tp in tps {
             let Some(task) = self.tasks.get_mut(&tp) else { continue };
@@ -319,7 +400,7 @@ impl Engine {
                 self.out.clear();
                 return match e.recovery() {
                     Recovery::RestoreTask => {
-                        self.abort_and_rewind(consumer)?;
+                        self.abort_and_rewind(input)?;
                         self.reopen(&tp)
                     }
                     _ => Err(e.into()),
@@ -331,12 +412,12 @@ impl Engine {
             if !self.sink.is_open() {
                 if let Err(e) = self.sink.begin() {
                     self.out.clear();
-                    return self.recover(consumer, e);
+                    return self.recover(input, e);
                 }
                 self.txn_started = Instant::now();
                 self.txn_records = 0;
             }
-            if let Some(done) = self.sent_or_recovered(consumer, &tp.topic) {
+            if let Some(done) = self.sent_or_recovered(input, &tp.topic) {
                 return done;
             }
         }
@@ -354,25 +435,25 @@ impl Engine {
     /// authorized") counts: a metadata timeout says nothing about the topic, and is
     /// retried (the transaction aborts and the batch runs again) rather than taken as
     /// permanent, which would dead-letter a valid reply.
-    fn check_destination<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, r: &mut OutRecord, input: &str) -> Result<(), RuntimeError> {
+    fn check_destination(&mut self, input: &dyn Input, r: &mut OutRecord, origin_topic: &str) -> Result<(), RuntimeError> {
         if self.settings.known_topics.contains(&r.topic) {
             return Ok(());
         }
-        let reason = match valid_topic_name(&r.topic).map_or_else(|| destination(consumer, &r.topic), Destination::Refused) {
+        let reason = match valid_topic_name(&r.topic).map_or_else(|| input.destination(&r.topic), Destination::Refused) {
             Destination::Exists => {
                 self.settings.known_topics.insert(r.topic.clone());
                 return Ok(());
             }
             Destination::Refused(reason) => reason,
-            Destination::Unknown(source) => {
+            Destination::Unknown(e) => {
                 metrics::counter!("millrace_transient_errors_total", "op" => "metadata").increment(1);
-                return Err(RuntimeError::Kafka { op: "metadata of an output topic", topic: r.topic.clone(), source });
+                return Err(e);
             }
         };
         tracing::warn!(topic = %r.topic, %reason, "output topic refused; sending the record to the dead-letter topic");
         // Labelled with the input topic and a fixed reason, never the destination: a
         // reply-to header is client input, and would grow the label set without bound.
-        metrics::counter!("millrace_dead_letters_total", "topic" => input.to_string(), "reason" => "no_destination").increment(1);
+        metrics::counter!("millrace_dead_letters_total", "topic" => origin_topic.to_string(), "reason" => "no_destination").increment(1);
         r.headers.insert(crate::record::header::DLQ_REASON, reason);
         r.headers.insert(crate::record::header::DLQ_TOPIC, r.topic.as_bytes());
         r.topic = self.settings.dead_letter_topic.clone();
@@ -381,37 +462,34 @@ impl Engine {
     }
 
     /// Commits the open transaction when it is due.
-    pub fn maybe_commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+    pub fn maybe_commit(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         if self.sink.is_open() && self.txn_started.elapsed() >= self.settings.commit_interval {
-            self.commit(consumer)?;
+            self.commit(input)?;
         }
         Ok(())
     }
 
     /// Commits outputs and input offsets in one transaction, then (only then) lets each
     /// task write its overlay and changelog offset to RocksDB.
-    pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+    pub fn commit(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         if !self.sink.is_open() {
             return Ok(());
         }
-        let mut offsets = TopicPartitionList::new();
-        for (tp, task) in &self.tasks {
-            if let Some(o) = task.offset_to_commit() {
-                offsets
-                    .add_partition_offset(&tp.topic, tp.partition, Offset::Offset(o))
-                    .expect("offsets are valid");
-            }
+        let offsets: Vec<(TopicPartition, i64)> =
+            self.tasks.iter().filter_map(|(tp, task)| Some((tp.clone(), task.offset_to_commit()?))).collect();
+        let group = input.group();
+        if group.is_none() && self.sink.exactly_once() && !offsets.is_empty() {
+            return Err(RuntimeError::NoGroupMetadata);
         }
-        let Some(group) = consumer.group_metadata() else {
-            return Err(RuntimeError::Kafka {
-                op: "group metadata",
-                topic: String::new(),
-                source: rdkafka::error::KafkaError::NoMessageReceived,
-            });
-        };
-        match self.sink.commit(&offsets, &group) {
+        #[cfg(feature = "test-util")]
+        self.crash_point(CrashPoint::BeforeCommit)?;
+        match self.sink.commit(&offsets, group.as_ref()) {
             Ok(delivered) => {
                 self.commits += 1;
+                // Committed in Kafka, not yet in RocksDB: the store must catch up from the
+                // changelog tail on restart.
+                #[cfg(feature = "test-util")]
+                self.crash_point(CrashPoint::AfterCommit)?;
                 // Refused records this commit moved past are done with.
                 let tasks = &self.tasks;
                 self.poisoned.retain(|(tp, o), _| tasks.get(tp).is_some_and(|t| t.offset_to_commit().is_none_or(|next| *o >= next)));
@@ -424,12 +502,12 @@ impl Engine {
                     let events_offsets = events_offsets(&self.settings.routes[&tp.topic], &delivered);
                     task.committed(checkpoint, &events_offsets)?;
                 }
-                if !self.sink.exactly_once() && offsets.count() > 0 {
+                #[cfg(feature = "test-util")]
+                self.crash_point(CrashPoint::AfterStoreWrite)?;
+                if !self.sink.exactly_once() && !offsets.is_empty() {
                     // At-least-once: outputs are delivered and stores written; only now may
                     // the input move on. A crash before this line repeats the batch.
-                    consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync).map_err(|source| {
-                        RuntimeError::Kafka { op: "commit offsets", topic: String::new(), source }
-                    })?;
+                    input.commit_offsets(&offsets)?;
                 }
                 self.txn_records = 0;
                 if self.gauges_updated.elapsed() >= Duration::from_secs(5) {
@@ -437,7 +515,7 @@ impl Engine {
                 }
                 Ok(())
             }
-            Err(e) => self.recover(consumer, e),
+            Err(e) => self.recover(input, e),
         }
     }
 
@@ -452,7 +530,7 @@ impl Engine {
         self.gauges_updated = Instant::now();
     }
 
-    fn recover<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, e: SinkError) -> Result<(), RuntimeError> {
+    fn recover(&mut self, input: &dyn Input, e: SinkError) -> Result<(), RuntimeError> {
         tracing::warn!(error = %e, recovery = ?e.recovery(), "transaction failed");
         if let SinkError::Poisoned { poisoned, .. } = &e {
             for p in poisoned {
@@ -461,21 +539,21 @@ impl Engine {
             }
         }
         match e.recovery() {
-            Recovery::GiveUpPartitions => self.give_up(consumer),
+            Recovery::GiveUpPartitions => self.give_up(input),
             Recovery::Fatal => {
                 let _ = self.sink.abort();
                 Err(e.into())
             }
-            _ => self.abort_and_rewind(consumer),
+            _ => self.abort_and_rewind(input),
         }
     }
 
     /// Aborts the open transaction and rewinds every task's input to its first record in
     /// it, so those records are processed again in a new transaction.
-    fn abort_and_rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+    fn abort_and_rewind(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         if let Err(e) = self.sink.abort() {
             if e.recovery() == Recovery::GiveUpPartitions {
-                return self.give_up(consumer);
+                return self.give_up(input);
             }
             return Err(e.into());
         }
@@ -489,9 +567,7 @@ impl Engine {
             }
         }
         for (tp, o) in targets.into_iter().filter(|(tp, _)| self.tasks.contains_key(tp)) {
-            consumer
-                .seek(&tp.topic, tp.partition, Offset::Offset(o), Duration::from_secs(10))
-                .map_err(|source| RuntimeError::Kafka { op: "seek", topic: tp.to_string(), source })?;
+            input.seek(&tp, Some(o))?;
         }
         Ok(())
     }
@@ -502,9 +578,14 @@ impl Engine {
     }
 
     /// Processes every buffered record that time synchronization lets through now.
-    pub fn drain<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
-        while let Some(r) = self.sync.next(Instant::now()) {
-            self.process(consumer, r)?;
+    pub fn drain(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
+        self.drain_at(input, Instant::now())
+    }
+
+    /// As `drain`, with `now` deciding how long an empty join input has been waited for.
+    pub fn drain_at(&mut self, input: &dyn Input, now: Instant) -> Result<(), RuntimeError> {
+        while let Some(r) = self.sync.next(now) {
+            self.process(input, r)?;
         }
         Ok(())
     }
@@ -512,18 +593,18 @@ impl Engine {
     /// Fenced: another instance owns our partitions. Drop every task without retrying its
     /// writes, start a new producer, and take up whatever the group still gives us, from
     /// the committed offsets.
-    fn give_up<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+    fn give_up(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         metrics::counter!("millrace_fenced_total").increment(1);
         self.sync.clear();
         self.close_all();
         self.new_sink()?;
-        self.reopen_assignment(consumer)
+        self.reopen_assignment(input)
     }
 
     /// After a transient failure: abort whatever is open, drop every task, and take the
     /// assignment up again from the committed offsets. Each task restores only its tail;
     /// until every one is open, the instance is not ready and processes nothing.
-    pub fn resync<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+    pub fn resync(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         self.catalog.set_ready(self.settings.thread, false);
         self.sync.clear();
         if let Err(e) = self.sink.abort() {
@@ -534,48 +615,36 @@ impl Engine {
             self.new_sink()?;
         }
         self.close_all();
-        self.reopen_assignment(consumer)
+        self.reopen_assignment(input)
     }
 
     fn new_sink(&mut self) -> Result<(), RuntimeError> {
-        self.sink = TransactionalSink::new(&self.settings.clients, &self.settings.transactional_id, self.settings.exactly_once)?;
+        self.sink = (self.new_sink)()?;
         Ok(())
     }
 
     /// Opens a task for every assigned partition, each positioned at its committed offset.
-    fn reopen_assignment<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
-        let assignment = consumer.assignment().map_err(|source| RuntimeError::Kafka {
-            op: "assignment",
-            topic: String::new(),
-            source,
-        })?;
-        let committed = consumer.committed_offsets(assignment, Duration::from_secs(30)).map_err(|source| {
-            RuntimeError::Kafka { op: "committed offsets", topic: String::new(), source }
-        })?;
-        for e in committed.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            consumer
-                .seek(e.topic(), e.partition(), offset, Duration::from_secs(10))
-                .map_err(|source| RuntimeError::Kafka { op: "seek", topic: e.topic().into(), source })?;
+    fn reopen_assignment(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
+        let assignment = input.assignment()?;
+        let committed = input.committed(&assignment, Duration::from_secs(30))?;
+        for (tp, offset) in &committed {
+            input.seek(tp, *offset)?;
         }
-        self.open_tasks(&committed)
+        let partitions: Vec<TopicPartition> = committed.into_iter().map(|(tp, _)| tp).collect();
+        self.open_tasks(&partitions)
     }
 
-    /// Creates and restores a task for every command partition in `tpl`.
-    fn open_tasks(&mut self, tpl: &TopicPartitionList) -> Result<(), RuntimeError> {
+    /// Creates and restores a task for every assigned input partition.
+    fn open_tasks(&mut self, partitions: &[TopicPartition]) -> Result<(), RuntimeError> {
         self.catalog.set_ready(self.settings.thread, false);
         // A table at its end while nobody processed (the group forming, a rebalance) says
         // nothing about whether its writers are done: count quiet time from now.
         for g in &self.settings.globals {
             g.restart_quiet();
         }
-        for e in tpl.elements() {
-            let tp = TopicPartition::new(e.topic(), e.partition());
-            if self.settings.routes.contains_key(&tp.topic) && !self.tasks.contains_key(&tp) {
-                self.open_task(tp)?;
+        for tp in partitions {
+            if self.settings.routes.contains_key(&tp.topic) && !self.tasks.contains_key(tp) {
+                self.open_task(tp.clone())?;
             }
         }
         self.catalog.set_ready(self.settings.thread, true);
@@ -591,10 +660,11 @@ impl Engine {
                     s.release(&st.name, tp.partition);
                 }
                 let rocks = Arc::new(open_store(&self.settings.state_dir, st, tp.partition, &self.resources)?);
-                let restored = restore(&rocks, &st.changelog, &self.settings.clients, st.accept.as_ref(), st.history_ms.is_some())?;
+                let restored = self.reader.restore(&rocks, &st.changelog, st.accept.as_ref(), st.history_ms.is_some())?;
                 if let Some(ev) = &st.events {
-                    super::restore::ensure_event_history(&rocks, ev, &self.settings.clients, restored)?;
+                    self.reader.ensure_event_history(&rocks, ev, restored)?;
                 }
+                self.restored += restored;
                 metrics::gauge!("millrace_store_keys", "store" => st.name.clone(), "partition" => tp.partition.to_string())
                     .set(rocks.estimated_keys() as f64);
                 self.catalog.attach(&rocks);
@@ -634,12 +704,12 @@ impl Engine {
     }
 
     /// Partitions are going away: finish the transaction first, then close the tasks.
-    pub fn on_revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+    pub fn on_revoke(&mut self, input: &dyn Input) {
         self.catalog.set_ready(self.settings.thread, false);
-        let result = if consumer.assignment_lost() {
-            self.abort_and_rewind(consumer)
+        let result = if input.assignment_lost() {
+            self.abort_and_rewind(input)
         } else {
-            self.commit(consumer)
+            self.commit(input)
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not finish the transaction on revoke");
@@ -650,7 +720,7 @@ impl Engine {
         self.close_all();
     }
 
-    pub fn on_assign<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, tpl: &TopicPartitionList) {
+    pub fn on_assign(&mut self, input: &dyn Input, assigned: &[TopicPartition]) {
         // A previous owner (a zombie, a member that lost the partitions while stalled) may
         // still have a transaction open over these partitions. Until it ends, the committed
         // offsets are unstable and its changelog records undecided; a restore now could
@@ -660,27 +730,27 @@ impl Engine {
         // If it does not end in time, nothing is restored: the poll loop retries (with
         // backoff, the instance unready) rather than let a task decide on a stale snapshot.
         let started = Instant::now();
-        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(120)) {
+        match input.committed(assigned, Duration::from_secs(120)) {
             Ok(_) if started.elapsed() > Duration::from_secs(1) => {
                 tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "waited for a previous owner's transaction to end before restoring");
             }
             Ok(_) => {}
             Err(source) => {
                 self.catalog.set_ready(self.settings.thread, false);
-                let partitions = tpl.elements().iter().map(|e| format!("{}-{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",");
-                self.failure = Some(RuntimeError::UnstableOffsets { partitions, source });
+                let partitions = assigned.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+                self.failure = Some(RuntimeError::UnstableOffsets { partitions, source: Box::new(source) });
                 return;
             }
         }
-        if let Err(e) = self.open_tasks(tpl) {
+        if let Err(e) = self.open_tasks(assigned) {
             tracing::error!(error = %e, "cannot open assigned tasks");
             self.failure = Some(e);
         }
     }
 
     /// Clean shutdown: commit what is open, flush and close every store.
-    pub fn shutdown<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
-        let result = self.commit(consumer);
+    pub fn shutdown(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
+        let result = self.commit(input);
         if result.is_err() {
             let _ = self.sink.abort();
         }
@@ -696,15 +766,6 @@ enum SendError {
     Destination(RuntimeError),
 }
 
-/// What the broker says about an output topic.
-enum Destination {
-    Exists,
-    /// The broker refused it for good: the reason, for the dead letter.
-    Refused(String),
-    /// No answer (timeout, broker unreachable, leader moving): ask again later.
-    Unknown(rdkafka::error::KafkaError),
-}
-
 /// Why `topic` cannot be a Kafka topic name (None if it can): a `reply-to` header is
 /// client input, and a name the client library cannot even ask about must not stall the
 /// partition (nor reach rdkafka, which panics on names over 512 bytes).
@@ -715,28 +776,6 @@ fn valid_topic_name(topic: &str) -> Option<String> {
         && topic != ".."
         && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     (!ok).then(|| format!("destination topic name {:?} is not a valid Kafka topic name", topic.chars().take(80).collect::<String>()))
-}
-
-fn destination<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Destination {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    let md = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-        Ok(md) => md,
-        // The broker did not answer (timeout, transport): nothing is known.
-        Err(e @ rdkafka::error::KafkaError::MetadataFetch(_)) => return Destination::Unknown(e),
-        // The client refused to ask: that will not change.
-        Err(e) => return Destination::Refused(format!("destination topic {topic} cannot be asked about: {e}")),
-    };
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return Destination::Unknown(rdkafka::error::KafkaError::MetadataFetch(Code::UnknownTopicOrPartition));
-    };
-    match t.error().map(Code::from) {
-        None if !t.partitions().is_empty() => Destination::Exists,
-        Some(Code::UnknownTopicOrPartition | Code::UnknownTopic) => Destination::Refused(format!("destination topic {topic} does not exist")),
-        Some(Code::TopicAuthorizationFailed) => Destination::Refused(format!("not authorized to write destination topic {topic}")),
-        Some(Code::InvalidTopic) => Destination::Refused(format!("destination topic name {topic:?} is invalid")),
-        Some(code) => Destination::Unknown(rdkafka::error::KafkaError::MetadataFetch(code)),
-        None => Destination::Unknown(rdkafka::error::KafkaError::MetadataFetch(Code::LeaderNotAvailable)),
-    }
 }
 
 /// Opens a store, waiting a little if its previous owner in this process (a just-closed
@@ -750,65 +789,6 @@ fn open_store(dir: &std::path::Path, st: &RouteStore, partition: i32, res: &Stor
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The consumer context: routes rebalance callbacks into the engine.
-pub(crate) struct RebalanceHandler {
-    pub engine: Arc<Mutex<Option<Engine>>>,
-    /// When the current rebalance began (the revocation), for its duration.
-    pub rebalance_started: Mutex<Option<Instant>>,
-}
-
-impl ClientContext for RebalanceHandler {
-    /// librdkafka's statistics (every `statistics.interval.ms`): input lag per partition,
-    /// from the client's own view, without extra broker round trips on the poll thread.
-    /// librdkafka's own `consumer_lag` counts from the consumer's committed offset, which
-    /// it never learns when offsets commit through the producer's transaction; so the lag
-    /// here is the last stable offset minus the position handed to the application.
-    fn stats(&self, stats: rdkafka::Statistics) {
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                // Negative offsets are librdkafka's "unknown" (nothing consumed yet); the
-                // internal UA partition is -1.
-                if *partition >= 0 && p.app_offset >= 0 && p.ls_offset >= 0 {
-                    metrics::gauge!("millrace_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set((p.ls_offset - p.app_offset).max(0) as f64);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for RebalanceHandler {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let mut guard = self.engine.lock().expect("engine lock");
-        let Some(engine) = guard.as_mut() else { return };
-        match rebalance {
-            Rebalance::Revoke(_) => {
-                // Lost: the group dropped this member (a stall past the session timeout)
-                // and its partitions may already be someone else's.
-                let step = if consumer.assignment_lost() { "lost" } else { "revoke" };
-                metrics::counter!("millrace_rebalances_total", "step" => step).increment(1);
-                *self.rebalance_started.lock().expect("rebalance clock") = Some(Instant::now());
-                engine.on_revoke(consumer);
-            }
-            Rebalance::Assign(tpl) => {
-                metrics::counter!("millrace_rebalances_total", "step" => "assign").increment(1);
-                engine.on_assign(consumer, tpl);
-                // From the revocation (or the assignment, on a first join) until the new
-                // tasks are restored and can process: how long these partitions stood still.
-                let started = self.rebalance_started.lock().expect("rebalance clock").take();
-                if let Some(t) = started {
-                    metrics::histogram!("millrace_rebalance_seconds").record(t.elapsed().as_secs_f64());
-                }
-                metrics::gauge!("millrace_assigned_partitions").set(tpl.count() as f64);
-            }
-            Rebalance::Error(e) => {
-                metrics::counter!("millrace_rebalances_total", "step" => "error").increment(1);
-                tracing::warn!(error = %e, "rebalance error");
-            }
         }
     }
 }

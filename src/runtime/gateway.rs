@@ -109,7 +109,8 @@ impl Gateway {
     }
 
     /// Produces `command` (the JSON contract's envelope) and waits up to `timeout` for its
-    /// reply. None: no reply in time (the command may still be processed).
+    /// reply. None: no reply in time (the command may still be processed). `admin` marks
+    /// an operator's request about the snapshot (header `millrace.admin`).
     pub async fn submit(
         &self,
         target: &GatewayTarget,
@@ -117,6 +118,7 @@ impl Gateway {
         command_id: &str,
         command: &[u8],
         timeout: Duration,
+        admin: Option<&str>,
     ) -> Result<Option<Reply>, GatewayError> {
         if let Some(r) = self.status(command_id) {
             // Answered before (a retry): the aggregate would say duplicate; say it as it was.
@@ -124,13 +126,14 @@ impl Gateway {
         }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("gateway lock").insert(command_id.to_string(), tx);
-        let record = FutureRecord::to(&target.commands)
-            .key(aggregate_id)
-            .payload(command)
-            .headers(rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-                key: crate::record::header::CORRELATION_ID,
-                value: Some(command_id),
-            }));
+        let mut headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: crate::record::header::CORRELATION_ID,
+            value: Some(command_id),
+        });
+        if let Some(op) = admin {
+            headers = headers.insert(rdkafka::message::Header { key: crate::record::header::ADMIN, value: Some(op) });
+        }
+        let record = FutureRecord::to(&target.commands).key(aggregate_id).payload(command).headers(headers);
         if let Err((e, _)) = self.producer.send(record, Duration::from_secs(10)).await {
             self.pending.lock().expect("gateway lock").remove(command_id);
             return Err(GatewayError::Produce(e.to_string()));
@@ -212,6 +215,30 @@ impl Gateway {
             .expect("spawn gateway reply reader");
         Ok(handle)
     }
+}
+
+/// Sends an operator's request about one aggregate's snapshot (`delete-snapshot` or
+/// `repair-snapshot`) through the command topic, and waits up to `timeout` for the
+/// owner's reply: what `millrace store delete|repair` runs.
+pub async fn admin_request(
+    targets: BTreeMap<String, GatewayTarget>,
+    clients: &Clients,
+    aggregate: &str,
+    key: &str,
+    op: &str,
+    timeout: Duration,
+) -> Result<Option<Reply>, RuntimeError> {
+    let gateway = Arc::new(Gateway::new(targets, clients, &format!("cli-{}", std::process::id()))?);
+    let target = gateway.target(aggregate).map_err(RuntimeError::Gateway)?.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (g, c, s) = (gateway.clone(), clients.clone(), stop.clone());
+    let reader = tokio::task::spawn_blocking(move || g.spawn_reader(&c, s)).await.expect("reader start does not panic")?;
+    let command_id = gateway.new_command_id();
+    let envelope = serde_json::to_vec(&serde_json::json!({"command_id": command_id, "aggregate_id": key})).expect("JSON serializes");
+    let reply = gateway.submit(&target, key, &command_id, &envelope, timeout, Some(op)).await.map_err(RuntimeError::Gateway);
+    stop.store(true, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    reply
 }
 
 /// Whether a reply answers a command some instance's gateway sent: those carry their

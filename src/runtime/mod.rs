@@ -11,6 +11,8 @@ pub mod gateway;
 pub mod global;
 pub mod members;
 mod registry;
+mod kafka_ports;
+pub(crate) mod ports;
 mod restore;
 pub mod standby;
 mod sync;
@@ -49,24 +51,41 @@ pub enum RuntimeError {
     Process(#[from] crate::processor::ProcessError),
     #[error("http server: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayError),
     #[error("restore of {topic}-{partition} made no progress for {waited_s} s at position {position:?}, short of its end {end}; the task stays unready and the restore is retried")]
     RestoreStalled { topic: String, partition: i32, position: Option<i64>, end: i64, waited_s: u64 },
     #[error("a transient failure did not pass within {after_s} s; giving up: {last}")]
     RetriesExhausted { after_s: u64, last: Box<RuntimeError> },
     #[error("another live process runs as instance {instance:?} (its HTTP server: {http}); give each instance its own --instance-id")]
     DuplicateInstance { instance: String, http: String },
-    #[error("a previous owner's transaction over {partitions} is still open (committed offsets are not stable); restoring now could miss its records")]
-    UnstableOffsets { partitions: String, source: KafkaError },
+    #[error("a previous owner's transaction over {partitions} is still open (committed offsets are not stable: {source}); restoring now could miss its records")]
+    UnstableOffsets { partitions: String, source: Box<RuntimeError> },
+    #[error("the consumer has no group metadata yet (not a member of the group); the transaction cannot commit its offsets")]
+    NoGroupMetadata,
+    /// A crash the broker-free driver injected at a step of the commit cycle.
+    #[cfg(feature = "test-util")]
+    #[error("crash injected at {0:?}")]
+    InjectedCrash(engine::CrashPoint),
+    /// The broker-free driver could not settle (a test that loops).
+    #[cfg(feature = "test-util")]
+    #[error("driver: {0}")]
+    Driver(String),
 }
 
 impl RuntimeError {
     pub fn recovery(&self) -> Recovery {
         match self {
-            RuntimeError::Kafka { .. } | RuntimeError::RestoreStalled { .. } | RuntimeError::UnstableOffsets { .. } => Recovery::Retry,
+            RuntimeError::Kafka { .. }
+            | RuntimeError::RestoreStalled { .. }
+            | RuntimeError::UnstableOffsets { .. }
+            | RuntimeError::NoGroupMetadata => Recovery::Retry,
             RuntimeError::Store(e) => e.recovery(),
             RuntimeError::Sink(e) => e.recovery(),
             RuntimeError::Process(e) => e.recovery(),
             RuntimeError::DuplicateInstance { .. } => Recovery::Reject,
+            RuntimeError::Gateway(gateway::GatewayError::Produce(_)) => Recovery::Retry,
+            RuntimeError::Gateway(_) => Recovery::Reject,
             _ => Recovery::Fatal,
         }
     }

@@ -62,6 +62,40 @@ struct Refused {
     error: KafkaError,
 }
 
+/// The input records of the open transaction, each named by an index that travels with
+/// its outputs as the delivery opaque. Per record this costs no allocation: input
+/// partitions are kept once, records as (partition index, offset).
+#[derive(Default)]
+struct Origins {
+    partitions: Vec<TopicPartition>,
+    records: Vec<(u32, i64)>,
+}
+
+impl Origins {
+    fn push(&mut self, tp: &TopicPartition, offset: i64) -> OriginIndex {
+        let p = match self.partitions.iter().position(|x| x == tp) {
+            Some(p) => p,
+            None => {
+                self.partitions.push(tp.clone());
+                self.partitions.len() - 1
+            }
+        } as u32;
+        if self.records.last() != Some(&(p, offset)) {
+            self.records.push((p, offset));
+        }
+        self.records.len() - 1
+    }
+
+    fn get(&self, index: OriginIndex) -> Option<(&TopicPartition, i64)> {
+        let (p, offset) = *self.records.get(index)?;
+        Some((&self.partitions[p as usize], offset))
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+    }
+}
+
 /// Delivery errors that say the record itself is unacceptable: retrying it can only fail
 /// again. Anything else (timeouts, leaders moving) is transient.
 fn refused_for_good(code: RDKafkaErrorCode) -> bool {
@@ -151,7 +185,7 @@ pub struct TransactionalSink {
     open: bool,
     timeout: Duration,
     /// Input records of the open transaction whose outputs were sent, by origin index.
-    origins: Vec<(TopicPartition, i64)>,
+    origins: Origins,
     current: OriginIndex,
 }
 
@@ -181,7 +215,7 @@ impl TransactionalSink {
             exactly_once,
             open: false,
             timeout,
-            origins: Vec::new(),
+            origins: Origins::default(),
             current: NO_ORIGIN,
         };
         let started = Instant::now();
@@ -235,12 +269,7 @@ impl TransactionalSink {
     pub fn set_origin(&mut self, input: Option<(&TopicPartition, i64)>) {
         self.current = match input {
             None => NO_ORIGIN,
-            Some((tp, offset)) => {
-                if self.origins.last().is_none_or(|(t, o)| t != tp || *o != offset) {
-                    self.origins.push((tp.clone(), offset));
-                }
-                self.origins.len() - 1
-            }
+            Some((tp, offset)) => self.origins.push(tp, offset),
         };
     }
 
@@ -266,12 +295,12 @@ impl TransactionalSink {
                 // batch to run without it. Stop, rather than run it again for ever.
                 return Some(SinkError::Unattributable { transactional_id: self.transactional_id.clone(), topic: r.topic, source: r.error });
             };
-            if poisoned.iter().any(|p| p.input == *input && p.offset == *offset) {
+            if poisoned.iter().any(|p| p.input == *input && p.offset == offset) {
                 continue;
             }
             poisoned.push(Poisoned {
                 input: input.clone(),
-                offset: *offset,
+                offset,
                 reason: format!("a record of {} KB for {} was refused: {}", r.bytes.div_ceil(1024), r.topic, r.error),
             });
         }
@@ -317,7 +346,7 @@ impl TransactionalSink {
                             transactional_id: self.transactional_id.clone(),
                             poisoned: vec![Poisoned {
                                 input: input.clone(),
-                                offset: *offset,
+                                offset,
                                 reason: format!("a record of {} KB for {} was refused: {e}", size.div_ceil(1024), r.topic),
                             }],
                         });
@@ -339,14 +368,14 @@ impl TransactionalSink {
     pub fn commit(
         &mut self,
         offsets: &TopicPartitionList,
-        group: &ConsumerGroupMetadata,
+        group: Option<&ConsumerGroupMetadata>,
     ) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         if !self.exactly_once {
             return self.flush_batch();
         }
         // A refused record fails the transaction; the refusal, not the failure it causes
         // downstream, is what the engine needs to hear, so it is looked for first.
-        if offsets.count() > 0 {
+        if let (true, Some(group)) = (offsets.count() > 0, group) {
             if let Err(e) = self.producer.send_offsets_to_transaction(offsets, group, self.timeout) {
                 self.drain();
                 return Err(self.poisoned().unwrap_or_else(|| self.classify("send_offsets_to_transaction", e)));

@@ -2,31 +2,43 @@
 //! topologies (feature `test-util`). Records are piped into input topics, outputs read
 //! back, stores inspected, and faults injected, all in memory.
 //!
-//! It runs the production task, processor and store code (`Task`, the aggregate
-//! processor, `ChangeloggedStore` over RocksDB in a temporary directory). Only the Kafka
-//! clients are replaced: an in-memory log per topic partition stands in for the broker, and
-//! the driver's commit cycle follows the engine's: outputs and input offsets become visible
-//! together on commit, and only then do stores write their overlay and changelog offset.
+//! It runs the production engine (`runtime::engine::Engine`: the commit cycle, tasks,
+//! processors, restore, fencing, poison records) over its ports, implemented here by an
+//! in-memory log with real transaction semantics (`log`): outputs and input offsets become
+//! visible together on commit, aborted or abandoned transactions never do, and a new
+//! producer with the same transactional id fences the old one. Stores are RocksDB in a
+//! temporary directory.
 //!
-//! Faults it injects:
-//! - `crash()`: the process dies between produce and commit. The open transaction's outputs
-//!   vanish, stores roll back to the last commit, and the uncommitted inputs are processed
-//!   again after restore.
+//! Faults it injects, each through the same engine code a real process runs:
+//! - `crash()`: the process dies between produce and commit. The engine is dropped with its
+//!   open transaction; a new one (a new producer epoch) restores the stores' changelog
+//!   tails and processes the uncommitted input again.
 //! - `crash_after_commit()`: the process dies after the transaction committed but before
 //!   the stores wrote it. Restore must replay that changelog tail.
-//! - `fence()`: the producer is fenced. The tasks are dropped without retrying their writes,
-//!   and the new owner restores them and processes the uncommitted input again.
+//! - `crash_at(point)`: the process dies the next time the commit cycle reaches `point`
+//!   (before or after a send, before the commit, after it, after the store write).
+//! - `fence()`: another producer took the transactional id over. The next commit fails as
+//!   fenced; the engine drops its tasks without retrying their writes, and takes the
+//!   partitions up again from the committed offsets.
 //! - `rebalance()`: the partitions are revoked (the open transaction commits) and assigned
 //!   again. Tasks are closed, reopened and restored.
 
+mod log;
+
+pub use crate::runtime::engine::CrashPoint;
+pub use log::MemoryLog;
+
 use crate::codec::murmur2::partition_for_key;
-use crate::record::{Headers, InRecord, OutRecord, TopicPartition};
-use crate::runtime::engine::{peer_stores, Route, RouteStore};
-use crate::runtime::{App, AppConfig, Catalog, Registry, RuntimeError, Task, TaskState};
-use crate::store::{RocksStore, StoreResources};
+use crate::record::{Headers, TopicPartition};
+use crate::runtime::engine::Engine;
+use crate::runtime::ports::{Input, Sink, SinkFactory};
+use crate::runtime::{App, AppConfig, Catalog, Registry, RuntimeError};
+use crate::store::StoreResources;
 use crate::topology::Topology;
+use log::{MemoryChangelog, MemoryInput, MemorySink};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A record as the driver's in-memory broker holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,29 +65,27 @@ impl DriverRecord {
 }
 
 pub struct TopologyDriver {
-    topology: Topology,
-    routes: BTreeMap<String, Route>,
+    app: App,
     catalog: Arc<Catalog>,
     _dir: tempfile::TempDir,
-    state_dir: std::path::PathBuf,
     resources: StoreResources,
-    tasks: BTreeMap<TopicPartition, Task>,
-    /// The committed log of every topic partition (inputs and outputs alike).
-    log: BTreeMap<TopicPartition, Vec<DriverRecord>>,
-    /// Outputs of the open transaction.
-    pending: Vec<OutRecord>,
-    /// Committed consumer position per input partition.
-    committed: BTreeMap<TopicPartition, i64>,
-    /// Position of the open transaction per input partition.
-    position: BTreeMap<TopicPartition, i64>,
+    log: MemoryLog,
+    input: MemoryInput,
+    engine: Option<Engine>,
+    transactional_id: String,
     now_ms: i64,
     since_commit_ms: i64,
-    restored: u64,
-    /// Partition counts of declared and internal topics, derived once from the topology.
-    partition_counts: BTreeMap<String, i32>,
+    /// Changelog records restored by engines that crashed since.
+    restored_before: u64,
     /// Global tables mirror their topic as records arrive, outside any transaction.
     globals: Vec<Arc<crate::runtime::global::GlobalTable>>,
+    /// How far each global table's partitions are mirrored.
+    mirrored: BTreeMap<TopicPartition, i64>,
+    /// The clock the engine's join-input synchronization waits by. The driver never waits:
+    /// each pump moves it past `max_task_idle`, so a record piped in is processed at once.
+    sync_clock: Instant,
 }
+
 
 impl TopologyDriver {
     /// Builds the driver; the topology is checked against `registry` as `App::new` does.
@@ -89,125 +99,133 @@ impl TopologyDriver {
         };
         let app = App::new(topology, registry, config)?;
         let topology = app.topology().clone();
+        let counts: BTreeMap<String, i32> = topology.topic_needs().into_iter().map(|n| (n.name, n.partitions)).collect();
+        let log = MemoryLog::new(counts.clone());
+        let resources = StoreResources::new(&topology.rocksdb);
         let globals: Vec<Arc<crate::runtime::global::GlobalTable>> = app.globals().values().cloned().collect();
-        let mut driver = Self {
-            routes: app.routes().clone(),
-            catalog: app.catalog(),
-            resources: StoreResources::new(&topology.rocksdb),
-            state_dir: dir.path().join(&topology.application_id),
-            _dir: dir,
-            topology,
-            tasks: BTreeMap::new(),
-            log: BTreeMap::new(),
-            pending: Vec::new(),
-            committed: BTreeMap::new(),
-            position: BTreeMap::new(),
-            now_ms: 0,
-            since_commit_ms: 0,
-            restored: 0,
-            globals: Vec::new(),
-            partition_counts: BTreeMap::new(),
-        };
-        driver.partition_counts = driver.topology.topic_needs().into_iter().map(|n| (n.name, n.partitions)).collect();
-        for g in globals {
-            let partitions = driver.partitions(&g.topic);
-            for s in g.open(&driver.state_dir.join("global"), partitions, &driver.resources)? {
-                driver.catalog.attach(&s);
+        let state_dir = dir.path().join(&topology.application_id);
+        for g in &globals {
+            for s in g.open(&state_dir.join("global"), log.partitions(&g.topic), &resources)? {
+                app.catalog().attach(&s);
             }
             g.mark_caught_up();
-            driver.globals.push(g);
         }
-        driver.assign()?;
+        let assigned: Vec<TopicPartition> = app
+            .engine_settings(0, None)
+            .routes
+            .keys()
+            .flat_map(|t| (0..log.partitions(t)).map(move |p| TopicPartition::new(t.as_str(), p)))
+            .collect();
+        let input = MemoryInput::new(&log, assigned, counts.into_keys().collect());
+        let mut driver = Self {
+            catalog: app.catalog(),
+            transactional_id: app.member_id(0),
+            app,
+            _dir: dir,
+            resources,
+            log,
+            input,
+            engine: None,
+            now_ms: 0,
+            since_commit_ms: 0,
+            restored_before: 0,
+            globals,
+            mirrored: BTreeMap::new(),
+            sync_clock: Instant::now(),
+        };
+        driver.start()?;
         Ok(driver)
     }
 
-    /// Partition count of a declared or internal topic (1 for topics the topology does not
-    /// know, such as a client's reply-to topic).
-    fn partitions(&self, topic: &str) -> i32 {
-        self.partition_counts.get(topic).copied().unwrap_or(1)
+    /// The log the driver's engine reads and writes, e.g. to make a topic refuse large
+    /// records (`set_max_record_bytes`).
+    pub fn log(&self) -> &MemoryLog {
+        &self.log
     }
 
-    /// Opens and restores a task for every partition of every input topic.
-    fn assign(&mut self) -> Result<(), RuntimeError> {
-        for (topic, route) in self.routes.clone() {
-            for p in 0..self.partitions(&topic) {
-                let tp = TopicPartition::new(topic.as_str(), p);
-                let store = match &route.state {
-                    None => None,
-                    Some(st) => {
-                        let rocks = Arc::new(
-                            RocksStore::open(&self.state_dir, &st.name, p, &self.resources, st.indexer.clone())?.keep_history(st.history_ms),
-                        );
-                        let restored = self.restore(&rocks, st)?;
-                        self.restored += restored;
-                        if let Some(ev) = &st.events {
-                            self.ensure_event_history(&rocks, ev, restored)?;
+    /// Starts an engine (a new producer epoch: any older one is fenced), assigns it every
+    /// input partition from the committed offsets, and processes what is uncommitted.
+    fn start(&mut self) -> Result<(), RuntimeError> {
+        let (log, tid, eos) = (self.log.clone(), self.transactional_id.clone(), self.app.topology().processing.exactly_once);
+        let new_sink: SinkFactory = Box::new(move || Ok(Box::new(MemorySink::new(&log, &tid, eos)) as Box<dyn Sink>));
+        let reader = Arc::new(MemoryChangelog { log: self.log.clone() });
+        let mut engine = Engine::new(self.app.engine_settings(0, None), self.resources.clone(), self.catalog.clone(), new_sink, reader)?;
+        // As a consumer after assignment: every partition continues from its committed offset.
+        for tp in self.input.assigned() {
+            self.input.seek(tp, self.log.committed_offset(tp))?;
+        }
+        engine.on_assign(&self.input, &self.input.assigned().to_vec());
+        if let Some(e) = engine.failure.take() {
+            return Err(e);
+        }
+        self.engine = Some(engine);
+        self.pump()
+    }
+
+    fn engine(&mut self) -> &mut Engine {
+        self.engine.as_mut().expect("the driver always has an engine between calls")
+    }
+
+    /// The process died where the engine stopped: its open transaction is lost with it.
+    fn restart(&mut self) -> Result<(), RuntimeError> {
+        if let Some(engine) = self.engine.take() {
+            self.restored_before += engine.restored();
+            engine.abandon();
+        }
+        self.start()
+    }
+
+    /// A step of the engine; an injected crash restarts it, as a real crash would.
+    fn step(&mut self, f: impl FnOnce(&mut Engine, &MemoryInput) -> Result<(), RuntimeError>) -> Result<(), RuntimeError> {
+        let engine = self.engine.as_mut().expect("engine");
+        match f(engine, &self.input) {
+            Err(RuntimeError::InjectedCrash(_)) => self.restart(),
+            other => other,
+        }
+    }
+
+    /// Hands every committed input record past the positions to the engine, until none is
+    /// left (a rewind after an abort makes more).
+    fn pump(&mut self) -> Result<(), RuntimeError> {
+        for _ in 0..10_000 {
+            let mut any = false;
+            while let Some(r) = self.input.poll() {
+                self.engine().buffer(r);
+                any = true;
+            }
+            // Once at the current time (what may go in order goes), then past the idle
+            // time (what waited for an empty input goes too).
+            let idle = Duration::from_millis(self.app.topology().processing.max_task_idle_ms) + Duration::from_millis(1);
+            for _ in 0..2 {
+                let now = self.sync_clock;
+                self.step(|e, input| e.drain_at(input, now))?;
+                self.sync_clock += idle;
+            }
+            if !any {
+                return Ok(());
+            }
+        }
+        Err(RuntimeError::Driver("the engine rewound its input 10,000 times in a row".into()))
+    }
+
+    /// Global tables read committed records of their topic, outside any transaction.
+    fn mirror_globals(&mut self) -> Result<(), RuntimeError> {
+        for g in &self.globals {
+            for p in 0..self.log.partitions(&g.topic) {
+                let tp = TopicPartition::new(g.topic.as_str(), p);
+                let from = self.mirrored.get(&tp).copied().unwrap_or(0);
+                let end = self.log.end(&tp);
+                for o in from..end {
+                    if let Some(r) = self.log.get(&tp, o) {
+                        if let Some(key) = &r.key {
+                            g.apply(p, key, r.value.as_deref(), r.timestamp, o)?;
                         }
-                        self.catalog.attach(&rocks);
-                        Some(st.wrap(rocks, &topic))
                     }
-                };
-                let mut task = Task::new(tp.clone(), (route.processor)(), store);
-                task.transition(TaskState::Restoring);
-                task.transition(TaskState::Running);
-                self.tasks.insert(tp, task);
+                }
+                self.mirrored.insert(tp, end);
             }
         }
-        self.catalog.set_ready(0, true);
-        // Like a consumer after assignment: continue from the committed offsets.
-        self.position = self.committed.clone();
-        self.reprocess_uncommitted()
-    }
-
-    /// Replays the changelog partition after the store's checkpoint, as runtime::restore does.
-    fn restore(&self, store: &RocksStore, st: &RouteStore) -> Result<u64, RuntimeError> {
-        let tp = TopicPartition::new(st.changelog.as_str(), store.partition());
-        let from = store.checkpoint()?.map_or(0, |o| o + 1);
-        let tail: Vec<&DriverRecord> =
-            self.log.get(&tp).map(|l| l.iter().filter(|r| r.offset >= from).collect()).unwrap_or_default();
-        if let Some(last) = tail.last() {
-            let entries = tail
-                .iter()
-                .filter(|r| (st.accept)(r.value.as_deref()))
-                .filter_map(|r| Some((r.key.as_deref()?, r.value.as_deref(), r.timestamp)));
-            if st.history_ms.is_some() {
-                store.write_versions(entries, Some(last.offset))?;
-            } else {
-                store.write(entries.map(|(k, v, _)| (k, v)), Some(last.offset))?;
-            }
-        }
-        Ok(tail.len() as u64)
-    }
-
-    /// As runtime::restore::ensure_event_history, from the in-memory events log.
-    /// Re-puts every event of the task's aggregates (idempotent) when the history is
-    /// incomplete or the store was just brought forward from its changelog.
-    fn ensure_event_history(&self, store: &RocksStore, ev: &crate::runtime::engine::EventSource, restored: u64) -> Result<(), RuntimeError> {
-        if store.events_complete()? && restored == 0 {
-            return Ok(());
-        }
-        let mine = store.partition();
-        let events: Vec<(Vec<u8>, u64, Vec<u8>)> = self
-            .read_output(&ev.topic)
-            .into_iter()
-            .filter(|r| r.key.as_deref().is_some_and(|k| partition_for_key(k, ev.input_partitions) == mine))
-            .filter_map(|r| Some((r.key.clone()?, r.json()["version"].as_u64()?, r.value.clone()?)))
-            .collect();
-        store.put_events(&events, true)?;
         Ok(())
-    }
-
-    fn close_tasks(&mut self) {
-        for (tp, mut task) in std::mem::take(&mut self.tasks) {
-            self.detach(&tp);
-            task.close();
-        }
-    }
-
-    fn detach(&self, tp: &TopicPartition) {
-        if let Some(st) = &self.routes[&tp.topic].state {
-            self.catalog.detach(&st.name, tp.partition);
-        }
     }
 
     /// Pipes a record into `topic` (partitioned by murmur2 of the key, like a Java producer)
@@ -226,109 +244,28 @@ impl TopologyDriver {
     }
 
     fn pipe_record(&mut self, topic: &str, key: &str, value: Option<Vec<u8>>, headers: Headers) -> Result<(), RuntimeError> {
-        let partition = partition_for_key(key.as_bytes(), self.partitions(topic));
-        let tp = TopicPartition::new(topic, partition);
-        let log = self.log.entry(tp.clone()).or_default();
-        let offset = log.len() as i64;
-        log.push(DriverRecord {
-            topic: topic.into(),
-            partition,
-            offset,
-            key: Some(key.as_bytes().to_vec()),
-            value,
-            headers,
-            timestamp: self.now_ms,
-        });
-        self.mirror_to_globals(&tp, offset)?;
-        if self.tasks.contains_key(&tp) {
-            self.process_next(&tp)?;
-        }
-        Ok(())
-    }
-
-    /// Global tables read committed records of their topic, outside any transaction.
-    fn mirror_to_globals(&self, tp: &TopicPartition, offset: i64) -> Result<(), RuntimeError> {
-        for g in self.globals.iter().filter(|g| g.topic == tp.topic) {
-            let r = &self.log[tp][offset as usize];
-            if let Some(key) = &r.key {
-                g.apply(tp.partition, key, r.value.as_deref(), r.timestamp, offset)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn process_next(&mut self, tp: &TopicPartition) -> Result<(), RuntimeError> {
-        let next = self.position.get(tp).copied().unwrap_or(0);
-        let Some(r) = self.log.get(tp).and_then(|l| l.get(next as usize)).cloned() else { return Ok(()) };
-        let record = InRecord {
-            topic: r.topic,
-            partition: r.partition,
-            offset: r.offset,
-            timestamp: Some(r.timestamp),
-            key: r.key,
-            value: r.value,
-            headers: r.headers,
-        };
-        // As the engine does: a node with peers reads their stores of the same partition.
-        let mut task = self.tasks.remove(tp).expect("task exists for piped partition");
-        let peers = peer_stores(&self.routes, &self.tasks, tp);
-        let result = task.process(&record, &mut self.pending, &peers);
-        self.tasks.insert(tp.clone(), task);
-        result?;
-        self.position.insert(tp.clone(), next + 1);
-        Ok(())
-    }
-
-    fn reprocess_uncommitted(&mut self) -> Result<(), RuntimeError> {
-        let tps: Vec<TopicPartition> = self.tasks.keys().cloned().collect();
-        for tp in tps {
-            let end = self.log.get(&tp).map_or(0, |l| l.len() as i64);
-            while self.position.get(&tp).copied().unwrap_or(0) < end {
-                self.process_next(&tp)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends the open transaction's outputs to the log; returns the changelog offsets.
-    fn publish(&mut self) -> BTreeMap<TopicPartition, i64> {
-        let mut last = BTreeMap::new();
-        let mut published = Vec::new();
-        for r in std::mem::take(&mut self.pending) {
-            let partition = r.partition.unwrap_or_else(|| match &r.key {
-                Some(k) => partition_for_key(k, self.partitions(&r.topic)),
-                None => 0,
-            });
-            let tp = TopicPartition::new(r.topic.as_str(), partition);
-            let log = self.log.entry(tp.clone()).or_default();
-            let offset = log.len() as i64;
-            let timestamp = r.timestamp.unwrap_or(self.now_ms);
-            log.push(DriverRecord { topic: r.topic, partition, offset, key: r.key, value: r.value, headers: r.headers, timestamp });
-            last.insert(tp.clone(), offset);
-            published.push((tp, offset));
-        }
-        for (tp, offset) in published {
-            if let Err(e) = self.mirror_to_globals(&tp, offset) {
-                tracing::error!(error = %e, "driver: global table write failed");
-            }
-        }
-        self.committed = self.position.clone();
-        self.since_commit_ms = 0;
-        last
+        self.log.append(topic, Some(key.as_bytes().to_vec()), value, headers, self.now_ms);
+        self.mirror_globals()?;
+        self.pump()
     }
 
     /// Commits the open transaction: outputs and input offsets become visible, then the
-    /// stores write their overlay with the changelog offset.
+    /// stores write their overlay with the changelog offset. If the commit could not
+    /// happen (fenced, aborted), the engine has taken its partitions up again from the
+    /// last commit; the uncommitted input is processed again and committed.
     pub fn commit(&mut self) -> Result<(), RuntimeError> {
-        let last = self.publish();
-        for (tp, task) in self.tasks.iter_mut() {
-            let checkpoint = match &self.routes[&tp.topic].state {
-                Some(st) if st.source_is_changelog(&tp.topic) => task.offset_to_commit().map(|next| next - 1),
-                Some(st) => last.get(&TopicPartition::new(st.changelog.as_str(), tp.partition)).copied(),
-                None => None,
-            };
-            let events_offsets = crate::runtime::engine::events_offsets(&self.routes[&tp.topic], &last);
-            task.committed(checkpoint, &events_offsets)?;
+        let before = self.log.commits();
+        self.step(|e, input| e.commit(input))?;
+        self.mirror_globals()?;
+        if self.log.commits() == before && self.engine().in_transaction() {
+            return Ok(());
+        }
+        if self.log.commits() == before {
+            // Nothing committed: either nothing was open, or the transaction failed and
+            // was taken up again. Run what is uncommitted and commit it.
+            self.pump()?;
+            self.step(|e, input| e.commit(input))?;
+            self.mirror_globals()?;
         }
         Ok(())
     }
@@ -337,13 +274,14 @@ impl TopologyDriver {
     /// (a re-key node's repartition topic feeding a join), and commits again, until
     /// nothing is left to process.
     pub fn flush(&mut self) -> Result<(), RuntimeError> {
-        loop {
+        for _ in 0..1_000 {
             self.commit()?;
-            self.reprocess_uncommitted()?;
-            if self.pending.is_empty() && self.tasks.values().all(|t| t.offset_to_commit().is_none()) {
+            self.pump()?;
+            if !self.engine().in_transaction() {
                 return Ok(());
             }
         }
+        Err(RuntimeError::Driver("flush did not settle in 1,000 commits".into()))
     }
 
     /// Moves time forward and punctuates every task with the new time, as the engine does
@@ -351,10 +289,10 @@ impl TopologyDriver {
     pub fn advance_time(&mut self, ms: i64) -> Result<(), RuntimeError> {
         self.now_ms += ms;
         self.since_commit_ms += ms;
-        for task in self.tasks.values_mut() {
-            task.punctuate(self.now_ms, &mut self.pending)?;
-        }
-        if self.since_commit_ms >= self.topology.processing.commit_interval_ms as i64 {
+        let now = self.now_ms;
+        self.step(|e, input| e.punctuate_at(input, now))?;
+        if self.since_commit_ms >= self.app.topology().processing.commit_interval_ms as i64 {
+            self.since_commit_ms = 0;
             self.commit()?;
         }
         Ok(())
@@ -362,41 +300,49 @@ impl TopologyDriver {
 
     /// Fault: the process dies between produce and commit.
     pub fn crash(&mut self) -> Result<(), RuntimeError> {
-        self.pending.clear();
-        self.drop_tasks_and_reassign()
+        self.restart()
     }
 
     /// Fault: the process dies after the commit, before the stores applied it.
     pub fn crash_after_commit(&mut self) -> Result<(), RuntimeError> {
-        self.publish();
-        self.drop_tasks_and_reassign()
+        self.crash_at(CrashPoint::AfterCommit);
+        self.step(|e, input| e.commit(input))?;
+        self.mirror_globals()
     }
 
-    /// Fault: the producer is fenced; the open transaction's writes are not retried.
+    /// Fault: the process dies the next time the commit cycle reaches `point`. The driver
+    /// restarts it at once (a new producer epoch, restore, reprocessing).
+    pub fn crash_at(&mut self, point: CrashPoint) {
+        self.engine().crash_at(point);
+    }
+
+    /// Fault: another producer initialized this instance's transactional id. The open
+    /// transaction can no longer commit; its writes are never retried.
     pub fn fence(&mut self) -> Result<(), RuntimeError> {
-        self.pending.clear();
-        self.drop_tasks_and_reassign()
+        self.log.bump_epoch(&self.transactional_id);
+        Ok(())
     }
 
-    /// The partitions are revoked (the open transaction commits first) and assigned again.
+    /// The partitions are revoked (the open transaction commits) and assigned again.
     pub fn rebalance(&mut self) -> Result<(), RuntimeError> {
-        self.commit()?;
-        self.close_tasks();
-        self.assign()
-    }
-
-    fn drop_tasks_and_reassign(&mut self) -> Result<(), RuntimeError> {
-        for task in self.tasks.values_mut() {
-            // Dropped without committing: the overlay never reaches RocksDB.
-            task.aborted();
+        let engine = self.engine.as_mut().expect("engine");
+        engine.on_revoke(&self.input);
+        self.mirror_globals()?;
+        for tp in self.input.assigned() {
+            self.input.seek(tp, self.log.committed_offset(tp))?;
         }
-        self.close_tasks();
-        self.assign()
+        let assigned = self.input.assigned().to_vec();
+        let engine = self.engine.as_mut().expect("engine");
+        engine.on_assign(&self.input, &assigned);
+        if let Some(e) = engine.failure.take() {
+            return Err(e);
+        }
+        self.pump()
     }
 
     /// Committed records of `topic`, across partitions, in partition then offset order.
     pub fn read_output(&self, topic: &str) -> Vec<DriverRecord> {
-        self.log.iter().filter(|(tp, _)| tp.topic == topic).flat_map(|(_, l)| l.iter().cloned()).collect()
+        self.log.read(topic)
     }
 
     /// A committed store entry as the query server renders it (`{"version","state"}`).
@@ -422,6 +368,6 @@ impl TopologyDriver {
 
     /// Changelog records replayed by every restore so far.
     pub fn restored_records(&self) -> u64 {
-        self.restored
+        self.restored_before + self.engine.as_ref().map_or(0, Engine::restored)
     }
 }

@@ -491,3 +491,10 @@ pub fn http_post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, BT
     write!(s, "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
     read_response(s)
 }
+
+pub fn http_delete(addr: &str, path: &str) -> (u16, BTreeMap<String, String>, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "DELETE {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    read_response(s).expect("response")
+}
