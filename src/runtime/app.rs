@@ -542,7 +542,11 @@ fn poll_loop(
     let topics: Vec<String> = settings.routes.keys().cloned().collect();
     let shared = Arc::new(Mutex::new(None));
     let consumer: BaseConsumer<RebalanceHandler> = cfg
-        .create_with_context(RebalanceHandler { engine: shared.clone(), rebalance_started: Mutex::new(None) })
+        .create_with_context(RebalanceHandler {
+            engine: shared.clone(),
+            rebalance_started: Mutex::new(None),
+            thread: settings.thread.to_string(),
+        })
         .map_err(|e| kafka("create consumer", e))?;
     // init_transactions (inside Engine::new) comes before any restore: it aborts whatever
     // a crashed predecessor left open, so read_committed restore is not held at its LSO.

@@ -6,14 +6,14 @@
 //! gateway are skipped undecoded. A retry with the same command id is safe: the
 //! aggregate answers it as a duplicate, with the original outcome.
 
-use super::restore::{watermarks, RestoreContext};
+use super::reader::{Followed, PartitionReader};
+use crate::record::TopicPartition;
 use crate::kafka::Clients;
 use super::RuntimeError;
 use crate::codec::Format;
 use crate::processor::wire::{self, Reply};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,41 +174,34 @@ impl Gateway {
     /// Reads every partition of every reply topic from its current end (positions fixed
     /// before this returns, so no reply to a command sent afterwards is missed) until `stop`.
     pub fn spawn_reader(self: Arc<Self>, clients: &Clients, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, RuntimeError> {
-        let kafka = |source| RuntimeError::Kafka { op: "gateway replies", topic: String::new(), source };
-        let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-gateway-{}", self.instance))
-            .set("fetch.wait.max.ms", "50")
-            // Replies are small and read as they come: no need for librdkafka's default
-            // 64 MiB of prefetch per instance.
-            .set("queued.max.messages.kbytes", "2048")
-            .set("fetch.max.bytes", "1048576")
-            .create_with_context(RestoreContext)
-            .map_err(kafka)?;
-        let mut tpl = TopicPartitionList::new();
+        // Replies are small and read as they come: no need for librdkafka's default 64 MiB
+        // of prefetch per instance.
+        let tuning = [("fetch.wait.max.ms", "50"), ("queued.max.messages.kbytes", "2048"), ("fetch.max.bytes", "1048576")];
+        let reader = PartitionReader::new(clients, "gateway replies", format!("millrace-gateway-{}", self.instance), &tuning)?;
+        let mut from = Vec::new();
         let mut formats = HashMap::new();
         for t in self.targets.values() {
             if formats.insert(t.replies.clone(), t.reply_format).is_some() {
                 continue;
             }
             for p in 0..t.reply_partitions {
-                let (_, high) = watermarks(&consumer, &t.replies, p).map_err(kafka)?;
-                tpl.add_partition_offset(&t.replies, p, Offset::Offset(high)).map_err(kafka)?;
+                let tp = TopicPartition::new(t.replies.as_str(), p);
+                let (_, high) = reader.watermarks(&tp)?;
+                from.push((tp, Some(high)));
             }
         }
-        consumer.assign(&tpl).map_err(kafka)?;
+        reader.assign(&from)?;
         let handle = std::thread::Builder::new()
             .name("millrace-gateway-replies".into())
             .spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    match consumer.poll(Duration::from_millis(100)) {
-                        Some(Ok(m)) if !sent_by_a_gateway(&m) => {}
-                        Some(Ok(m)) => {
-                            let format = formats.get(m.topic()).copied().unwrap_or(Format::Json);
-                            if let Some(reply) = m.payload().and_then(|p| wire::decode_reply(format, p).ok()) {
-                                self.answered(reply);
-                            }
-                        }
-                        Some(Err(e)) => tracing::debug!(error = %e, "gateway reply reader"),
-                        None => {}
+                    let Some(Followed::Record(m)) = reader.follow(Duration::from_millis(100)) else { continue };
+                    if !sent_by_a_gateway(&m) {
+                        continue;
+                    }
+                    let format = formats.get(m.topic()).copied().unwrap_or(Format::Json);
+                    if let Some(reply) = m.payload().and_then(|p| wire::decode_reply(format, p).ok()) {
+                        self.answered(reply);
                     }
                 }
             })

@@ -10,15 +10,16 @@
 //! How far the table has come is tracked per partition: the largest timestamp applied, and
 //! since when the reader has been at the partition's end.
 
-use super::restore::{restore, RestoreContext};
+use super::reader::{Followed, PartitionReader};
+use super::restore::restore;
+use crate::record::TopicPartition;
 use crate::kafka::Clients;
 use super::RuntimeError;
 use crate::codec::murmur2::partition_for_key;
 use crate::processor::Lookup;
 use crate::store::{RocksStore, StoreError, StoreResources};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,47 +99,36 @@ impl GlobalTable {
     }
 
     fn follow_loop(&self, clients: &Clients, stop: &AtomicBool) -> Result<(), RuntimeError> {
-        let kafka = |source| RuntimeError::Kafka { op: "follow global table", topic: self.topic.clone(), source };
-        // The restore context keeps librdkafka's end-of-partition reports at debug level.
-        let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-global-{}", self.topic))
-            .set("enable.partition.eof", "true")
-            .create_with_context(RestoreContext)
-            .map_err(kafka)?;
+        let reader = PartitionReader::new(clients, "follow global table", format!("millrace-global-{}", self.topic), &[])?;
         let stores = self.partitions.read().expect("global table lock").clone();
-        let mut tpl = TopicPartitionList::new();
+        let mut from = Vec::with_capacity(stores.len());
         for s in &stores {
-            let from = s.checkpoint()?.map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
-            tpl.add_partition_offset(&self.topic, s.partition(), from).map_err(kafka)?;
+            from.push((TopicPartition::new(self.topic.as_str(), s.partition()), s.checkpoint()?.map(|o| o + 1)));
         }
-        consumer.assign(&tpl).map_err(kafka)?;
+        reader.assign(&from)?;
         while !stop.load(Ordering::SeqCst) {
-            let first = match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => m.detach(),
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+            let first = match reader.follow(Duration::from_millis(100)) {
+                Some(Followed::Record(m)) => m.detach(),
+                Some(Followed::End(p)) => {
                     self.at_end(p);
                     continue;
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(table = %self.name, error = %e, "global table reader");
-                    continue;
-                }
-                // Nothing arrived for a whole poll: every partition is at its end. (librdkafka
-                // reports EOF unreliably after transaction markers, so this is the signal
-                // that does not depend on it.)
-                None => {
+                // Nothing arrived for a whole poll: every partition is at its end.
+                Some(Followed::Idle) => {
                     for p in 0..stores.len() as i32 {
                         self.at_end(p);
                     }
                     continue;
                 }
+                None => continue,
             };
             // Take what is already fetched, and write one batch per partition rather than
             // one per record. Lookups learn the new time only after the data is written.
             let mut batch = vec![first];
             while batch.len() < FOLLOW_BATCH {
-                match consumer.poll(Duration::ZERO) {
-                    Some(Ok(m)) => batch.push(m.detach()),
-                    _ => break,
+                match reader.next_fetched() {
+                    Some(m) => batch.push(m.detach()),
+                    None => break,
                 }
             }
             let mut per_partition: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();

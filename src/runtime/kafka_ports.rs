@@ -161,6 +161,9 @@ pub(crate) struct RebalanceHandler {
     pub engine: Arc<Mutex<Option<Engine>>>,
     /// When the current rebalance began (the revocation), for its duration.
     pub rebalance_started: Mutex<Option<Instant>>,
+    /// The processing thread (a member of its own): the label that keeps the threads'
+    /// gauges apart.
+    pub thread: String,
 }
 
 impl ClientContext for RebalanceHandler {
@@ -205,7 +208,7 @@ impl ConsumerContext for RebalanceHandler {
                 if let Some(t) = started {
                     metrics::histogram!("millrace_rebalance_seconds").record(t.elapsed().as_secs_f64());
                 }
-                metrics::gauge!("millrace_assigned_partitions").set(tpl.count() as f64);
+                metrics::gauge!("millrace_assigned_partitions", "thread" => self.thread.clone()).set(tpl.count() as f64);
             }
             Rebalance::Error(e) => {
                 metrics::counter!("millrace_rebalances_total", "step" => "error").increment(1);

@@ -10,12 +10,13 @@
 //! exists, a query answers 503 with Retry-After: never a wrong owner.
 
 use super::catalog::Catalog;
-use super::restore::{watermarks, RestoreContext};
+use super::reader::{Followed, PartitionReader};
+use crate::record::TopicPartition;
+use rdkafka::message::BorrowedMessage;
 use crate::kafka::Clients;
 use super::RuntimeError;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -235,39 +236,26 @@ pub fn spawn(
 }
 
 fn read_loop(directory: &Directory, topic: &str, clients: &Clients, stop: &AtomicBool) -> Result<(), RuntimeError> {
-    let kafka = |source| RuntimeError::Kafka { op: "read members", topic: topic.to_string(), source };
-    let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-members-{topic}"))
-        .set("fetch.wait.max.ms", "100")
-        .set("queued.max.messages.kbytes", "1024")
-        .create_with_context(RestoreContext)
-        .map_err(kafka)?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).map_err(kafka)?;
-    consumer.assign(&tpl).map_err(kafka)?;
-    // How far the topic reached at start: read that far, the directory is loaded.
-    let (_, end) = watermarks(&consumer, topic, 0).map_err(kafka)?;
-    let mut loaded = false;
-    while !stop.load(Ordering::SeqCst) {
-        let polled = consumer.poll(Duration::from_millis(200));
-        match &polled {
-            Some(Ok(m)) => {
-                if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
-                    directory.apply(k, m.payload());
-                    metrics::gauge!("millrace_members_live").set(directory.live().len() as f64);
-                }
-            }
-            Some(Err(e)) => tracing::debug!(error = %e, "members reader"),
-            None => {}
+    let tuning = [("fetch.wait.max.ms", "100"), ("queued.max.messages.kbytes", "1024")];
+    let reader = PartitionReader::new(clients, "read members", format!("millrace-members-{topic}"), &tuning)?;
+    let tp = TopicPartition::new(topic, 0);
+    let apply = |m: &BorrowedMessage<'_>| {
+        if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+            directory.apply(k, m.payload());
+            metrics::gauge!("millrace_members_live").set(directory.live().len() as f64);
         }
-        if !loaded {
-            let at = match &polled {
-                Some(Ok(m)) => Some(m.offset() + 1),
-                _ => consumer.position().ok().and_then(|p| p.find_partition(topic, 0)?.offset().to_raw()),
-            };
-            if end == 0 || at.is_some_and(|o| o >= end) {
-                loaded = true;
-                directory.mark_loaded();
-            }
+    };
+    // The topic as far as it reached at start: then the directory is loaded.
+    let read = reader.read_to_end(&tp, None, &mut |m| {
+        apply(m);
+        Ok(())
+    })?;
+    directory.mark_loaded();
+    let next = read.last_offset.map_or(read.end, |o| (o + 1).max(read.end));
+    reader.assign(&[(tp, Some(next))])?;
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(Followed::Record(m)) = reader.follow(Duration::from_millis(200)) {
+            apply(&m);
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ pub mod members;
 mod registry;
 mod kafka_ports;
 pub(crate) mod ports;
+pub mod reader;
 mod restore;
 pub mod standby;
 mod sync;

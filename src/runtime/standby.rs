@@ -14,12 +14,12 @@
 
 use super::catalog::Catalog;
 use super::members::Directory;
-use super::restore::RestoreContext;
+use super::reader::{Followed, PartitionReader};
+use crate::record::TopicPartition;
 use crate::kafka::Clients;
 use super::RuntimeError;
 use crate::store::{Indexer, RocksStore, StoreResources};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,10 +145,7 @@ impl Standbys {
     }
 
     fn run(&self, clients: &Clients, stop: &AtomicBool) -> Result<(), RuntimeError> {
-        let kafka = |source| RuntimeError::Kafka { op: "standby", topic: String::new(), source };
-        let consumer: BaseConsumer<RestoreContext> = clients.reader(format!("millrace-standby-{}", self.directory.me.instance))
-            .create_with_context(RestoreContext)
-            .map_err(kafka)?;
+        let reader = PartitionReader::new(clients, "standby", format!("millrace-standby-{}", self.directory.me.instance), &[])?;
         let changelog_of: BTreeMap<String, StandbyStore> = self.stores.iter().map(|s| (s.changelog.clone(), s.clone())).collect();
         let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut last_plan = Instant::now() - Duration::from_secs(10);
@@ -178,13 +175,12 @@ impl Standbys {
                 }
                 let now: BTreeSet<(String, i32)> = held.keys().cloned().collect();
                 if now != assigned {
-                    let mut tpl = TopicPartitionList::new();
+                    let mut from = Vec::with_capacity(held.len());
                     for ((store, p), r) in held.iter() {
-                        let s = self.stores.iter().find(|s| &s.name == store).expect("held stores are known");
-                        let from = r.checkpoint()?.map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
-                        tpl.add_partition_offset(&s.changelog, *p, from).map_err(kafka)?;
+                        let Some(s) = self.stores.iter().find(|s| &s.name == store) else { continue };
+                        from.push((TopicPartition::new(s.changelog.as_str(), *p), r.checkpoint()?.map(|o| o + 1)));
                     }
-                    consumer.assign(&tpl).map_err(kafka)?;
+                    reader.assign(&from)?;
                     tracing::info!(partitions = ?now, "standby copies");
                     assigned = now;
                 }
@@ -193,15 +189,15 @@ impl Standbys {
             let mut batch: BTreeMap<(String, i32), Vec<(Vec<u8>, Option<Vec<u8>>, i64, i64)>> = BTreeMap::new();
             let deadline = Instant::now() + Duration::from_millis(200);
             while Instant::now() < deadline && batch.values().map(Vec::len).sum::<usize>() < 5_000 {
-                match consumer.poll(Duration::from_millis(50)) {
-                    Some(Ok(m)) => {
+                match reader.follow(Duration::from_millis(50)) {
+                    Some(Followed::Record(m)) => {
                         let Some(s) = changelog_of.get(m.topic()) else { continue };
                         let Some(k) = m.key() else { continue };
                         let ts = m.timestamp().to_millis().unwrap_or(i64::MIN);
                         batch.entry((s.name.clone(), m.partition())).or_default().push((k.to_vec(), m.payload().map(<[u8]>::to_vec), ts, m.offset()));
                     }
-                    Some(Err(e)) => tracing::debug!(error = %e, "standby reader"),
-                    None => break,
+                    Some(Followed::End(_)) | None => {}
+                    Some(Followed::Idle) => break,
                 }
             }
             let held = self.held.lock().expect("standby lock");
@@ -217,8 +213,8 @@ impl Standbys {
             if last_lag.elapsed() >= Duration::from_secs(2) {
                 last_lag = Instant::now();
                 for ((store, p), r) in held.iter() {
-                    let s = self.stores.iter().find(|s| &s.name == store).expect("held stores are known");
-                    if let Ok((_, high)) = consumer.fetch_watermarks(&s.changelog, *p, Duration::from_secs(5)) {
+                    let Some(s) = self.stores.iter().find(|s| &s.name == store) else { continue };
+                    if let Some((_, high)) = reader.watermarks_once(&TopicPartition::new(s.changelog.as_str(), *p), Duration::from_secs(5)) {
                         let next = r.checkpoint()?.map_or(0, |o| o + 1);
                         metrics::gauge!("millrace_standby_lag", "store" => store.clone(), "partition" => p.to_string())
                             .set((high - next).max(0) as f64);

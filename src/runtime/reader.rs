@@ -1,0 +1,215 @@
+//! One reader for every topic read outside the consumer group: store restores, event
+//! history catch-up, global tables, standby copies, the members directory and the
+//! gateway's replies. Each is assigned partitions (never a committed offset), reads only
+//! committed transactions, and is made by the client factory, so it gets the user's
+//! Kafka settings.
+//!
+//! It owns the rules for "the end of a partition" under transactions:
+//! - the end is the high watermark when reading starts; later records belong to whoever
+//!   writes them now (a running task);
+//! - transaction markers take offsets but are never delivered, and librdkafka's end-of-
+//!   partition report does not reliably follow them, so the end is also reached when the
+//!   consumer's own position has passed it (checked without broker calls, which would
+//!   serve, and swallow, the end-of-partition event);
+//! - a read that makes no progress for `stall` short of the end (an open transaction that
+//!   holds the last stable offset back, a partition without a leader) is an error
+//!   (`RestoreStalled`), never an early end: a store restored that far is partial.
+//!
+//! May use: kafka (the client factory), record.
+
+use super::RuntimeError;
+use crate::kafka::Clients;
+use crate::record::TopicPartition;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+/// How long one poll of `read_to_end` waits. Short: a tail that holds only an aborted
+/// transaction (what a crash leaves) delivers nothing and often no end report either, and
+/// the end is then found by checking the position after each empty poll.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long a read may see no progress, short of the end, before it fails.
+pub const STALL: Duration = Duration::from_secs(10);
+
+/// The readers' context: reaching the end of a partition is how a read finishes, not an
+/// error; rdkafka reports it as a global error too, so that report stays at debug level.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::PartitionEOF) => tracing::debug!(reason, "end of partition"),
+            _ => tracing::warn!(%error, reason, "reader error"),
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// What one step of following partitions brought.
+pub enum Followed<'a> {
+    Record(BorrowedMessage<'a>),
+    /// A partition (of the topic being followed) reported its end.
+    End(i32),
+    /// Nothing arrived for a whole poll: every assigned partition is at its end, as far
+    /// as this reader can tell (the signal that does not depend on end reports).
+    Idle,
+}
+
+/// How a read to the end went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadToEnd {
+    /// Records delivered (committed ones; markers and aborted records are not).
+    pub records: u64,
+    /// Offset of the last record delivered, if any.
+    pub last_offset: Option<i64>,
+    /// The end the read went to (the high watermark when it started).
+    pub end: i64,
+}
+
+pub struct PartitionReader {
+    consumer: BaseConsumer<ReaderContext>,
+    what: &'static str,
+    stall: Duration,
+}
+
+impl PartitionReader {
+    /// A reader named `group` (it never joins that group), with `tuning` on top of the
+    /// factory's reader settings (prefetch sizes, fetch waits). `what` names it in errors.
+    pub fn new(clients: &Clients, what: &'static str, group: String, tuning: &[(&str, &str)]) -> Result<Self, RuntimeError> {
+        let mut cfg = clients.reader(group);
+        cfg.set("enable.partition.eof", "true").set("auto.offset.reset", "earliest");
+        for (k, v) in tuning {
+            cfg.set(*k, *v);
+        }
+        let consumer = cfg.create_with_context(ReaderContext).map_err(|source| RuntimeError::Kafka { op: what, topic: String::new(), source })?;
+        Ok(Self { consumer, what, stall: STALL })
+    }
+
+    /// A different stall limit (tests).
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
+    }
+
+    fn kafka(&self, topic: &str) -> impl FnOnce(KafkaError) -> RuntimeError + '_ {
+        let topic = topic.to_string();
+        move |source| RuntimeError::Kafka { op: self.what, topic, source }
+    }
+
+    /// Low and high watermarks. A topic created a moment ago may not have a leader yet
+    /// (NotLeaderForPartition): that passes within seconds, so it is retried for up to
+    /// 30 s before it counts as a failure.
+    pub fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), RuntimeError> {
+        watermarks(&self.consumer, &tp.topic, tp.partition).map_err(self.kafka(&tp.topic))
+    }
+
+    /// Watermarks with one try (for gauges: a failure is only a missing figure).
+    pub fn watermarks_once(&self, tp: &TopicPartition, timeout: Duration) -> Option<(i64, i64)> {
+        self.consumer.fetch_watermarks(&tp.topic, tp.partition, timeout).ok()
+    }
+
+    /// Reads these partitions from these offsets (None: the beginning), replacing what
+    /// was assigned before.
+    pub fn assign(&self, from: &[(TopicPartition, Option<i64>)]) -> Result<(), RuntimeError> {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, o) in from {
+            let offset = o.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(&tp.topic, tp.partition, offset).map_err(self.kafka(&tp.topic))?;
+        }
+        self.consumer.assign(&tpl).map_err(self.kafka(""))
+    }
+
+    /// Reads `tp` from `from` (None: its beginning) to its end as of now, handing each
+    /// committed record to `on_record`. Ends at the end-of-partition report, or when the
+    /// position passed the end; fails with `RestoreStalled` after `stall` without
+    /// progress short of it.
+    pub fn read_to_end(
+        &self,
+        tp: &TopicPartition,
+        from: Option<i64>,
+        on_record: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), RuntimeError>,
+    ) -> Result<ReadToEnd, RuntimeError> {
+        let (low, high) = self.watermarks(tp)?;
+        let first = from.unwrap_or(low).max(low);
+        let mut done = ReadToEnd { records: 0, last_offset: None, end: high };
+        if first >= high {
+            // Nothing there: no fetch round trip.
+            return Ok(done);
+        }
+        self.assign(&[(tp.clone(), Some(first))])?;
+        let mut idle_since = Instant::now();
+        loop {
+            match self.consumer.poll(POLL) {
+                Some(Ok(m)) => {
+                    on_record(&m)?;
+                    done.records += 1;
+                    done.last_offset = Some(m.offset());
+                    idle_since = Instant::now();
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(done),
+                Some(Err(e)) => return Err(self.kafka(&tp.topic)(e)),
+                None => {
+                    let pos = self.position(tp);
+                    if pos.is_some_and(|p| p >= high) {
+                        return Ok(done);
+                    }
+                    if idle_since.elapsed() > self.stall {
+                        return Err(RuntimeError::RestoreStalled {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            position: pos,
+                            end: high,
+                            waited_s: self.stall.as_secs(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next offset this reader will read from `tp`, as it knows locally.
+    pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
+        self.consumer.position().ok().and_then(|p| p.find_partition(&tp.topic, tp.partition)?.offset().to_raw())
+    }
+
+    /// One step of following the assigned partitions: waits up to `wait`. Errors other
+    /// than an end report are logged at debug level and read as nothing.
+    pub fn follow(&self, wait: Duration) -> Option<Followed<'_>> {
+        match self.consumer.poll(wait) {
+            Some(Ok(m)) => Some(Followed::Record(m)),
+            Some(Err(KafkaError::PartitionEOF(p))) => Some(Followed::End(p)),
+            Some(Err(e)) => {
+                tracing::debug!(reader = self.what, error = %e, "reader");
+                None
+            }
+            None => Some(Followed::Idle),
+        }
+    }
+
+    /// A record already fetched, without waiting (to build a batch after `follow`).
+    pub fn next_fetched(&self) -> Option<BorrowedMessage<'_>> {
+        match self.consumer.poll(Duration::ZERO) {
+            Some(Ok(m)) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// Low and high watermarks, retried while a new topic has no leader yet.
+pub(crate) fn watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Result<(i64, i64), KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(w) => return Ok(w),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(topic, partition, error = %e, "watermarks not known yet; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
