@@ -169,6 +169,27 @@ impl Clients {
     }
 }
 
+/// A client context that keeps the last error librdkafka reported (a refused TLS
+/// handshake, failed SASL authentication), so a failure to reach the cluster can say why
+/// instead of only "timed out".
+#[derive(Default)]
+pub struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    pub fn last(&self) -> Option<String> {
+        self.0.lock().expect("last error lock").clone()
+    }
+}
+
+impl rdkafka::ClientContext for LastError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "kafka client error");
+        *self.0.lock().expect("last error lock") = Some(reason.to_string());
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,8 @@ pub enum RuntimeError {
     Process(#[from] crate::processor::ProcessError),
     #[error("http server: {0}")]
     Http(std::io::Error),
+    #[error("cannot reach the Kafka cluster at {bootstrap}: {reason} (check --bootstrap-servers, and --kafka-config for security.protocol, SASL credentials and the CA)")]
+    Unreachable { bootstrap: String, reason: String },
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
     #[error("restore of {topic}-{partition} made no progress for {waited_s} s at position {position:?}, short of its end {end}; the task stays unready and the restore is retried")]

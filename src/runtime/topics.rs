@@ -7,7 +7,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use crate::kafka::Clients;
+use crate::kafka::{Clients, LastError};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,8 +16,22 @@ pub use crate::topology::TopicNeed;
 /// Partition counts of existing topics, by name (topics that do not exist are absent).
 pub fn partition_counts(clients: &Clients, names: &[&str]) -> Result<BTreeMap<String, i32>, RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "fetch metadata", topic: String::new(), source };
-    let consumer: BaseConsumer = clients.client().create().map_err(kafka)?;
-    let md = consumer.fetch_metadata(None, Duration::from_secs(30)).map_err(kafka)?;
+    let consumer: BaseConsumer<LastError> = clients.client().create_with_context(LastError::default()).map_err(kafka)?;
+    // The first call of a process: if the cluster cannot be reached, say why.
+    let md = consumer.fetch_metadata(None, Duration::from_secs(30)).map_err(|source| {
+        // librdkafka hands its error reports (a failed TLS handshake, SASL refusing the
+        // credentials) to the context only when the client is polled.
+        for _ in 0..5 {
+            if consumer.context().last().is_some() {
+                break;
+            }
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        RuntimeError::Unreachable {
+            bootstrap: clients.bootstrap_servers().to_string(),
+            reason: consumer.context().last().unwrap_or_else(|| source.to_string()),
+        }
+    })?;
     Ok(md
         .topics()
         .iter()

@@ -32,16 +32,36 @@ pub fn bootstrap() -> String {
     .clone()
 }
 
+/// The Kafka settings file the tests run with (`MILLRACE_TEST_KAFKA_CONFIG`, set by
+/// `deploy/test --secure` to `deploy/kafka-local client-config`): TLS and SASL.
+pub fn kafka_config() -> Option<PathBuf> {
+    std::env::var_os("MILLRACE_TEST_KAFKA_CONFIG").map(PathBuf::from)
+}
+
+fn kafka_settings() -> Vec<(String, String)> {
+    kafka_config().map(|f| millrace::kafka::parse_properties(&f).expect("the test Kafka settings parse")).unwrap_or_default()
+}
+
+/// A client of the test broker, with the test Kafka settings.
+pub fn client_config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap());
+    for (k, v) in kafka_settings() {
+        c.set(k, v);
+    }
+    c
+}
+
 /// The client factory the library's own functions take, for the test broker.
 pub fn clients() -> millrace::kafka::Clients {
-    millrace::kafka::Clients::plain(&bootstrap())
+    millrace::kafka::Clients::new(&bootstrap(), kafka_settings(), "MILLRACE_TEST_KAFKA_CONFIG", vec![], vec![]).expect("test Kafka settings")
 }
 
 /// Creates a topic with topic-level settings (e.g. `max.message.bytes`), as an operator would.
 pub fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+        client_config().create().unwrap();
     let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (k, v) in config {
         t = t.set(k, v);
@@ -143,6 +163,7 @@ impl Instance {
         let child = Command::new(env!("CARGO_BIN_EXE_millrace"))
             .args(["run", "--topology"]).arg(&setup.topology)
             .args(["--bootstrap-servers", &bootstrap()])
+            .args(kafka_config().map(|f| vec!["--kafka-config".into(), f.into_os_string()]).unwrap_or_default())
             .arg("--state-dir").arg(state_dir)
             .args(["--http", &http, "--instance-id", id])
             .args(["--consumer-config", "session.timeout.ms=6000"])
@@ -255,8 +276,7 @@ fn read_response(mut s: TcpStream) -> std::io::Result<(u16, BTreeMap<String, Str
 }
 
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+    client_config()
         .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
@@ -315,8 +335,7 @@ impl Rec {
 
 /// Every committed record of `topic` (read_committed), up to the current end.
 pub fn read_all(topic: &str) -> Vec<Rec> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+    let c: BaseConsumer = client_config()
         .set("group.id", unique("reader"))
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -384,8 +403,7 @@ pub fn committed_sum(group: &str, topic: &str, partitions: i32) -> Option<i64> {
 /// `group`'s committed offset of each partition of `topic` (0 where none), or None while
 /// the broker cannot say (as for `committed_sum`).
 pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Option<Vec<i64>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+    let c: BaseConsumer = client_config()
         .set("group.id", group)
         .create()
         .unwrap();
