@@ -133,19 +133,7 @@ impl PartitionReader {
         from: Option<i64>,
         on_record: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), RuntimeError>,
     ) -> Result<ReadToEnd, RuntimeError> {
-        let watermarks = self.watermarks(tp)?;
-        self.read_within(tp, from, watermarks, on_record)
-    }
-
-    /// As `read_to_end`, with the watermarks the caller already fetched (one broker round
-    /// trip fewer per partition on the restore path).
-    pub fn read_within(
-        &self,
-        tp: &TopicPartition,
-        from: Option<i64>,
-        (low, high): (i64, i64),
-        on_record: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), RuntimeError>,
-    ) -> Result<ReadToEnd, RuntimeError> {
+        let (low, high) = self.watermarks(tp)?;
         let first = from.unwrap_or(low).max(low);
         let mut done = ReadToEnd { records: 0, last_offset: None, end: high };
         if first >= high {
@@ -212,7 +200,7 @@ impl PartitionReader {
 }
 
 /// Low and high watermarks, retried while a new topic has no leader yet.
-fn watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Result<(i64, i64), KafkaError> {
+pub(crate) fn watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Result<(i64, i64), KafkaError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {

@@ -43,12 +43,11 @@ pub fn restore(
         batch.clear();
         Ok::<_, RuntimeError>(())
     };
-    // Fetched before reading (a broker call in the middle of the read could swallow its end
-    // report), and used for both the read and the remaining-records gauge.
-    let watermarks = reader.watermarks(&tp)?;
-    let high = watermarks.1;
+    // For the remaining-records gauge only; fetched before reading, as a broker call in
+    // the middle of the read could swallow its end report.
+    let (_, high) = reader.watermarks(&tp)?;
     let mut last = checkpoint;
-    let read = reader.read_within(&tp, checkpoint.map(|o| o + 1), watermarks, &mut |m| {
+    let read = reader.read_to_end(&tp, checkpoint.map(|o| o + 1), &mut |m| {
         if let (Some(k), true) = (m.key(), accept(m.payload())) {
             let ts = m.timestamp().to_millis().unwrap_or(i64::MIN);
             batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec), ts));

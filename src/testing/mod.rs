@@ -258,8 +258,6 @@ impl TopologyDriver {
         self.step(|e, input| e.commit(input))?;
         self.mirror_globals()?;
         if self.log.commits() == before && self.engine().in_transaction() {
-            // A crash was injected at the commit: the restarted engine has already taken
-            // the uncommitted input up again, in a transaction of its own.
             return Ok(());
         }
         if self.log.commits() == before {
