@@ -107,6 +107,22 @@ enum Command {
     },
 }
 
+/// A topology file's problems, one `error: file:line:col: ...` line each, as a compiler
+/// prints them.
+fn report_topology_error(e: &topology::TopologyError) {
+    let diagnostics = e.diagnostics();
+    if diagnostics.is_empty() {
+        eprintln!("error: {e}");
+        return;
+    }
+    for d in diagnostics {
+        eprintln!("error: {d}");
+    }
+    if diagnostics.len() > 1 {
+        eprintln!("{} problems in the topology file", diagnostics.len());
+    }
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -129,7 +145,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                report_topology_error(&e);
                 ExitCode::from(2)
             }
         },
@@ -144,7 +160,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                report_topology_error(&e);
                 ExitCode::from(2)
             }
         },
@@ -155,7 +171,7 @@ fn main() -> ExitCode {
             let t = match topology::load(&file) {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    report_topology_error(&e);
                     return ExitCode::from(2);
                 }
             };
@@ -192,13 +208,13 @@ fn main() -> ExitCode {
             let topo = match topology::load(&topology) {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    report_topology_error(&e);
                     return ExitCode::from(2);
                 }
             };
             let registry = millrace::builtin_registry();
             if let Err(e) = topo.check_registered(registry.names()) {
-                eprintln!("error: {e}");
+                report_topology_error(&e);
                 return ExitCode::from(2);
             }
             let listen = http.unwrap_or_else(|| topo.http.listen.clone());
@@ -271,7 +287,7 @@ fn store_admin(op: &str, aggregate: &str, key: &str, topology_file: &std::path::
     let topo = match topology::load(topology_file) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e}");
+            report_topology_error(&e);
             return ExitCode::from(2);
         }
     };

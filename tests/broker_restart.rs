@@ -6,36 +6,12 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const COMMANDS: usize = 20_000;
 const KEYS: usize = 2_000;
-
-/// Whether `bootstrap()` is the broker deploy/kafka-local started (and so may restart).
-fn broker_is_ours() -> bool {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka-local");
-    let out = Command::new(&script).arg("status").output().expect("run deploy/kafka-local status");
-    let status = String::from_utf8_lossy(&out.stdout);
-    status.starts_with(&format!("up {} pid ", bootstrap()))
-}
-
-fn kafka_local(arg: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka-local");
-    let status = Command::new(&script).arg(arg).status().expect("run deploy/kafka-local");
-    assert!(status.success(), "deploy/kafka-local {arg} failed");
-}
-
-/// Brings the broker back even if the test fails half-way: later tests need it.
-struct BrokerBack;
-impl Drop for BrokerBack {
-    fn drop(&mut self) {
-        kafka_local("up");
-    }
-}
 
 #[test]
 fn processors_recover_from_a_broker_restart_by_themselves() {

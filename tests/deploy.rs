@@ -4,7 +4,8 @@
 //! headless Service for routing, /ready for readiness, Prometheus annotations, a
 //! disruption budget, and a topology that millrace itself accepts.
 
-use serde_yaml::Value;
+use serde_json::Value;
+use yaml_rust2::{Yaml, YamlLoader};
 use std::path::Path;
 use std::process::Command;
 
@@ -18,10 +19,20 @@ fn validate(file: &Path) -> (bool, String) {
 
 fn docs() -> Vec<Value> {
     let text = std::fs::read_to_string(MANIFEST).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).collect()
+    YamlLoader::load_from_str(&text).unwrap().iter().map(json).collect()
 }
 
-use serde::Deserialize;
+/// A YAML document as JSON, to compare fields with `==`.
+fn json(y: &Yaml) -> Value {
+    match y {
+        Yaml::String(s) | Yaml::Real(s) => Value::String(s.clone()),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Array(items) => Value::Array(items.iter().map(json).collect()),
+        Yaml::Hash(h) => Value::Object(h.iter().map(|(k, v)| (k.as_str().map_or_else(|| format!("{k:?}"), str::to_string), json(v))).collect()),
+        _ => Value::Null,
+    }
+}
 
 fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
@@ -49,14 +60,14 @@ fn the_statefulset_is_wired_for_millrace() {
     let labels = &pod["metadata"]["labels"];
     let container = &pod["spec"]["containers"][0];
     let env = |name: &str| -> Value {
-        container["env"].as_sequence().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
+        container["env"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
     };
     // Pod name → instance id → transactional id and static group member.
     assert_eq!(env("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
     assert_eq!(env("MILLRACE_INSTANCE_ID")["value"], "$(POD_NAME)");
     // State on the pod's own volume.
     let state_dir = env("MILLRACE_STATE_DIR")["value"].as_str().unwrap().to_string();
-    let mount = container["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["name"] == "state").unwrap();
+    let mount = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "state").unwrap();
     assert_eq!(mount["mountPath"].as_str(), Some(state_dir.as_str()));
     assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "state");
     // Routing: the headless Service every pod advertises itself under.

@@ -97,29 +97,29 @@ fn every_topology_matches_its_golden_output() {
         d.flush().unwrap();
         let mut actual: Vec<String> = Vec::new();
         for a in t.aggregates.values() {
-            let reply_fmt = t.topics[&a.replies].codec;
-            for r in d.read_output(&a.replies) {
+            let reply_fmt = a.replies.codec;
+            for r in d.read_output(&a.replies.name) {
                 let reply = wire::decode_reply(reply_fmt, r.value.as_deref().unwrap()).unwrap();
                 actual.push(json!({"reply": reply}).to_string());
             }
-            for r in d.read_output(&a.events) {
-                actual.push(json!({"event": event_view(t.topics[&a.events].codec, r.value.as_deref().unwrap())}).to_string());
+            for r in d.read_output(&a.events.name) {
+                actual.push(json!({"event": event_view(a.events.codec, r.value.as_deref().unwrap())}).to_string());
             }
             for k in &keys {
-                if let Some(s) = d.store(&a.store, k).filter(|s| s["version"].as_u64() > Some(0)) {
+                if let Some(s) = d.store(&a.store.name, k).filter(|s| s["version"].as_u64() > Some(0)) {
                     actual.push(json!({"snapshot": {"key": k, "version": s["version"], "state": s["state"]}}).to_string());
                 }
             }
         }
         for x in t.tables.values().chain(t.global_tables.values()) {
             for k in &keys {
-                if let Some(s) = d.store(&x.store, k) {
+                if let Some(s) = d.store(&x.store.name, k) {
                     actual.push(json!({"table": {"key": k, "value": s["value"]}}).to_string());
                 }
             }
         }
         for j in t.joins.values() {
-            for r in d.read_output(&j.output) {
+            for r in d.read_output(&j.output.name) {
                 actual.push(json!({"joined": {"key": r.key_str(), "value": r.json()}}).to_string());
             }
         }

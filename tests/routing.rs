@@ -63,6 +63,29 @@ fn three_instances_answer_every_key_and_gather_every_page() {
         instances.iter().all(|i| local(i) == 2 && i.get("/ready").0 == 200)
     });
 
+    // Per-partition gauges follow their partitions: each instance lists store sizes for
+    // exactly the partitions it holds now (the first one held all six before the others
+    // joined), and input lag for none it gave away.
+    let owned = |i: &Instance| -> BTreeSet<i64> {
+        let (_, body) = i.get("/stores/customers?scope=local&limit=1");
+        body["partitions"].as_array().unwrap().iter().filter_map(Value::as_i64).collect()
+    };
+    let gauged = |page: &str, prefix: &str| -> BTreeSet<i64> {
+        page.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|rest| rest.split('"').next()?.parse().ok())
+            .collect()
+    };
+    let command_topic = format!("millrace_consumer_lag{{topic=\"{}\",partition=\"", s.commands);
+    settle("store-size gauges name exactly the partitions each instance holds", Duration::from_secs(30), || {
+        instances.iter().all(|i| {
+            let page = i.metrics();
+            let mine = owned(i);
+            gauged(&page, "millrace_store_keys{store=\"customers\",partition=\"") == mine
+                && gauged(&page, &command_topic).is_subset(&mine)
+        })
+    });
+
     // Every key on every instance: the same answer, the owner's.
     let mut answers: BTreeMap<&String, Value> = BTreeMap::new();
     for k in &keys {

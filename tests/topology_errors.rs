@@ -29,9 +29,9 @@ http:
 fn fails(from: &str, to: &str) -> (usize, usize, String) {
     assert!(GOOD.contains(from), "test bug: {from:?} not in GOOD");
     match parse(Path::new("shop.yaml"), &GOOD.replacen(from, to, 1)) {
-        Err(TopologyError::Invalid { at, message }) => {
-            assert_eq!(at.file, Path::new("shop.yaml"));
-            (at.line, at.column, message)
+        Err(TopologyError::Invalid(d)) => {
+            assert_eq!(d[0].at.file, Path::new("shop.yaml"));
+            (d[0].at.line, d[0].at.column, d[0].message.clone())
         }
         other => panic!("{from:?} -> {to:?}: expected an error, got {other:?}"),
     }
@@ -46,7 +46,8 @@ fn expect(from: &str, to: &str, line: usize, column: usize, needle: &str) {
 #[test]
 fn the_good_file_parses() {
     let t = parse(Path::new("shop.yaml"), GOOD).unwrap();
-    assert_eq!(t.aggregates["customers"].store, "customers");
+    assert_eq!(t.aggregates["customers"].store.name, "customers");
+    assert_eq!(t.aggregates["customers"].events.partitions, 2, "references are resolved to the topics themselves");
     assert_eq!(t.processing.max_batch_records, 10_000, "defaults apply");
     assert_eq!(t.changelog_topic("customers"), "shop-customers-changelog");
     assert_eq!(t.dead_letter_topic(), "shop-dead-letters");
@@ -132,7 +133,8 @@ fn store_name_that_cannot_name_a_topic() {
 fn unregistered_aggregate() {
     let t = parse(Path::new("shop.yaml"), &GOOD.replace("aggregate: customer", "aggregate: custard")).unwrap();
     match t.check_registered(["customer", "order"].into_iter()) {
-        Err(TopologyError::Invalid { at, message }) => {
+        Err(TopologyError::Invalid(d)) => {
+            let (at, message) = (&d[0].at, &d[0].message);
             assert_eq!((at.line, at.column), (10, 16));
             assert!(message.contains("no aggregate is registered as \"custard\"; this binary registers [\"customer\", \"order\"]"), "{message}");
         }
@@ -184,7 +186,8 @@ fn protobuf_message_names_are_checked() {
         ("millrace.envelope.Reply", "carries aggregate customers's commands, which are millrace.envelope.CommandEnvelope, not millrace.envelope.Reply"),
     ] {
         match parse(Path::new("shop.yaml"), &pb(message)) {
-            Err(TopologyError::Invalid { at, message: msg }) => {
+            Err(TopologyError::Invalid(d)) => {
+                let (at, msg) = (&d[0].at, &d[0].message);
                 assert_eq!((at.line, at.column), (4, 52), "{msg}");
                 assert!(msg.contains(needle), "{msg}");
             }
@@ -212,7 +215,7 @@ joins:
 
 fn shop_fails(from: &str, to: &str) -> (usize, usize, String) {
     match parse(Path::new("shop.yaml"), &SHOP.replacen(from, to, 1)) {
-        Err(TopologyError::Invalid { at, message }) => (at.line, at.column, message),
+        Err(TopologyError::Invalid(d)) => (d[0].at.line, d[0].at.column, d[0].message.clone()),
         other => panic!("expected an error, got {other:?}"),
     }
 }
@@ -249,4 +252,43 @@ fn awaits_must_name_a_global_table_and_a_positive_timeout() {
     let with_global = |timeout: &str| format!("    store: customers\n    awaits: {{ table: catalog, timeout_ms: {timeout} }}\nglobal_tables:\n  catalog: {{ topic: payments, store: catalog }}\n");
     expect("    store: customers\n", &with_global("0"), 15, 43, "awaits.timeout_ms must be at least 1");
     assert!(parse(Path::new("shop.yaml"), &GOOD.replacen("    store: customers\n", &with_global("500"), 1)).is_ok());
+}
+
+/// Every problem of a file is reported in one pass, in file order, each at its own place:
+/// a schema misfit in one node does not hide one in another, and a broken reference does
+/// not hide a bad setting.
+#[test]
+fn every_error_in_the_file_is_reported_at_once() {
+    let text = GOOD
+        .replace("  events: { partitions: 2 }", "  events: { partitions: two }")
+        .replace("    store: customers\n", "    store: customers\n    stroe: x\n");
+    let diagnostics = match parse(Path::new("shop.yaml"), &text) {
+        Err(TopologyError::Invalid(d)) => d,
+        other => panic!("expected errors, got {other:?}"),
+    };
+    let places: Vec<(usize, usize)> = diagnostics.iter().map(|d| (d.at.line, d.at.column)).collect();
+    assert_eq!(places, vec![(5, 25), (15, 5)], "{diagnostics:#?}");
+    assert!(diagnostics[0].message.contains("expected i32"));
+    assert!(diagnostics[1].message.contains("unknown field `stroe`"));
+
+    let text = GOOD
+        .replace("    events: events", "    events: evnts")
+        .replace("commit_interval_ms: 100", "commit_interval_ms: 0")
+        .replace("listen: 127.0.0.1:8080", "listen: localhost");
+    let e = parse(Path::new("shop.yaml"), &text).unwrap_err();
+    let places: Vec<(usize, usize)> = e.diagnostics().iter().map(|d| (d.at.line, d.at.column)).collect();
+    assert_eq!(places, vec![(12, 13), (16, 23), (18, 11)], "{e}");
+    let shown = e.to_string();
+    assert!(shown.lines().next().unwrap().starts_with("shop.yaml:12:13: aggregate customers: events topic"), "{shown}");
+    assert!(shown.ends_with("3 problems in the topology file"), "{shown}");
+}
+
+#[test]
+fn yaml_syntax_errors_and_unknown_sections_have_positions() {
+    let (l, c, msg) = fails("    store: customers\n", "    store: [customers\n");
+    assert!(l >= 14, "({l}, {c}) {msg}");
+    assert!(!msg.is_empty());
+    expect("processing:\n", "procesing:\n", 15, 1, "unknown field `procesing`, expected one of `version`");
+    expect("version: 1\n", "", 1, 1, "missing field `version`");
+    expect("replies: { partitions: 1 }", "replies: { partitions: \"1\" }", 6, 26, "invalid type: string \"1\", expected i32");
 }

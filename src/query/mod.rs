@@ -85,7 +85,8 @@ async fn ready(State(ctx): State<Ctx>) -> Response {
 
 async fn metrics_text(State(ctx): State<Ctx>) -> Response {
     match ctx.metrics {
-        Some(h) => h.render().into_response(),
+        // Per-partition gauges follow: they leave the page with their partition.
+        Some(h) => format!("{}{}", h.render(), crate::runtime::partition_gauges::render()).into_response(),
         None => QueryError::NoMetrics.into_response(),
     }
 }

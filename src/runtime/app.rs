@@ -17,7 +17,7 @@ use super::global::GlobalTable;
 use crate::store::Indexer;
 use crate::record::{Headers, InRecord};
 use crate::store::StoreResources;
-use crate::topology::Topology;
+use crate::topology::{JoinTable, TableNode, Topology};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers as _};
@@ -61,14 +61,7 @@ impl App {
         let mut globals = BTreeMap::new();
         let mut checks = BTreeMap::new();
         for (node, g) in &topology.global_tables {
-            let table = Arc::new(GlobalTable::new(node, &g.topic, &g.store, topology.store_spec(&g.store).history_ms));
-            catalog.define(&g.store, StoreView {
-                partitions: topology.topics[&g.topic].partitions,
-                renderer: Arc::new(TableRenderer { format: topology.topics[&g.topic].codec }),
-                indexes: Vec::new(),
-                global: true,
-            });
-            globals.insert(node.clone(), table);
+            global(&mut globals, &catalog, node, g);
         }
         for (node, a) in &topology.aggregates {
             let registered = registry.get(&a.aggregate).ok_or_else(|| RuntimeError::UnknownAggregate {
@@ -76,106 +69,100 @@ impl App {
                 name: a.aggregate.clone(),
                 known: registry.names().map(str::to_string).collect(),
             })?;
-            let codec = |t: &str| topology.topics[t].codec;
             let store_format = a.store_codec.unwrap_or(if registered.supports_protobuf {
                 Format::Protobuf
             } else {
                 Format::Json
             });
             let settings = AggregateSettings {
-                store: a.store.clone(),
-                command_format: codec(&a.commands),
-                event_format: codec(&a.events),
-                reply_format: codec(&a.replies),
+                store: a.store.name.clone(),
+                command_format: a.commands.codec,
+                event_format: a.events.codec,
+                reply_format: a.replies.codec,
                 store_format,
-                events_topic: a.events.clone(),
-                reply_topic: a.replies.clone(),
+                events_topic: a.events.name.clone(),
+                reply_topic: a.replies.name.clone(),
                 dead_letter_topic: topology.dead_letter_topic(),
                 dedup_window: a.dedup_window,
                 event_history: a.event_history,
                 awaits: a.awaits.as_ref().map(|aw| AwaitSettings {
                     table_name: aw.table.clone(),
-                    table: globals[&aw.table].clone() as Arc<dyn Lookup>,
+                    table: global(&mut globals, &catalog, &aw.table, &aw.global) as Arc<dyn Lookup>,
                     timeout_ms: aw.timeout_ms as i64,
                     quiet: Duration::from_millis(aw.quiet_ms),
                 }),
             };
             if !registered.supports_protobuf {
                 for t in [&a.commands, &a.events, &a.replies] {
-                    if codec(t) == Format::Protobuf {
-                        return Err(RuntimeError::NoProtobuf { name: a.aggregate.clone(), topic: t.clone() });
+                    if t.codec == Format::Protobuf {
+                        return Err(RuntimeError::NoProtobuf { name: a.aggregate.clone(), topic: t.name.clone() });
                     }
                 }
                 if store_format == Format::Protobuf {
-                    return Err(RuntimeError::NoProtobuf { name: a.aggregate.clone(), topic: topology.changelog_topic(&a.store) });
+                    return Err(RuntimeError::NoProtobuf { name: a.aggregate.clone(), topic: a.store.changelog.clone() });
                 }
             }
-            catalog.define(&a.store, StoreView {
-                partitions: topology.topics[&a.commands].partitions,
+            catalog.define(&a.store.name, StoreView {
+                partitions: a.commands.partitions,
                 renderer: (registered.renderer)(store_format),
-                indexes: topology.store_spec(&a.store).indexes.into_iter()
+                indexes: a.store.spec.indexes.iter().cloned()
                     .chain(a.awaits.as_ref().map(|_| AWAITING_INDEX.to_string()))
                     .collect(),
                 global: false,
             });
             checks.insert(node.clone(), registered.check.clone());
-            catalog.define_aggregate(&a.aggregate, &a.store);
-            catalog.define_aggregate(node, &a.store);
+            catalog.define_aggregate(&a.aggregate, &a.store.name);
+            catalog.define_aggregate(node, &a.store.name);
             let make = registered.processor.clone();
             let renderer = (registered.renderer)(store_format);
-            routes.insert(a.commands.clone(), Route {
+            routes.insert(a.commands.name.clone(), Route {
                 processor: Arc::new(move || make(settings.clone())),
                 state: Some(RouteStore {
-                    name: a.store.clone(),
-                    changelog: topology.changelog_topic(&a.store),
+                    name: a.store.name.clone(),
+                    changelog: a.store.changelog.clone(),
                     accept: Arc::new(|_| true),
-                    indexer: indexer(&topology.store_spec(&a.store).indexes, renderer, a.awaits.is_some()),
+                    indexer: indexer(&a.store.spec.indexes, renderer, a.awaits.is_some()),
                     history_ms: None,
                     events: a.event_history.then(|| EventSource {
-                        topic: a.events.clone(),
-                        partitions: topology.topics[&a.events].partitions,
-                        input_partitions: topology.topics[&a.commands].partitions,
-                        json: topology.topics[&a.events].codec == Format::Json,
+                        topic: a.events.name.clone(),
+                        partitions: a.events.partitions,
+                        input_partitions: a.commands.partitions,
+                        json: a.events.codec == Format::Json,
                     }),
                 }),
                 peers: Vec::new(),
             });
         }
-        for (node, t) in &topology.tables {
-            let format = topology.topics[&t.topic].codec;
+        for t in topology.tables.values() {
+            let format = t.topic.codec;
             let renderer: Arc<dyn ValueRenderer> = Arc::new(TableRenderer { format });
-            catalog.define(&t.store, StoreView {
-                partitions: topology.topics[&t.topic].partitions,
+            catalog.define(&t.store.name, StoreView {
+                partitions: t.topic.partitions,
                 renderer: renderer.clone(),
-                indexes: topology.store_spec(&t.store).indexes,
+                indexes: t.store.spec.indexes.clone(),
                 global: false,
             });
             let dead_letter_topic = topology.dead_letter_topic();
-            let changelog = if topology.store_spec(&t.store).changelog {
-                topology.changelog_topic(&t.store)
-            } else {
-                t.topic.clone()
-            };
-            routes.insert(t.topic.clone(), Route {
+            routes.insert(t.topic.name.clone(), Route {
                 processor: Arc::new(move || {
                     Box::new(TableProcessor { format, dead_letter_topic: dead_letter_topic.clone() })
                 }),
                 state: Some(RouteStore {
-                    name: t.store.clone(),
-                    changelog,
+                    name: t.store.name.clone(),
+                    changelog: t.store.changelog.clone(),
                     accept: Arc::new(move |v| TableProcessor::accepts(format, v)),
-                    indexer: indexer(&topology.store_spec(&t.store).indexes, renderer, false),
+                    indexer: indexer(&t.store.spec.indexes, renderer, false),
                     events: None,
                     // A join reads it as of each stream record's time.
-                    history_ms: topology.joins.values().any(|j| j.table == *node).then(|| topology.store_spec(&t.store).history_ms),
+                    history_ms: t.joined.then_some(t.store.spec.history_ms),
                 }),
                 peers: Vec::new(),
             });
         }
-        for (node, r) in &topology.rekeys {
+        for r in topology.rekeys.values() {
             let (key_field, repartition_topic, dead_letter_topic) =
-                (r.key_field.clone(), topology.repartition_topic(node), topology.dead_letter_topic());
-            routes.insert(r.from.clone(), Route {
+                (r.key_field.clone(), r.repartition.name.clone(), topology.dead_letter_topic());
+            routes.insert(r.from.name.clone(), Route {
                 processor: Arc::new(move || {
                     Box::new(RekeyProcessor {
                         key_field: key_field.clone(),
@@ -188,22 +175,19 @@ impl App {
             });
         }
         for j in topology.joins.values() {
-            let (source, peers) = match (globals.get(&j.table), &j.key_field) {
-                (Some(g), Some(field)) => (
+            let (source, peers) = match &j.table {
+                JoinTable::Global { node, global: g, key_field } => (
                     TableSource::Global {
-                        table: g.clone() as Arc<dyn Lookup>,
-                        key_field: field.clone(),
+                        table: global(&mut globals, &catalog, node, g) as Arc<dyn Lookup>,
+                        key_field: key_field.clone(),
                         max_wait: Duration::from_millis(topology.processing.max_task_idle_ms),
                     },
                     vec![],
                 ),
-                _ => {
-                    let store = topology.tables[&j.table].store.clone();
-                    (TableSource::Peer(store.clone()), vec![store])
-                }
+                JoinTable::Table { store, .. } => (TableSource::Peer(store.clone()), vec![store.clone()]),
             };
-            let (kind, output_topic, dead_letter_topic) = (j.kind, j.output.clone(), topology.dead_letter_topic());
-            routes.insert(topology.join_stream_topic(j), Route {
+            let (kind, output_topic, dead_letter_topic) = (j.kind, j.output.name.clone(), topology.dead_letter_topic());
+            routes.insert(j.stream_topic.clone(), Route {
                 processor: Arc::new(move || {
                     Box::new(JoinProcessor {
                         table: source.clone(),
@@ -233,7 +217,10 @@ impl App {
         self.topology
             .joins
             .values()
-            .filter_map(|j| Some(vec![self.topology.tables.get(&j.table)?.topic.clone(), self.topology.join_stream_topic(j)]))
+            .filter_map(|j| match &j.table {
+                JoinTable::Table { topic, .. } => Some(vec![topic.clone(), j.stream_topic.clone()]),
+                JoinTable::Global { .. } => None,
+            })
             .collect()
     }
 
@@ -249,11 +236,11 @@ impl App {
         for (node, a) in &self.topology.aggregates {
             let Some(check) = self.checks.get(node) else { continue };
             let target = super::gateway::GatewayTarget {
-                commands: a.commands.clone(),
-                command_format: self.topology.topics[&a.commands].codec,
-                replies: a.replies.clone(),
-                reply_format: self.topology.topics[&a.replies].codec,
-                reply_partitions: self.topology.topics[&a.replies].partitions,
+                commands: a.commands.name.clone(),
+                command_format: a.commands.codec,
+                replies: a.replies.name.clone(),
+                reply_format: a.replies.codec,
+                reply_partitions: a.replies.partitions,
                 check: check.clone(),
             };
             targets.insert(a.aggregate.clone(), target.clone());
@@ -276,6 +263,7 @@ impl App {
             max_task_idle: Duration::from_millis(self.topology.processing.max_task_idle_ms),
             globals: self.globals.values().cloned().collect(),
             standbys,
+            task_timeout: Duration::from_millis(self.topology.processing.task_timeout_ms),
         }
     }
 
@@ -318,7 +306,7 @@ impl App {
             let (g, dir, partitions, res, clients) = (
                 g.clone(),
                 self.config.state_dir.join(&self.topology.application_id).join("global"),
-                self.topology.topics[&g.topic].partitions,
+                g.partitions,
                 resources.clone(),
                 self.config.kafka.clone(),
             );
@@ -456,6 +444,11 @@ impl App {
                 // The first thread to end (failure or shutdown) ends them all.
                 stop_watch.store(true, Ordering::SeqCst);
             }
+            if result.is_err() {
+                // A failing instance says so before it goes: probes and load balancers see
+                // /health 503 with the reason, not just a refused connection.
+                std::thread::sleep(FAILED_GRACE);
+            }
             let _ = tx.send(());
             result
         });
@@ -541,21 +534,27 @@ fn poll_loop(
     let kafka = |op, source| RuntimeError::Kafka { op, topic: String::new(), source };
     let topics: Vec<String> = settings.routes.keys().cloned().collect();
     let shared = Arc::new(Mutex::new(None));
-    let consumer: BaseConsumer<RebalanceHandler> = cfg
-        .create_with_context(RebalanceHandler {
-            engine: shared.clone(),
-            rebalance_started: Mutex::new(None),
-            thread: settings.thread.to_string(),
-        })
-        .map_err(|e| kafka("create consumer", e))?;
+    let task_timeout = settings.task_timeout;
+    let thread = settings.thread.to_string();
+    let member = || -> Result<BaseConsumer<RebalanceHandler>, RuntimeError> {
+        let consumer: BaseConsumer<RebalanceHandler> = cfg
+            .create_with_context(RebalanceHandler {
+                engine: shared.clone(),
+                rebalance_started: Mutex::new(None),
+                thread: thread.clone(),
+            })
+            .map_err(|e| kafka("create consumer", e))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|e| kafka("subscribe", e))?;
+        Ok(consumer)
+    };
     // init_transactions (inside Engine::new) comes before any restore: it aborts whatever
     // a crashed predecessor left open, so read_committed restore is not held at its LSO.
     *shared.lock().expect("engine lock") = Some(Engine::new(settings, resources, catalog, new_sink, reader)?);
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&names).map_err(|e| kafka("subscribe", e))?;
+    let mut consumer = member()?;
 
     let result = (|| {
-        let mut retry = RetryBudget::default();
+        let mut retry = RetryBudget { limit: task_timeout, ..RetryBudget::default() };
         // After a transient failure the next step is a resync, not a poll.
         let mut resync = false;
         while !stop.load(Ordering::SeqCst) {
@@ -575,6 +574,26 @@ fn poll_loop(
                     None => None,
                 }
             };
+            // A consumer with a fatal error never recovers: every poll after it answers
+            // the same error. The usual cause is a static member fenced by its own
+            // rejoin after an outage longer than the session timeout. The member is
+            // replaced (tasks closed, a new consumer joins with the same instance id),
+            // counted against the retry budget so a real twin cannot make it loop forever.
+            if let Some((code, reason)) = consumer.client().fatal_error() {
+                let e = RuntimeError::MemberLost { reason: format!("{code:?}: {reason}") };
+                let Some(pause) = retry.next(shared.lock().expect("engine lock").as_ref().map_or(0, Engine::commits)) else {
+                    return Err(RuntimeError::RetriesExhausted { after_s: retry.limit.as_secs(), last: Box::new(e) });
+                };
+                metrics::counter!("millrace_transient_errors_total", "op" => "member").increment(1);
+                tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "the group member is lost; a new one joins after a pause");
+                if let Some(engine) = shared.lock().expect("engine lock").as_mut() {
+                    engine.on_member_lost();
+                }
+                std::thread::sleep(pause);
+                consumer = member()?;
+                resync = false;
+                continue;
+            }
             let mut g = shared.lock().expect("engine lock");
             let engine = g.as_mut().expect("engine is set before subscribe");
             let step = if resync {
@@ -650,8 +669,8 @@ impl Default for RetryBudget {
 }
 
 impl RetryBudget {
-    /// As long as a consumer may go without a poll before the group drops it
-    /// (`max.poll.interval.ms`, 300 s by default), as Kafka Streams' `task.timeout.ms`.
+    /// `processing.task_timeout_ms`'s default: as long as a consumer may go without a poll
+    /// before the group drops it (`max.poll.interval.ms`), as Kafka Streams' `task.timeout.ms`.
     const LIMIT: Duration = Duration::from_secs(300);
     const QUIET: Duration = Duration::from_secs(30);
 
@@ -724,8 +743,28 @@ fn in_record(m: &BorrowedMessage<'_>) -> InRecord {
     }
 }
 
+/// The global table node `node`, made and given a catalog view the first time a node
+/// refers to it: aggregates and joins hold the resolved table, so none can miss it.
+fn global(globals: &mut BTreeMap<String, Arc<GlobalTable>>, catalog: &Catalog, node: &str, t: &TableNode) -> Arc<GlobalTable> {
+    globals
+        .entry(node.to_string())
+        .or_insert_with(|| {
+            catalog.define(&t.store.name, StoreView {
+                partitions: t.topic.partitions,
+                renderer: Arc::new(TableRenderer { format: t.topic.codec }),
+                indexes: Vec::new(),
+                global: true,
+            });
+            Arc::new(GlobalTable::new(node, &t.topic.name, &t.store.name, t.topic.partitions, t.store.spec.history_ms))
+        })
+        .clone()
+}
+
 /// The address other instances use when none is configured: the listen address, with
 /// this machine's host name in place of an unspecified IP (`0.0.0.0`).
+/// How long /health answers 503 after a processing thread died, before the process exits.
+const FAILED_GRACE: Duration = Duration::from_secs(2);
+
 fn advertised(local: std::net::SocketAddr) -> String {
     if !local.ip().is_unspecified() {
         return local.to_string();

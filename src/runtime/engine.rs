@@ -12,6 +12,7 @@
 //! - On revoke, the open transaction commits (or aborts, if the assignment was lost)
 //!   before the partitions go.
 
+use super::partition_gauges;
 use super::catalog::Catalog;
 use super::sync::InputSync;
 use super::task::{Task, TaskState};
@@ -132,6 +133,8 @@ pub(crate) struct EngineSettings {
     pub globals: Vec<Arc<super::global::GlobalTable>>,
     /// Standby copies this instance keeps; a task taking one over asks for it first.
     pub standbys: Option<Arc<super::standby::Standbys>>,
+    /// How long a transient failure may go on before the processing thread gives up.
+    pub task_timeout: Duration,
 }
 
 /// The steps of the commit cycle where the broker-free driver can inject a crash.
@@ -523,8 +526,7 @@ impl Engine {
     fn update_store_gauges(&mut self) {
         for (tp, task) in &self.tasks {
             if let Some(store) = task.store().map(|s| s.inner()) {
-                metrics::gauge!("millrace_store_keys", "store" => store.name().to_string(), "partition" => tp.partition.to_string())
-                    .set(store.estimated_keys() as f64);
+                partition_gauges::set(partition_gauges::STORE_KEYS, store.name(), tp.partition, store.estimated_keys() as f64);
             }
         }
         self.gauges_updated = Instant::now();
@@ -665,8 +667,7 @@ impl Engine {
                     self.reader.ensure_event_history(&rocks, ev, restored)?;
                 }
                 self.restored += restored;
-                metrics::gauge!("millrace_store_keys", "store" => st.name.clone(), "partition" => tp.partition.to_string())
-                    .set(rocks.estimated_keys() as f64);
+                partition_gauges::set(partition_gauges::STORE_KEYS, &st.name, tp.partition, rocks.estimated_keys() as f64);
                 self.catalog.attach(&rocks);
                 Some(st.wrap(rocks, &tp.topic))
             }
@@ -679,9 +680,12 @@ impl Engine {
         Ok(())
     }
 
+    /// The task of `tp` closes: its store leaves the catalog and its gauges leave /metrics.
     fn detach(&self, tp: &TopicPartition) {
-        if let Some(st) = &self.settings.routes[&tp.topic].state {
+        partition_gauges::remove(&[partition_gauges::CONSUMER_LAG], &tp.topic, tp.partition);
+        if let Some(st) = self.settings.routes.get(&tp.topic).and_then(|r| r.state.as_ref()) {
             self.catalog.detach(&st.name, tp.partition);
+            partition_gauges::remove(&[partition_gauges::STORE_KEYS, partition_gauges::RESTORE_REMAINING], &st.name, tp.partition);
         }
     }
 
@@ -716,6 +720,19 @@ impl Engine {
             let _ = self.sink.abort();
         }
         // Buffered records of revoked partitions are the new owner's, from the committed offsets.
+        self.sync.clear();
+        self.close_all();
+    }
+
+    /// The group member is gone for good (its consumer raised a fatal error, such as a
+    /// static member fenced by a newer join with its `group.instance.id`): whatever is
+    /// open is aborted and every task closed; a new member starts from the committed
+    /// offsets, so nothing needs rewinding.
+    pub fn on_member_lost(&mut self) {
+        self.catalog.set_ready(self.settings.thread, false);
+        if let Err(e) = self.sink.abort() {
+            tracing::warn!(error = %e, "could not abort the open transaction of a lost member");
+        }
         self.sync.clear();
         self.close_all();
     }

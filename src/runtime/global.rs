@@ -33,9 +33,11 @@ pub struct GlobalTable {
     pub name: String,
     pub topic: String,
     pub store: String,
+    /// Partitions of `topic`.
+    pub partitions: i32,
     /// Event time of history kept per key (see `RocksStore::keep_history`).
     history_ms: u64,
-    partitions: RwLock<Vec<Arc<RocksStore>>>,
+    stores: RwLock<Vec<Arc<RocksStore>>>,
     progress: Mutex<Vec<Progress>>,
     /// Fed synchronously (the broker-free driver): always current.
     always_current: AtomicBool,
@@ -51,13 +53,14 @@ struct Progress {
 }
 
 impl GlobalTable {
-    pub fn new(name: &str, topic: &str, store: &str, history_ms: u64) -> Self {
+    pub fn new(name: &str, topic: &str, store: &str, partitions: i32, history_ms: u64) -> Self {
         Self {
             name: name.into(),
             topic: topic.into(),
             store: store.into(),
+            partitions,
             history_ms,
-            partitions: RwLock::new(Vec::new()),
+            stores: RwLock::new(Vec::new()),
             progress: Mutex::new(Vec::new()),
             always_current: AtomicBool::new(false),
         }
@@ -69,7 +72,7 @@ impl GlobalTable {
         for p in 0..partitions {
             opened.push(Arc::new(RocksStore::open(dir, &self.store, p, resources, None)?.keep_history(Some(self.history_ms))));
         }
-        *self.partitions.write().expect("global table lock") = opened.clone();
+        *self.stores.write().expect("global table lock") = opened.clone();
         *self.progress.lock().expect("global progress lock") =
             vec![Progress { applied_ts: i64::MIN, at_end_since: None }; partitions as usize];
         Ok(opened)
@@ -77,7 +80,7 @@ impl GlobalTable {
 
     /// Reads every partition up to its end: nothing joins against a half-loaded table.
     pub fn bootstrap(&self, clients: &Clients) -> Result<u64, RuntimeError> {
-        let stores = self.partitions.read().expect("global table lock").clone();
+        let stores = self.stores.read().expect("global table lock").clone();
         let mut total = 0;
         for s in &stores {
             total += restore(s, &self.topic, clients, &|_| true, true)?;
@@ -100,7 +103,7 @@ impl GlobalTable {
 
     fn follow_loop(&self, clients: &Clients, stop: &AtomicBool) -> Result<(), RuntimeError> {
         let reader = PartitionReader::new(clients, "follow global table", format!("millrace-global-{}", self.topic), &[])?;
-        let stores = self.partitions.read().expect("global table lock").clone();
+        let stores = self.stores.read().expect("global table lock").clone();
         let mut from = Vec::with_capacity(stores.len());
         for s in &stores {
             from.push((TopicPartition::new(self.topic.as_str(), s.partition()), s.checkpoint()?.map(|o| o + 1)));
@@ -185,13 +188,13 @@ impl GlobalTable {
     }
 
     pub fn stores(&self) -> Vec<Arc<RocksStore>> {
-        self.partitions.read().expect("global table lock").clone()
+        self.stores.read().expect("global table lock").clone()
     }
 }
 
 impl Lookup for GlobalTable {
     fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let stores = self.partitions.read().expect("global table lock");
+        let stores = self.stores.read().expect("global table lock");
         if stores.is_empty() {
             return Ok(None);
         }
@@ -199,7 +202,7 @@ impl Lookup for GlobalTable {
     }
 
     fn lookup_as_of(&self, key: &[u8], ts: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        let stores = self.partitions.read().expect("global table lock");
+        let stores = self.stores.read().expect("global table lock");
         if stores.is_empty() {
             return Ok(None);
         }
@@ -207,7 +210,7 @@ impl Lookup for GlobalTable {
     }
 
     fn exists_since(&self, key: &[u8], ts: i64) -> Result<Option<i64>, StoreError> {
-        let stores = self.partitions.read().expect("global table lock");
+        let stores = self.stores.read().expect("global table lock");
         if stores.is_empty() {
             return Ok(None);
         }
@@ -239,7 +242,7 @@ mod tests {
     #[test]
     fn lookups_wait_for_every_partition_to_reach_their_time_but_not_forever() {
         let dir = tempfile::tempdir().unwrap();
-        let g = GlobalTable::new("g", "t", "s", 86_400_000);
+        let g = GlobalTable::new("g", "t", "s", 1, 86_400_000);
         g.open(dir.path(), 2, &StoreResources::new(&Default::default())).unwrap();
         let started = Instant::now();
         g.wait_for(1_000, Duration::from_millis(60));

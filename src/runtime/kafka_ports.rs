@@ -4,6 +4,7 @@
 //!
 //! May use: runtime::ports, sink, kafka, restore.
 
+use super::partition_gauges;
 use super::engine::{Engine, EventSource};
 use super::ports::{ChangelogReader, Destination, GroupToken, Input, Sink};
 use super::RuntimeError;
@@ -176,10 +177,13 @@ impl ClientContext for RebalanceHandler {
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 // Negative offsets are librdkafka's "unknown" (nothing consumed yet); the
-                // internal UA partition is -1.
-                if *partition >= 0 && p.app_offset >= 0 && p.ls_offset >= 0 {
-                    metrics::gauge!("millrace_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set((p.ls_offset - p.app_offset).max(0) as f64);
+                // internal UA partition is -1. A partition no longer fetched (revoked, or
+                // never ours) leaves the page.
+                if *partition >= 0 && matches!(p.fetch_state.as_str(), "none" | "stopping" | "stopped") {
+                    partition_gauges::remove(&[partition_gauges::CONSUMER_LAG], topic, *partition);
+                } else if *partition >= 0 && p.app_offset >= 0 && p.ls_offset >= 0 {
+                    let lag = (p.ls_offset - p.app_offset).max(0) as f64;
+                    partition_gauges::set(partition_gauges::CONSUMER_LAG, topic, *partition, lag);
                 }
             }
         }

@@ -12,6 +12,7 @@ pub mod global;
 pub mod members;
 mod registry;
 mod kafka_ports;
+pub mod partition_gauges;
 pub(crate) mod ports;
 pub mod reader;
 mod restore;
@@ -66,6 +67,8 @@ pub enum RuntimeError {
     UnstableOffsets { partitions: String, source: Box<RuntimeError> },
     #[error("the consumer has no group metadata yet (not a member of the group); the transaction cannot commit its offsets")]
     NoGroupMetadata,
+    #[error("the group member failed for good ({reason}); a new member takes its place")]
+    MemberLost { reason: String },
     /// A crash the broker-free driver injected at a step of the commit cycle.
     #[cfg(feature = "test-util")]
     #[error("crash injected at {0:?}")]
@@ -82,7 +85,8 @@ impl RuntimeError {
             RuntimeError::Kafka { .. }
             | RuntimeError::RestoreStalled { .. }
             | RuntimeError::UnstableOffsets { .. }
-            | RuntimeError::NoGroupMetadata => Recovery::Retry,
+            | RuntimeError::NoGroupMetadata
+            | RuntimeError::MemberLost { .. } => Recovery::Retry,
             RuntimeError::Store(e) => e.recovery(),
             RuntimeError::Sink(e) => e.recovery(),
             RuntimeError::Process(e) => e.recovery(),

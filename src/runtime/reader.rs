@@ -151,7 +151,8 @@ impl PartitionReader {
                     idle_since = Instant::now();
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(done),
-                Some(Err(e)) => return Err(self.kafka(&tp.topic)(e)),
+                // Named by partition: the log line says which restore could not finish.
+                Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
                 None => {
                     let pos = self.position(tp);
                     if pos.is_some_and(|p| p >= high) {

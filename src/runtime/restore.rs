@@ -3,6 +3,7 @@
 //! never wiped; after a clean shutdown there is nothing to read, after a crash only the
 //! tail of the last transactions.
 
+use super::partition_gauges;
 use super::reader::PartitionReader;
 use super::RuntimeError;
 use crate::kafka::Clients;
@@ -55,7 +56,7 @@ pub fn restore(
         last = Some(m.offset());
         if batch.len() >= BATCH {
             flush(&mut batch, last)?;
-            metrics::gauge!("millrace_restore_remaining", &labels).set((high - m.offset() - 1).max(0) as f64);
+            partition_gauges::set(partition_gauges::RESTORE_REMAINING, store.name(), partition, (high - m.offset() - 1).max(0) as f64);
         }
         Ok(())
     });
@@ -73,7 +74,7 @@ pub fn restore(
     if read.last_offset.is_some() {
         flush(&mut batch, read.last_offset)?;
     }
-    metrics::gauge!("millrace_restore_remaining", &labels).set(0.0);
+    partition_gauges::set(partition_gauges::RESTORE_REMAINING, store.name(), partition, 0.0);
     metrics::counter!("millrace_restore_records_total", &labels).increment(read.records);
     if read.records > 0 {
         tracing::info!(

@@ -12,6 +12,7 @@
 //! what the standby had not applied yet. The engine asks for the copy (`release`) before
 //! it opens the store.
 
+use super::partition_gauges;
 use super::catalog::Catalog;
 use super::members::Directory;
 use super::reader::{Followed, PartitionReader};
@@ -95,7 +96,7 @@ impl Standbys {
         let key = (store.to_string(), partition);
         self.claimed.lock().expect("standby lock").insert(key.clone(), Instant::now());
         if let Some(s) = self.held.lock().expect("standby lock").remove(&key) {
-            metrics::gauge!("millrace_standby_lag", "store" => store.to_string(), "partition" => partition.to_string()).set(0.0);
+            partition_gauges::remove(&[partition_gauges::STANDBY_LAG], store, partition);
             drop(s);
             tracing::info!(store, partition, "standby copy handed to the active task");
         }
@@ -158,7 +159,7 @@ impl Standbys {
                 held.retain(|(store, p), _| {
                     let keep = wanted.contains(&(store.clone(), *p));
                     if !keep {
-                        metrics::gauge!("millrace_standby_lag", "store" => store.clone(), "partition" => p.to_string()).set(0.0);
+                        partition_gauges::remove(&[partition_gauges::STANDBY_LAG], store, *p);
                     }
                     keep
                 });
@@ -216,8 +217,7 @@ impl Standbys {
                     let Some(s) = self.stores.iter().find(|s| &s.name == store) else { continue };
                     if let Some((_, high)) = reader.watermarks_once(&TopicPartition::new(s.changelog.as_str(), *p), Duration::from_secs(5)) {
                         let next = r.checkpoint()?.map_or(0, |o| o + 1);
-                        metrics::gauge!("millrace_standby_lag", "store" => store.clone(), "partition" => p.to_string())
-                            .set((high - next).max(0) as f64);
+                        partition_gauges::set(partition_gauges::STANDBY_LAG, store, *p, (high - next).max(0) as f64);
                     }
                 }
             }

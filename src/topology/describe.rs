@@ -22,7 +22,6 @@ struct Sub {
 
 fn subs(t: &Topology) -> Vec<Sub> {
     let dlq = t.dead_letter_topic();
-    let store = |name: &str| Some((name.to_string(), t.changelog_topic(name)));
     let mut all = Vec::new();
     for (node, a) in &t.aggregates {
         all.push(Sub {
@@ -32,21 +31,21 @@ fn subs(t: &Topology) -> Vec<Sub> {
                 None => format!("aggregate: {}", a.aggregate),
                 Some(aw) => format!("aggregate: {}, awaits global table {} for {} ms", a.aggregate, aw.table, aw.timeout_ms),
             },
-            source: a.commands.clone(),
-            sinks: vec![a.events.clone(), a.replies.clone(), dlq.clone()],
-            store: store(&a.store),
-            reads: a.awaits.iter().filter_map(|aw| Some(t.global_tables.get(&aw.table)?.store.clone())).collect(),
+            source: a.commands.name.clone(),
+            sinks: vec![a.events.name.clone(), a.replies.name.clone(), dlq.clone()],
+            store: Some((a.store.name.clone(), a.store.changelog.clone())),
+            reads: a.awaits.iter().map(|aw| aw.global.store.name.clone()).collect(),
         });
     }
     for (node, x) in &t.tables {
-        let changelog = if t.store_spec(&x.store).changelog { t.changelog_topic(&x.store) } else { format!("{} (input topic)", x.topic) };
+        let changelog = if x.store.changelog == x.topic.name { format!("{} (input topic)", x.topic) } else { x.store.changelog.clone() };
         all.push(Sub {
             index: 0,
             node: node.clone(),
             kind: "table".into(),
-            source: x.topic.clone(),
+            source: x.topic.name.clone(),
             sinks: vec![dlq.clone()],
-            store: Some((x.store.clone(), changelog)),
+            store: Some((x.store.name.clone(), changelog)),
             reads: vec![],
         });
     }
@@ -55,8 +54,8 @@ fn subs(t: &Topology) -> Vec<Sub> {
             index: 0,
             node: node.clone(),
             kind: format!("rekey by {}", r.key_field),
-            source: r.from.clone(),
-            sinks: vec![t.repartition_topic(node), dlq.clone()],
+            source: r.from.name.clone(),
+            sinks: vec![r.repartition.name.clone(), dlq.clone()],
             store: None,
             reads: vec![],
         });
@@ -66,9 +65,9 @@ fn subs(t: &Topology) -> Vec<Sub> {
             index: 0,
             node: node.clone(),
             kind: "global table, every instance, outside the group".into(),
-            source: g.topic.clone(),
+            source: g.topic.name.clone(),
             sinks: vec![],
-            store: Some((g.store.clone(), format!("{} (input topic)", g.topic))),
+            store: Some((g.store.name.clone(), format!("{} (input topic)", g.topic))),
             reads: vec![],
         });
     }
@@ -76,11 +75,11 @@ fn subs(t: &Topology) -> Vec<Sub> {
         all.push(Sub {
             index: 0,
             node: node.clone(),
-            kind: format!("{} join with table {}", if j.kind == crate::processor::JoinKind::Inner { "inner" } else { "left" }, j.table),
-            source: t.join_stream_topic(j),
-            sinks: vec![j.output.clone(), dlq.clone()],
+            kind: format!("{} join with table {}", if j.kind == crate::processor::JoinKind::Inner { "inner" } else { "left" }, j.table.node()),
+            source: j.stream_topic.clone(),
+            sinks: vec![j.output.name.clone(), dlq.clone()],
             store: None,
-            reads: t.tables.get(&j.table).or_else(|| t.global_tables.get(&j.table)).map(|x| x.store.clone()).into_iter().collect(),
+            reads: vec![j.table.store().to_string()],
         });
     }
     for (i, s) in all.iter_mut().enumerate() {
@@ -136,15 +135,15 @@ pub fn text(t: &Topology) -> String {
 fn co_partitioned(t: &Topology) -> Vec<Vec<String>> {
     let mut groups = Vec::new();
     for a in t.aggregates.values() {
-        groups.push(vec![a.commands.clone(), t.changelog_topic(&a.store)]);
+        groups.push(vec![a.commands.name.clone(), a.store.changelog.clone()]);
     }
     for (node, x) in &t.tables {
-        let mut g = vec![x.topic.clone()];
-        if t.store_spec(&x.store).changelog {
-            g.push(t.changelog_topic(&x.store));
+        let mut g = vec![x.topic.name.clone()];
+        if x.store.changelog != x.topic.name {
+            g.push(x.store.changelog.clone());
         }
-        for j in t.joins.values().filter(|j| &j.table == node) {
-            g.push(t.join_stream_topic(j));
+        for j in t.joins.values().filter(|j| j.table.node() == node) {
+            g.push(j.stream_topic.clone());
         }
         groups.push(g);
     }

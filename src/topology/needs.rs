@@ -52,39 +52,34 @@ impl Topology {
             })
             .collect();
         for a in self.aggregates.values() {
-            let commands = &self.topics[&a.commands];
             // Task p writes changelog partition p: same partition count as the command topic.
             needs.push(TopicNeed {
-                name: self.changelog_topic(&a.store),
-                partitions: commands.partitions,
-                replication: commands.replication,
+                name: a.store.changelog.clone(),
+                partitions: a.commands.partitions,
+                replication: a.commands.replication,
                 compacted: true,
                 retention_ms: None,
                 role: TopicRole::Changelog,
             });
         }
         for t in self.tables.values() {
-            let spec = self.store_spec(&t.store);
-            if !spec.changelog {
+            if t.store.changelog == t.topic.name {
                 continue; // the input topic is the changelog
             }
-            let input = &self.topics[&t.topic];
             needs.push(TopicNeed {
-                name: self.changelog_topic(&t.store),
-                partitions: input.partitions,
-                replication: input.replication,
+                name: t.store.changelog.clone(),
+                partitions: t.topic.partitions,
+                replication: t.topic.replication,
                 compacted: true,
-                retention_ms: spec.retention_ms,
+                retention_ms: t.store.spec.retention_ms,
                 role: TopicRole::Changelog,
             });
         }
-        for (node, r) in &self.rekeys {
-            let Some(table) = self.tables.get(&r.into) else { continue };
-            let target = &self.topics[&table.topic];
+        for r in self.rekeys.values() {
             needs.push(TopicNeed {
-                name: self.repartition_topic(node),
-                partitions: target.partitions,
-                replication: target.replication,
+                name: r.repartition.name.clone(),
+                partitions: r.repartition.partitions,
+                replication: r.repartition.replication,
                 compacted: false,
                 retention_ms: None,
                 role: TopicRole::Repartition,

@@ -157,6 +157,18 @@ fn free_port() -> u16 {
 
 impl Instance {
     pub fn start(setup: &Setup, id: &str, state_dir: &Path) -> Instance {
+        let mut i = Instance::spawn(setup, id, state_dir);
+        i.wait_ready();
+        i
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub fn spawn(setup: &Setup, id: &str, state_dir: &Path) -> Instance {
+        Instance::spawn_with(setup, id, state_dir, &[])
+    }
+
+    /// Starts the process with more command-line arguments, without waiting for it.
+    pub fn spawn_with(setup: &Setup, id: &str, state_dir: &Path, extra: &[&std::ffi::OsStr]) -> Instance {
         let http = format!("127.0.0.1:{}", free_port());
         let log = setup.dir.path().join(format!("instance-{}.log", unique("log")));
         let logfile = std::fs::File::create(&log).unwrap();
@@ -167,14 +179,13 @@ impl Instance {
             .arg("--state-dir").arg(state_dir)
             .args(["--http", &http, "--instance-id", id])
             .args(["--consumer-config", "session.timeout.ms=6000"])
-            .env("MILLRACE_LOG", "info")
+            .args(extra)
+            .env("MILLRACE_LOG", std::env::var("MILLRACE_TEST_LOG").unwrap_or("info".into()))
             .stdout(Stdio::null())
             .stderr(logfile)
             .spawn()
             .expect("start millrace");
-        let mut i = Instance { child, http, log };
-        i.wait_ready();
-        i
+        Instance { child, http, log }
     }
 
     pub fn wait_ready(&mut self) {
@@ -515,4 +526,29 @@ pub fn http_delete(addr: &str, path: &str) -> (u16, BTreeMap<String, String>, St
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(s, "DELETE {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     read_response(s).expect("response")
+}
+
+/// Whether `bootstrap()` is the broker deploy/kafka-local started (and so a test may stop
+/// and restart it).
+pub fn broker_is_ours() -> bool {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka-local");
+    let out = Command::new(&script).arg("status").output().expect("run deploy/kafka-local status");
+    let status = String::from_utf8_lossy(&out.stdout);
+    status.starts_with(&format!("up {} pid ", bootstrap()))
+}
+
+/// Runs `deploy/kafka-local <arg>` (`up`, `down`).
+pub fn kafka_local(arg: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka-local");
+    let status = Command::new(&script).arg(arg).status().expect("run deploy/kafka-local");
+    assert!(status.success(), "deploy/kafka-local {arg} failed");
+}
+
+/// Brings the broker back even if a test that stopped it fails half-way: later tests
+/// need it.
+pub struct BrokerBack;
+impl Drop for BrokerBack {
+    fn drop(&mut self) {
+        kafka_local("up");
+    }
 }
