@@ -63,6 +63,8 @@ enum Command {
         /// Extra librdkafka setting for the transactional producers only, `key=value`; repeatable.
         #[arg(long = "producer-config", value_parser = key_value)]
         producer_config: Vec<(String, String)>,
+        #[command(flatten)]
+        http_args: HttpArgs,
     },
     /// Check a topology file; prints file:line:col and what was expected on error.
     Validate { file: PathBuf },
@@ -123,20 +125,95 @@ fn report_topology_error(e: &topology::TopologyError) {
     }
 }
 
+/// The query server's TLS, tokens and limits (docs/security.md).
+#[derive(clap::Args, Debug)]
+struct HttpArgs {
+    /// Serve HTTPS with this PEM certificate (chain); needs --http-tls-key.
+    #[arg(long, env = "MILLRACE_HTTP_TLS_CERT", requires = "http_tls_key")]
+    http_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --http-tls-cert.
+    #[arg(long, env = "MILLRACE_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    http_tls_key: Option<PathBuf>,
+    /// PEM roots forwarding trusts when it calls another instance. Default: the
+    /// certificates of --http-tls-cert.
+    #[arg(long, env = "MILLRACE_HTTP_TLS_CA", requires = "http_tls_cert")]
+    http_tls_ca: Option<PathBuf>,
+    /// Bearer tokens, one `<scope> <token>` a line (scope read, write or admin). Without
+    /// it every route is open.
+    #[arg(long, env = "MILLRACE_HTTP_TOKENS")]
+    http_tokens: Option<PathBuf>,
+    /// /metrics needs a read token too (with --http-tokens).
+    #[arg(long, env = "MILLRACE_HTTP_METRICS_AUTH", requires = "http_tokens")]
+    http_metrics_auth: bool,
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, default_value_t = 1 << 20)]
+    http_max_body_bytes: usize,
+    /// Requests handled at once (503 with Retry-After beyond).
+    #[arg(long, default_value_t = 256)]
+    http_max_concurrent: usize,
+    /// Gateway commands waiting for their replies (429 with Retry-After beyond).
+    #[arg(long, default_value_t = 10_000)]
+    http_max_pending_commands: usize,
+}
+
+impl HttpArgs {
+    fn security(&self) -> Result<millrace::query::HttpSecurity, String> {
+        let tls = match (&self.http_tls_cert, &self.http_tls_key) {
+            (Some(cert), Some(key)) => Some(millrace::query::tls::HttpTls::load(cert, key, self.http_tls_ca.as_deref()).map_err(|e| e.to_string())?),
+            _ => None,
+        };
+        let tokens = match &self.http_tokens {
+            Some(f) => Some(std::sync::Arc::new(millrace::query::auth::Tokens::load(f).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        Ok(millrace::query::HttpSecurity {
+            tokens,
+            metrics_auth: self.http_metrics_auth,
+            tls,
+            limits: millrace::query::Limits {
+                max_body_bytes: self.http_max_body_bytes,
+                max_concurrent: self.http_max_concurrent,
+                max_pending_commands: self.http_max_pending_commands,
+                ..Default::default()
+            },
+        })
+    }
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected key=value, found {s:?}"))
 }
 
+/// Why `run` ends: a log line (JSON when the logs are), and for people reading a terminal
+/// the plain `error:` line as well.
+fn stopped(e: &RuntimeError) {
+    tracing::error!(error = %e, recovery = ?e.recovery(), "the instance stops");
+    if std::env::var("MILLRACE_LOG_FORMAT").as_deref() != Ok("json") {
+        eprintln!("error: {e} (recovery: {:?})", e.recovery());
+    }
+}
+
+/// Log lines on stderr: text for people (the default), or with `MILLRACE_LOG_FORMAT=json`
+/// one JSON object a line for a log pipeline, the event's fields (store, partition, key,
+/// error, ...) at the top level and the processing thread's span beside them.
+fn init_logging() -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG").unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("MILLRACE_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("text") => fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        Ok("json") => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+        Ok(other) => return Err(format!("MILLRACE_LOG_FORMAT={other:?}: expected text or json")),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = init_logging() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => match topology::load(&file) {
@@ -204,7 +281,7 @@ fn main() -> ExitCode {
             // Mismatches need a human: a non-zero exit lets a deploy pipeline stop on them.
             if steps.iter().any(|s| s.is_problem()) { ExitCode::from(3) } else { ExitCode::SUCCESS }
         }
-        Command::Run { topology, bootstrap_servers, state_dir, http, advertised_http, instance_id, kafka_config, consumer_config, producer_config } => {
+        Command::Run { topology, bootstrap_servers, state_dir, http, advertised_http, instance_id, kafka_config, consumer_config, producer_config, http_args } => {
             let topo = match topology::load(&topology) {
                 Ok(t) => t,
                 Err(e) => {
@@ -236,7 +313,14 @@ fn main() -> ExitCode {
                 },
             };
             tracing::info!(instance = %instance_id, kafka = ?kafka, "starting");
-            let config = AppConfig { kafka, state_dir, instance_id, advertised_http };
+            let http_security = match http_args.security() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let config = AppConfig { kafka, state_dir, instance_id, advertised_http, http: http_security };
             let app = match App::new(topo, &registry, config) {
                 Ok(a) => a,
                 Err(e) => {
@@ -255,6 +339,9 @@ fn main() -> ExitCode {
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics disabled"))
                 .ok();
+            if metrics.is_some() {
+                millrace::runtime::metrics_catalog::register();
+            }
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
                 .expect("tokio runtime");
             let result: Result<(), RuntimeError> = rt.block_on(async move {
@@ -269,11 +356,11 @@ fn main() -> ExitCode {
                 }
                 // Refused at start (a live twin with this instance id): the user's to fix.
                 Err(e) if e.recovery() == millrace::error::Recovery::Reject => {
-                    eprintln!("error: {e}");
+                    stopped(&e);
                     ExitCode::from(2)
                 }
                 Err(e) => {
-                    eprintln!("error: {e} (recovery: {:?})", e.recovery());
+                    stopped(&e);
                     ExitCode::from(1)
                 }
             }
@@ -298,7 +385,7 @@ fn store_admin(op: &str, aggregate: &str, key: &str, topology_file: &std::path::
             return ExitCode::from(2);
         }
     };
-    let config = AppConfig { kafka: kafka.clone(), state_dir: std::env::temp_dir(), instance_id: "cli".into(), advertised_http: None };
+    let config = AppConfig { kafka: kafka.clone(), state_dir: std::env::temp_dir(), instance_id: "cli".into(), advertised_http: None, http: Default::default() };
     let app = match App::new(topo, &millrace::builtin_registry(), config) {
         Ok(a) => a,
         Err(e) => {

@@ -105,3 +105,36 @@ fn unsafe_kafka_settings_exit_2_naming_the_key() {
     let (code, err) = millrace(&["plan", topology, "--bootstrap-servers", "127.0.0.1:1", "--kafka-config", props.to_str().unwrap()]);
     assert_eq!(code, 2, "plan reads the same file: {err}");
 }
+
+/// `MILLRACE_LOG_FORMAT=json`: every line on stderr is one JSON object, with the event's
+/// fields at the top level, down to the reason the run stops; an unknown format is
+/// refused with exit code 2.
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let state = tempfile::tempdir().unwrap();
+    let topology = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/customers.yaml");
+    let run = |format: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["run", "--topology", topology, "--bootstrap-servers", "127.0.0.1:1", "--http", "127.0.0.1:0"])
+            .arg("--state-dir").arg(state.path())
+            .env("MILLRACE_LOG_FORMAT", format)
+            .output()
+            .unwrap()
+    };
+    let out = run("json");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}")))
+        .collect();
+    let starting = lines.iter().find(|l| l["fields"].is_null() && l["message"] == "starting").unwrap_or_else(|| panic!("{stderr}"));
+    assert!(starting["instance"].is_string() && starting["level"] == "INFO", "{starting}");
+    let stop = lines.iter().find(|l| l["message"] == "the instance stops").unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(stop["level"], "ERROR");
+    assert!(stop["error"].as_str().unwrap().contains("cannot reach the Kafka cluster at 127.0.0.1:1"), "{stop}");
+
+    let out = run("xml");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MILLRACE_LOG_FORMAT=\"xml\": expected text or json"));
+}

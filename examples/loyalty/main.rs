@@ -97,6 +97,7 @@ fn main() -> std::process::ExitCode {
         state_dir: "./state-loyalty".into(),
         instance_id: "loyalty-0".into(),
         advertised_http: None,
+        http: Default::default(),
     };
     let app = App::new(topology, &registry(), config).expect("topology matches the registry");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -64,6 +64,10 @@ pub(super) async fn submit(
             _ => return Err(QueryError::BadParameter { name: "timeout_ms".into(), reason: format!("{s:?} is not an integer between 0 and 60000") }),
         },
     };
+    let limit = ctx.security.limits.max_pending_commands;
+    if gateway.pending() >= limit {
+        return Err(QueryError::TooManyPending { limit });
+    }
     let target = gateway.target(&aggregate).map_err(gateway_error)?.clone();
     let body: Value = serde_json::from_slice(&body).map_err(|e| QueryError::BadBody(e.to_string()))?;
     let Some(fields) = body.as_object() else {
@@ -114,6 +118,10 @@ pub(super) async fn submit(
 /// readable snapshot is not deleted), 422 failed (no event history to refold).
 pub(super) async fn admin(ctx: Ctx, aggregate: String, id: String, op: &'static str) -> Result<Response, QueryError> {
     let gateway = ctx.gateway.as_ref().ok_or_else(|| QueryError::Unsupported("this server sends no commands".into()))?;
+    let limit = ctx.security.limits.max_pending_commands;
+    if gateway.pending() >= limit {
+        return Err(QueryError::TooManyPending { limit });
+    }
     let target = gateway.target(&aggregate).map_err(gateway_error)?.clone();
     let command_id = gateway.new_command_id();
     let envelope = json!({"command_id": command_id, "aggregate_id": id});

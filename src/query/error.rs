@@ -41,6 +41,14 @@ pub enum QueryError {
     MethodNotAllowed,
     #[error("metrics are not enabled")]
     NoMetrics,
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("this instance is handling {limit} requests already; retry shortly")]
+    Overloaded { limit: usize },
+    #[error("{limit} commands are waiting for their replies already; retry shortly")]
+    TooManyPending { limit: usize },
+    #[error("the request took longer than {after:?}")]
+    Timeout { after: std::time::Duration },
     #[error("internal error")]
     Internal,
 }
@@ -64,6 +72,10 @@ impl QueryError {
             QueryError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             QueryError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             QueryError::NoMetrics => (StatusCode::NOT_FOUND, "no_metrics"),
+            QueryError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            QueryError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            QueryError::TooManyPending { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_pending"),
+            QueryError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             QueryError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -83,6 +95,9 @@ impl IntoResponse for QueryError {
             QueryError::Moving { partition, .. } => {
                 body["partition"] = json!(partition);
                 // Ownership settles within a rebalance; a second is a fair first wait.
+                return (status, [(axum::http::header::RETRY_AFTER, "1")], Json(body)).into_response();
+            }
+            QueryError::Overloaded { .. } | QueryError::TooManyPending { .. } | QueryError::Timeout { .. } => {
                 return (status, [(axum::http::header::RETRY_AFTER, "1")], Json(body)).into_response();
             }
             QueryError::Behind { have, want, .. } => {

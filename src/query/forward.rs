@@ -1,9 +1,13 @@
-//! Forwarding a query to the instance that owns the key: a plain HTTP/1.1 GET to another
-//! millrace query server, one connection per request. Our own servers are the only peers,
+//! Forwarding a query to the instance that owns the key: an HTTP/1.1 GET to another
+//! millrace query server, one connection per request, over TLS when the servers speak it,
+//! carrying the caller's own bearer token (the owner checks it as the first instance did:
+//! forwarding never widens what a caller may read). Our own servers are the only peers,
 //! so the client needs no more of HTTP than they speak.
 
+use rustls::pki_types::ServerName;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
 
 /// Marks a forwarded request, so the receiver answers locally or says it is not the owner,
 /// and never forwards again (no loops while ownership moves).
@@ -17,20 +21,49 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
+/// How a forwarded request travels.
+#[derive(Clone, Copy, Default)]
+pub struct Via<'a> {
+    /// TLS to the peer (the servers serve HTTPS).
+    pub tls: Option<&'a TlsConnector>,
+    /// The caller's `Authorization` header, passed on.
+    pub authorization: Option<&'a str>,
+}
+
 /// GETs `path_and_query` from `addr` (`host:port`).
-pub async fn get(addr: &str, path_and_query: &str) -> std::io::Result<Answer> {
-    tokio::time::timeout(TIMEOUT, get_inner(addr, path_and_query))
+pub async fn get(addr: &str, path_and_query: &str, via: Via<'_>) -> std::io::Result<Answer> {
+    tokio::time::timeout(TIMEOUT, get_inner(addr, path_and_query, via))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{addr} did not answer in {TIMEOUT:?}")))?
 }
 
-async fn get_inner(addr: &str, path_and_query: &str) -> std::io::Result<Answer> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{FORWARDED}: 1\r\n\r\n");
+async fn get_inner(addr: &str, path_and_query: &str, via: Via<'_>) -> std::io::Result<Answer> {
+    // Header values cannot carry a line break: a caller cannot smuggle headers through.
+    let auth = via.authorization.filter(|a| !a.contains(['\r', '\n'])).map(|a| format!("authorization: {a}\r\n")).unwrap_or_default();
+    let request = format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{FORWARDED}: 1\r\n{auth}\r\n");
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let raw = match via.tls {
+        None => exchange(tcp, &request).await?,
+        Some(connector) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+            exchange(connector.connect(name, tcp).await?, &request).await?
+        }
+    };
+    parse(&raw).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{addr}: malformed HTTP response")))
+}
+
+/// Writes the request and reads the answer to the end of the connection.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &str) -> std::io::Result<Vec<u8>> {
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    parse(&raw).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{addr}: malformed HTTP response")))
+    match stream.read_to_end(&mut raw).await {
+        Ok(_) => Ok(raw),
+        // A TLS peer that closes without close_notify, after a whole answer: parse decides.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e),
+    }
 }
 
 /// Status line, headers, then a body of `content-length` bytes or chunked (hyper chunks

@@ -9,12 +9,16 @@
 //!
 //! May use: store (read-only), runtime's catalog and directory, codec (murmur2).
 
+pub mod auth;
 mod commands;
 mod error;
 mod events;
 pub mod forward;
+mod guard;
+pub mod tls;
 
 pub use error::QueryError;
+pub use guard::{HttpSecurity, Limits};
 
 use crate::codec::murmur2::partition_for_key;
 use crate::runtime::{Catalog, Directory, StoreView};
@@ -38,6 +42,19 @@ struct Ctx {
     directory: Option<Arc<Directory>>,
     /// Sends commands and waits for replies; None: no command gateway.
     gateway: Option<Arc<crate::runtime::gateway::Gateway>>,
+    /// Tokens, TLS (forwarding uses its client side) and limits.
+    security: Arc<HttpSecurity>,
+}
+
+impl Ctx {
+    /// How a request forwarded on behalf of a caller travels: over TLS when the servers
+    /// speak it, with the caller's own token.
+    fn via<'a>(&'a self, headers: &'a HeaderMap) -> forward::Via<'a> {
+        forward::Via {
+            tls: self.security.tls.as_ref().map(|t| &t.connector),
+            authorization: headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        }
+    }
 }
 
 pub fn router(
@@ -45,7 +62,10 @@ pub fn router(
     metrics: Option<PrometheusHandle>,
     directory: Option<Arc<Directory>>,
     gateway: Option<Arc<crate::runtime::gateway::Gateway>>,
+    security: HttpSecurity,
 ) -> Router {
+    let admission = Arc::new(guard::Admission::new(security.clone()));
+    let max_body = security.limits.max_body_bytes;
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -62,7 +82,9 @@ pub fn router(
         .route("/aggregates/{aggregate}/{id}/snapshot/repair", post(commands::repair_snapshot))
         .fallback(|| async { QueryError::NoRoute })
         .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
-        .with_state(Ctx { catalog, metrics, directory, gateway })
+        .with_state(Ctx { catalog, metrics, directory, gateway, security: Arc::new(security) })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(admission, guard::admit))
 }
 
 /// Liveness: 503 once a processing thread died (the process is about to exit with code 1;
@@ -139,7 +161,7 @@ async fn local_or_forward(
     let (Some(directory), false) = (&ctx.directory, forwarded(headers)) else { return Err(not_owner) };
     let moving = || QueryError::Moving { store: store.to_string(), partition };
     let owner = directory.owner(store, partition).filter(|o| o.instance != directory.me.instance).ok_or_else(moving)?;
-    let answer = forward::get(&owner.http, path).await.map_err(|e| {
+    let answer = forward::get(&owner.http, path, ctx.via(headers)).await.map_err(|e| {
         tracing::debug!(owner = %owner.instance, error = %e, "forward failed");
         metrics::counter!("millrace_query_forwards_total", "result" => "unreachable").increment(1);
         moving()
@@ -331,7 +353,7 @@ async fn scatter(
     let mut covered = owned;
     for (http, wanted) in peers {
         let moving = || QueryError::Moving { store: store.to_string(), partition: wanted[0] };
-        let answer = forward::get(&http, &format!("{path}{query}")).await.map_err(|_| moving())?;
+        let answer = forward::get(&http, &format!("{path}{query}"), ctx.via(headers)).await.map_err(|_| moving())?;
         let body: Value = serde_json::from_slice(&answer.body).map_err(|_| moving())?;
         let theirs: Vec<i32> = body["partitions"].as_array().into_iter().flatten().filter_map(|v| v.as_i64().map(|x| x as i32)).collect();
         // The peer must still hold what the directory said it holds.

@@ -23,7 +23,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{ClientConfig, Message};
 use std::collections::BTreeMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,8 @@ pub struct AppConfig {
     /// The `host:port` other instances reach this one's query server at. None: the
     /// listen address (with the host name when it listens on every interface).
     pub advertised_http: Option<String>,
+    /// TLS, tokens and limits of the query server.
+    pub http: crate::query::HttpSecurity,
 }
 
 pub struct App {
@@ -399,6 +401,8 @@ impl App {
                 std::thread::Builder::new()
                     .name(format!("millrace-processing-{thread}"))
                     .spawn(move || {
+                        // Every log line of this thread names it (a field of JSON logs).
+                        let _span = tracing::info_span!("processing", thread).entered();
                         let r = poll_loop(consumer_cfg, settings, resources, catalog.clone(), (new_sink, reader), stop.clone());
                         if let Err(e) = &r {
                             // /health says so (503) while the instance shuts down.
@@ -426,12 +430,16 @@ impl App {
             );
             Some(g)
         };
-        let router = crate::query::router(self.catalog.clone(), metrics, Some(directory), gateway);
+        let router = crate::query::router(self.catalog.clone(), metrics, Some(directory), gateway, self.config.http.clone());
         let stop_http = stop.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let shutdown = async move {
             shutdown.await;
             stop_http.store(true, Ordering::SeqCst);
-        });
+        };
+        let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match &self.config.http.tls {
+            Some(tls) => Box::pin(crate::query::tls::serve(listener, router, tls.acceptor.clone(), shutdown)),
+            None => Box::pin(axum::serve(listener, router).with_graceful_shutdown(shutdown).into_future()),
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stop_watch = stop.clone();
         let watcher = std::thread::spawn(move || {

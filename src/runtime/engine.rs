@@ -427,17 +427,14 @@ impl Engine {
         Ok(())
     }
 
-    /// A record bound for a topic that does not exist (a client's `reply-to` naming a topic
-    /// nobody created) would fail the whole transaction on every retry. Such a record goes
-    /// to the dead-letter topic instead, with the reason; nothing is lost and the partition
-    /// keeps moving. Existing topics are remembered, so this costs a metadata request only
-    /// the first time a name is seen.
     /// Sends a record to a topic nobody declared (a `reply-to` header) only if the topic
-    /// exists; a missing one would fail the whole transaction, so the record goes to the
-    /// dead-letter topic instead. Only the broker's own answer "no such topic" (or "not
-    /// authorized") counts: a metadata timeout says nothing about the topic, and is
-    /// retried (the transaction aborts and the batch runs again) rather than taken as
-    /// permanent, which would dead-letter a valid reply.
+    /// exists: a missing one would fail the whole transaction on every retry, so the record
+    /// goes to the dead-letter topic instead, with the reason, and the partition keeps
+    /// moving. Only the broker's own answer "no such topic" (or "not authorized") counts: a
+    /// metadata timeout says nothing about the topic, and is retried (the transaction
+    /// aborts and the batch runs again) rather than taken as permanent, which would
+    /// dead-letter a valid reply. Existing topics are remembered, so this costs a metadata
+    /// request only the first time a name is seen.
     fn check_destination(&mut self, input: &dyn Input, r: &mut OutRecord, origin_topic: &str) -> Result<(), RuntimeError> {
         if self.settings.known_topics.contains(&r.topic) {
             return Ok(());

@@ -149,6 +149,11 @@ impl Gateway {
     }
 
     /// Whether a command of this instance is still waiting for its reply.
+    /// Commands sent and still waiting for their replies.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().expect("gateway lock").len()
+    }
+
     pub fn is_pending(&self, command_id: &str) -> bool {
         self.pending.lock().expect("gateway lock").contains_key(command_id)
     }

@@ -96,6 +96,7 @@ impl TopologyDriver {
             state_dir: dir.path().to_path_buf(),
             instance_id: "driver".into(),
             advertised_http: None,
+            http: Default::default(),
         };
         let app = App::new(topology, registry, config)?;
         let topology = app.topology().clone();
