@@ -4,7 +4,8 @@
 //!   `--http-metrics-auth`;
 //! - a key held by the other instance is forwarded over TLS with the caller's token;
 //! - plain HTTP on the TLS port reaches no handler;
-//! - a body over the limit is 413, as JSON.
+//! - a body over the limit is 413, a request over the concurrency limit 503 with
+//!   Retry-After, a command over the pending limit 429 with Retry-After: all as JSON.
 
 mod common;
 
@@ -124,7 +125,7 @@ fn start() -> Secured {
         Instance::spawn_with(&s, id, &s.dir.path().join(format!("state-{id}")), &refs)
     };
     let a = spawn("a", &["--http-max-body-bytes", "2000"]);
-    let b = spawn("b", &["--http-metrics-auth"]);
+    let b = spawn("b", &["--http-metrics-auth", "--http-max-concurrent", "2", "--http-max-pending-commands", "0"]);
     for i in [&a, &b] {
         let deadline = Instant::now() + Duration::from_secs(90);
         while !matches!(https(&pki.roots, &i.http, "GET", "/ready", None, None), Ok((200, _))) {
@@ -181,8 +182,13 @@ fn tokens_scope_every_route_family_and_forwarding_carries_them_over_tls() {
             }
             let (status, body) = call(i, method, path, Some(enough), None);
             // The delete of a readable snapshot is refused for what it is (409), not for
-            // who asked.
-            let want = if *method == "DELETE" { 409 } else { 200 };
+            // who asked; on b, which takes no pending gateway request, the admin requests
+            // (they travel as commands) meet that limit instead (429).
+            let want = match (*method, i.http == b.http) {
+                ("DELETE" | "POST", true) => 429,
+                ("DELETE", false) => 409,
+                _ => 200,
+            };
             assert_eq!(status, want, "{method} {path} on {}: {body}", i.http);
         }
     }
@@ -221,4 +227,26 @@ fn tokens_scope_every_route_family_and_forwarding_carries_them_over_tls() {
     let (status, body) = call(&a, "POST", "/aggregates/customer/big/commands", Some(WRITE), Some(&big));
     assert_eq!(status, 413, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "too_large");
+
+    // Instance b takes two requests at once and no pending gateway command.
+    let body = json!({"type": "CreateCustomer", "payload": {"name": "p", "email": "p@example.org"}}).to_string();
+    let (status, refused) = call(&b, "POST", "/aggregates/customer/p/commands", Some(WRITE), Some(&body));
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(serde_json::from_str::<Value>(&refused).unwrap()["error"], "too_many_pending");
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (roots, http, key) = (pki.roots.clone(), b.http.clone(), keys[0].clone());
+            // Each waits 3 s for a version the key will not reach.
+            std::thread::spawn(move || https(&roots, &http, "GET", &format!("/stores/customers/keys/{key}?min_version=99&wait_ms=3000"), Some(READ), None))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, refused) = call(&b, "GET", "/stores", Some(READ), None);
+    assert_eq!(status, 503, "{refused}");
+    assert_eq!(serde_json::from_str::<Value>(&refused).unwrap()["error"], "overloaded");
+    for w in waiting {
+        let (status, body) = w.join().unwrap().unwrap();
+        assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["error"].clone()), (503, json!("behind")), "{body}");
+    }
+    assert_eq!(call(&b, "GET", "/stores", Some(READ), None).0, 200, "free again");
 }
