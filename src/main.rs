@@ -68,6 +68,8 @@ enum Command {
     },
     /// Check a topology file; prints file:line:col and what was expected on error.
     Validate { file: PathBuf },
+    /// Print the HTTP API's OpenAPI 3.1 document (as served at /openapi.json).
+    Openapi,
     /// Draw a topology: sub-topologies, sources, processors, stores, sinks, internal topics.
     Describe {
         file: PathBuf,
@@ -216,6 +218,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
+        Command::Openapi => {
+            print!("{}", millrace::query::api::document());
+            ExitCode::SUCCESS
+        }
         Command::Validate { file } => match topology::load(&file) {
             Ok(t) => {
                 println!("{}: ok (application {}, {} aggregate(s))", file.display(), t.application_id, t.aggregates.len());

@@ -12,6 +12,15 @@ use axum::Json;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
+#[utoipa::path(get, path = "/aggregates/{aggregate}/{id}/events", tag = "aggregates",
+    params(("aggregate" = String, Path, example = "customer"), ("id" = String, Path, example = "ada"),
+        ("from_version" = Option<u64>, Query, minimum = 1, description = "first version (default 1)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "events a page (default 100)")),
+    responses((status = 200, description = "the aggregate's events in version order", body = super::api::History),
+        (status = 400, description = "a bad parameter", body = super::api::ErrorBody),
+        (status = 404, description = "no such aggregate", body = super::api::ErrorBody),
+        (status = 421, description = "a forwarded request reached an instance that no longer owns the key", body = super::api::ErrorBody),
+        (status = 401, description = "no valid bearer token", body = super::api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = super::api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = super::api::ErrorBody)))]
 pub(super) async fn history(
     State(ctx): State<Ctx>,
     Path((aggregate, id)): Path<(String, String)>,
@@ -34,7 +43,8 @@ pub(super) async fn history(
             }),
         }
     };
-    let from = number("from_version", 1, 1, u64::MAX)?;
+    // Versions are 64-bit signed on the wire of every client (JSON numbers, Java longs).
+    let from = number("from_version", 1, 1, i64::MAX as u64)?;
     let limit = number("limit", 100, 1, MAX_PAGE as u64)? as usize;
     let partition = partition_for_key(id.as_bytes(), view.partitions);
     let path = format!(

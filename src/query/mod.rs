@@ -9,6 +9,7 @@
 //!
 //! May use: store (read-only), runtime's catalog and directory, codec (murmur2).
 
+pub mod api;
 pub mod auth;
 mod commands;
 mod error;
@@ -70,6 +71,7 @@ pub fn router(
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
         .route("/stores", get(stores))
         .route("/cluster", get(cluster))
         .route("/stores/{store}", get(list))
@@ -89,6 +91,8 @@ pub fn router(
 
 /// Liveness: 503 once a processing thread died (the process is about to exit with code 1;
 /// an orchestrator restarts it).
+#[utoipa::path(get, path = "/health", tag = "probes", security(()),
+    responses((status = 200, description = "alive", body = api::Health), (status = 503, description = "a processing thread died; the process exits", body = api::Health)))]
 async fn health(State(ctx): State<Ctx>) -> Response {
     match ctx.catalog.failure() {
         None => Json(json!({"status": "ok"})).into_response(),
@@ -96,6 +100,9 @@ async fn health(State(ctx): State<Ctx>) -> Response {
     }
 }
 
+/// Readiness: every task restored and the instance a member of the group.
+#[utoipa::path(get, path = "/ready", tag = "probes", security(()),
+    responses((status = 200, description = "ready", body = api::Ready), (status = 503, description = "restoring, or not yet assigned", body = api::Ready)))]
 async fn ready(State(ctx): State<Ctx>) -> Response {
     if ctx.catalog.is_ready() {
         Json(json!({"ready": true})).into_response()
@@ -105,6 +112,10 @@ async fn ready(State(ctx): State<Ctx>) -> Response {
     }
 }
 
+/// Prometheus text; needs a read token only with `--http-metrics-auth`.
+#[utoipa::path(get, path = "/metrics", tag = "probes", security((), ("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 404, description = "metrics not enabled", body = api::ErrorBody), (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
 async fn metrics_text(State(ctx): State<Ctx>) -> Response {
     match ctx.metrics {
         // Per-partition gauges follow: they leave the page with their partition.
@@ -113,8 +124,19 @@ async fn metrics_text(State(ctx): State<Ctx>) -> Response {
     }
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "probes", security(()),
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(api::document).clone();
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], doc).into_response()
+}
+
 /// `GET /cluster`: the routing table as this instance sees it: every live instance, and
 /// for every store partition its owner and standbys with their HTTP addresses.
+#[utoipa::path(get, path = "/cluster", tag = "stores",
+    responses((status = 200, description = "every live instance, and each store partition's owner and standbys", body = api::Cluster), (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
 async fn cluster(State(ctx): State<Ctx>) -> Json<Value> {
     let Some(d) = &ctx.directory else {
         return Json(json!({"instances": [], "stores": {}}));
@@ -139,6 +161,9 @@ async fn cluster(State(ctx): State<Ctx>) -> Json<Value> {
     Json(json!({"me": d.me.instance, "instances": instances, "stores": stores}))
 }
 
+/// The stores this application has.
+#[utoipa::path(get, path = "/stores", tag = "stores",
+    responses((status = 200, description = "store names", body = api::StoreNames), (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
 async fn stores(State(ctx): State<Ctx>) -> Json<Value> {
     Json(json!({"stores": ctx.catalog.store_names()}))
 }
@@ -210,11 +235,22 @@ fn key_params(q: &HashMap<String, String>) -> Result<KeyParams, QueryError> {
         return Err(QueryError::BadParameter { name: k.clone(), reason: "unknown parameter; expected min_version or wait_ms".into() });
     }
     Ok(KeyParams {
-        min_version: number("min_version", u64::MAX)?,
+        // Versions are 64-bit signed on the wire of every client (JSON numbers, Java longs).
+        min_version: number("min_version", i64::MAX as u64)?,
         wait: std::time::Duration::from_millis(number("wait_ms", 30_000)?.unwrap_or(5_000)),
     })
 }
 
+/// One key's committed value, from whichever instance owns it.
+#[utoipa::path(get, path = "/stores/{store}/keys/{key}", tag = "stores",
+    params(("store" = String, Path, example = "customers"), ("key" = String, Path, example = "ada"),
+        ("min_version" = Option<u64>, Query, description = "read your writes: wait until the key reaches this version"),
+        ("wait_ms" = Option<u64>, Query, maximum = 30000, description = "how long to wait for min_version (default 5000)")),
+    responses((status = 200, description = "the key", body = api::Entry),
+        (status = 400, description = "a bad parameter", body = api::ErrorBody),
+        (status = 404, description = "no such store or key", body = api::ErrorBody),
+        (status = 421, description = "a forwarded request reached an instance that no longer owns the key", body = api::ErrorBody),
+        (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
 async fn get_key(
     State(ctx): State<Ctx>,
     Path((store, key)): Path<(String, String)>,
@@ -274,6 +310,15 @@ async fn read_rendered(view: &StoreView, local: Arc<crate::store::RocksStore>, s
 /// `GET /stores/{store}?limit=&after=`: every partition's entries, merged in key order,
 /// gathered from their owners. `after` is the last key of the previous page, so pages
 /// stay stable while writes land. `scope=local` answers from this instance's partitions.
+#[utoipa::path(get, path = "/stores/{store}", tag = "stores",
+    params(("store" = String, Path, example = "customers"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "entries a page (default 100)"),
+        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
+        ("scope" = Option<api::PageScope>, Query, description = "`local`: this instance's partitions only; `cluster` (the default): every partition")),
+    responses((status = 200, description = "a page, in key order", body = api::Page),
+        (status = 400, description = "a bad parameter", body = api::ErrorBody),
+        (status = 404, description = "no such store", body = api::ErrorBody),
+        (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
 async fn list(
     State(ctx): State<Ctx>,
     Path(store): Path<String>,
@@ -293,6 +338,15 @@ async fn list(
 /// `GET /stores/{store}/index/{field}/{value}?limit=&after=`: the entries whose `field`
 /// equals `value` ("all customers with status DELETED"), in key order, from every
 /// partition's owner, paginated like the listing.
+#[utoipa::path(get, path = "/stores/{store}/index/{field}/{value}", tag = "stores",
+    params(("store" = String, Path, example = "customers"), ("field" = String, Path, example = "status"), ("value" = String, Path, example = "ACTIVE"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "entries a page (default 100)"),
+        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
+        ("scope" = Option<api::PageScope>, Query, description = "`local`: this instance's partitions only; `cluster` (the default): every partition")),
+    responses((status = 200, description = "the entries whose field has this value, a page in key order", body = api::Page),
+        (status = 400, description = "a bad parameter", body = api::ErrorBody),
+        (status = 404, description = "no such store or index", body = api::ErrorBody),
+        (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
 async fn by_index(
     State(ctx): State<Ctx>,
     Path((store, field, value)): Path<(String, String, String)>,
