@@ -2,6 +2,7 @@
 //! a crash between produce and commit, a crash between commit and the store write, a
 //! fenced producer, and a rebalance. No broker needed.
 
+use millrace::runtime::RuntimeError;
 use millrace::testing::{CrashPoint, TopologyDriver};
 use millrace::topology;
 use serde_json::json;
@@ -158,6 +159,47 @@ fn crash_after_commit_restores_exactly_the_changelog_tail() {
     assert_eq!(d.store("customers", "cy").unwrap()["version"], 1);
     d.commit().unwrap();
     assert_eq!(replies(&d).len(), 4, "nothing processed twice: the committed input was not replayed");
+}
+
+/// A restore that cannot finish (issue 9): it applies what it read, fails as transient,
+/// and leaves the instance unready; nothing is decided on the partial store. The retry
+/// reads on from the checkpoint, and the next command sees the whole state.
+#[test]
+fn a_stalled_restore_stays_unready_and_the_retry_goes_on_from_its_checkpoint() {
+    let mut d = driver();
+    let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        d.pipe("customer-commands", k, &cmd(&format!("c{i}"), k, "CreateCustomer", k)).unwrap();
+    }
+    d.commit().unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        d.pipe("customer-commands", k, &cmd(&format!("u{i}"), k, "UpdateCustomer", &format!("{k}2"))).unwrap();
+    }
+    // The process dies after the commit, before its stores applied it; the restart's
+    // restore stalls half-way through the tail.
+    d.log().stall_restores(1);
+    let before = d.restored_records();
+    let e = d.crash_after_commit().unwrap_err();
+    assert!(matches!(e, RuntimeError::RestoreStalled { .. }), "{e}");
+    assert_eq!(e.recovery(), millrace::error::Recovery::Retry);
+    assert!(!d.is_ready(), "unready while a store is partial");
+
+    d.retry().unwrap();
+    assert!(d.is_ready());
+    let restored = d.restored_records() - before;
+    // Eight snapshots were the tail; what the stalled restore applied is not read again.
+    assert!(restored > 0 && restored < keys.len() as u64, "the retry went on from the checkpoint: {restored} of {}", keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        d.pipe("customer-commands", k, &cmd(&format!("v{i}"), k, "UpdateCustomer", &format!("{k}3"))).unwrap();
+    }
+    d.commit().unwrap();
+    let r = replies(&d);
+    for (i, k) in keys.iter().enumerate() {
+        let third = r.iter().find(|x| x.0 == format!("v{i}")).unwrap_or_else(|| panic!("no reply to v{i}: {r:?}"));
+        assert_eq!((third.1.as_str(), third.2), ("accepted", 3), "{k} was decided on its whole state");
+        assert_eq!(d.store("customers", k).unwrap()["state"]["name"], format!("{k}3"));
+    }
+    assert_eq!(r.len(), 3 * keys.len(), "each command answered once");
 }
 
 #[test]

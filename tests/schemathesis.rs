@@ -36,6 +36,8 @@ fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
         .args(["--checks", "all", "--max-examples", "25", "--generation-deterministic", "--request-timeout", "70"])
         .args(["-H", &format!("Authorization: Bearer {ADMIN}")])
         .env("NO_COLOR", "1")
+        // Its example cache goes with the test's directory, not into the checkout.
+        .current_dir(s.dir.path())
         .output()
         .expect("run schemathesis");
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -7,7 +7,7 @@
 //! checks a live instance's answers against them, so the two cannot drift apart unseen.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 /// Every error: a stable code, a message for people, and fields particular to the error
 /// (`partition` for a moving partition, `version`/`min_version` for a key behind).
@@ -161,6 +161,51 @@ pub struct Pending {
     command_id: String,
     status: String,
     status_url: String,
+}
+
+/// What every route behind a token can answer before its handler runs.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Admission {
+    #[response(status = 401, description = "no valid bearer token")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "the token's scope does not reach this route")]
+    Forbidden(ErrorBody),
+    #[response(status = 503, description = "overloaded, or the request ran out of time (Retry-After)")]
+    Unavailable(ErrorBody),
+}
+
+/// What a request sent as a command (a command, an operator's request, or asking for a
+/// command's reply) can answer.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Answered {
+    #[response(status = 200, description = "accepted (or its duplicate)")]
+    Accepted(Reply),
+    #[response(status = 202, description = "sent; the reply did not come in time")]
+    Pending(Pending),
+    #[response(status = 409, description = "rejected, or the expected version did not match")]
+    Rejected(Reply),
+    #[response(status = 422, description = "failed: the engine could not run it (a quarantined key)")]
+    Failed(Reply),
+    #[response(status = 404, description = "no such aggregate")]
+    UnknownAggregate(ErrorBody),
+    #[response(status = 429, description = "too many commands wait for replies (Retry-After)")]
+    TooManyPending(ErrorBody),
+}
+
+/// The paging parameters of listings and index queries.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageQuery {
+    /// Entries a page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+    /// `local`: this instance's partitions only; `cluster` (the default): every partition.
+    scope: Option<PageScope>,
 }
 
 struct BearerAuth;

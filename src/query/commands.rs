@@ -51,16 +51,11 @@ fn status_url(aggregate: &str, id: &str, command_id: &str) -> String {
     params(("aggregate" = String, Path, example = "customer"), ("id" = String, Path, example = "ada"),
         ("timeout_ms" = Option<u64>, Query, maximum = 60000, description = "how long to wait for the reply (default 10000)")),
     request_body = super::api::CommandRequest,
-    responses((status = 200, description = "accepted (or its duplicate)", body = super::api::Reply),
-        (status = 202, description = "sent; the reply did not come in time", body = super::api::Pending),
-        (status = 409, description = "rejected, or the expected version did not match", body = super::api::Reply),
-        (status = 422, description = "failed: the engine could not run it (a quarantined key)", body = super::api::Reply),
-        (status = 404, description = "no such aggregate", body = super::api::ErrorBody),
-        (status = 429, description = "too many commands wait for replies (Retry-After)", body = super::api::ErrorBody),
+    responses(super::api::Answered,
         (status = 400, description = "invalid: the command cannot run, or a bad parameter or body", body = super::api::Refused),
         (status = 413, description = "the body is too large", body = super::api::ErrorBody),
         (status = 415, description = "this aggregate's commands are not JSON", body = super::api::ErrorBody),
-        (status = 401, description = "no valid bearer token", body = super::api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = super::api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = super::api::ErrorBody)))]
+        super::api::Admission))]
 pub(super) async fn submit(
     State(ctx): State<Ctx>,
     Path((aggregate, id)): Path<(String, String)>,
@@ -153,12 +148,7 @@ pub(super) async fn admin(ctx: Ctx, aggregate: String, id: String, op: &'static 
 /// Deletes a snapshot that cannot be read (never a readable one: 409).
 #[utoipa::path(delete, path = "/aggregates/{aggregate}/{id}/snapshot", tag = "admin",
     params(("aggregate" = String, Path, example = "customer"), ("id" = String, Path, example = "ada")),
-    responses((status = 200, description = "accepted (or its duplicate)", body = super::api::Reply),
-        (status = 202, description = "sent; the reply did not come in time", body = super::api::Pending),
-        (status = 409, description = "rejected, or the expected version did not match", body = super::api::Reply),
-        (status = 422, description = "failed: the engine could not run it (a quarantined key)", body = super::api::Reply),
-        (status = 404, description = "no such aggregate", body = super::api::ErrorBody),
-        (status = 429, description = "too many commands wait for replies (Retry-After)", body = super::api::ErrorBody), (status = 401, description = "no valid bearer token", body = super::api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = super::api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = super::api::ErrorBody)))]
+    responses(super::api::Answered, super::api::Admission))]
 pub(super) async fn delete_snapshot(State(ctx): State<Ctx>, Path((aggregate, id)): Path<(String, String)>) -> Result<Response, QueryError> {
     admin(ctx, aggregate, id, "delete-snapshot").await
 }
@@ -166,12 +156,7 @@ pub(super) async fn delete_snapshot(State(ctx): State<Ctx>, Path((aggregate, id)
 /// Refolds a snapshot from the aggregate's event history.
 #[utoipa::path(post, path = "/aggregates/{aggregate}/{id}/snapshot/repair", tag = "admin",
     params(("aggregate" = String, Path, example = "customer"), ("id" = String, Path, example = "ada")),
-    responses((status = 200, description = "accepted (or its duplicate)", body = super::api::Reply),
-        (status = 202, description = "sent; the reply did not come in time", body = super::api::Pending),
-        (status = 409, description = "rejected, or the expected version did not match", body = super::api::Reply),
-        (status = 422, description = "failed: the engine could not run it (a quarantined key)", body = super::api::Reply),
-        (status = 404, description = "no such aggregate", body = super::api::ErrorBody),
-        (status = 429, description = "too many commands wait for replies (Retry-After)", body = super::api::ErrorBody), (status = 401, description = "no valid bearer token", body = super::api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = super::api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = super::api::ErrorBody)))]
+    responses(super::api::Answered, super::api::Admission))]
 pub(super) async fn repair_snapshot(State(ctx): State<Ctx>, Path((aggregate, id)): Path<(String, String)>) -> Result<Response, QueryError> {
     admin(ctx, aggregate, id, "repair-snapshot").await
 }
@@ -179,15 +164,10 @@ pub(super) async fn repair_snapshot(State(ctx): State<Ctx>, Path((aggregate, id)
 /// The reply of a recent command sent through this instance.
 #[utoipa::path(get, path = "/aggregates/{aggregate}/{id}/commands/{command_id}", tag = "aggregates",
     params(("aggregate" = String, Path, example = "customer"), ("id" = String, Path, example = "ada"), ("command_id" = String, Path)),
-    responses((status = 200, description = "accepted (or its duplicate)", body = super::api::Reply),
-        (status = 202, description = "sent; the reply did not come in time", body = super::api::Pending),
-        (status = 409, description = "rejected, or the expected version did not match", body = super::api::Reply),
-        (status = 422, description = "failed: the engine could not run it (a quarantined key)", body = super::api::Reply),
-        (status = 404, description = "no such aggregate", body = super::api::ErrorBody),
-        (status = 429, description = "too many commands wait for replies (Retry-After)", body = super::api::ErrorBody),
+    responses(super::api::Answered,
         (status = 400, description = "the command was invalid", body = super::api::Reply),
         (status = 415, description = "this aggregate's commands are not JSON", body = super::api::ErrorBody),
-        (status = 401, description = "no valid bearer token", body = super::api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = super::api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = super::api::ErrorBody)))]
+        super::api::Admission))]
 pub(super) async fn status(
     State(ctx): State<Ctx>,
     Path((aggregate, id, command_id)): Path<(String, String, String)>,

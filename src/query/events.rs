@@ -20,7 +20,7 @@ use std::collections::HashMap;
         (status = 400, description = "a bad parameter", body = super::api::ErrorBody),
         (status = 404, description = "no such aggregate", body = super::api::ErrorBody),
         (status = 421, description = "a forwarded request reached an instance that no longer owns the key", body = super::api::ErrorBody),
-        (status = 401, description = "no valid bearer token", body = super::api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = super::api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = super::api::ErrorBody)))]
+        super::api::Admission))]
 pub(super) async fn history(
     State(ctx): State<Ctx>,
     Path((aggregate, id)): Path<(String, String)>,

@@ -115,7 +115,7 @@ async fn ready(State(ctx): State<Ctx>) -> Response {
 /// Prometheus text; needs a read token only with `--http-metrics-auth`.
 #[utoipa::path(get, path = "/metrics", tag = "probes", security((), ("bearer" = [])),
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
-        (status = 404, description = "metrics not enabled", body = api::ErrorBody), (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
+        (status = 404, description = "metrics not enabled", body = api::ErrorBody), api::Admission))]
 async fn metrics_text(State(ctx): State<Ctx>) -> Response {
     match ctx.metrics {
         // Per-partition gauges follow: they leave the page with their partition.
@@ -136,7 +136,7 @@ async fn openapi_json() -> Response {
 /// `GET /cluster`: the routing table as this instance sees it: every live instance, and
 /// for every store partition its owner and standbys with their HTTP addresses.
 #[utoipa::path(get, path = "/cluster", tag = "stores",
-    responses((status = 200, description = "every live instance, and each store partition's owner and standbys", body = api::Cluster), (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
+    responses((status = 200, description = "every live instance, and each store partition's owner and standbys", body = api::Cluster), api::Admission))]
 async fn cluster(State(ctx): State<Ctx>) -> Json<Value> {
     let Some(d) = &ctx.directory else {
         return Json(json!({"instances": [], "stores": {}}));
@@ -163,7 +163,7 @@ async fn cluster(State(ctx): State<Ctx>) -> Json<Value> {
 
 /// The stores this application has.
 #[utoipa::path(get, path = "/stores", tag = "stores",
-    responses((status = 200, description = "store names", body = api::StoreNames), (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
+    responses((status = 200, description = "store names", body = api::StoreNames), api::Admission))]
 async fn stores(State(ctx): State<Ctx>) -> Json<Value> {
     Json(json!({"stores": ctx.catalog.store_names()}))
 }
@@ -250,7 +250,7 @@ fn key_params(q: &HashMap<String, String>) -> Result<KeyParams, QueryError> {
         (status = 400, description = "a bad parameter", body = api::ErrorBody),
         (status = 404, description = "no such store or key", body = api::ErrorBody),
         (status = 421, description = "a forwarded request reached an instance that no longer owns the key", body = api::ErrorBody),
-        (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
+        api::Admission))]
 async fn get_key(
     State(ctx): State<Ctx>,
     Path((store, key)): Path<(String, String)>,
@@ -311,14 +311,11 @@ async fn read_rendered(view: &StoreView, local: Arc<crate::store::RocksStore>, s
 /// gathered from their owners. `after` is the last key of the previous page, so pages
 /// stay stable while writes land. `scope=local` answers from this instance's partitions.
 #[utoipa::path(get, path = "/stores/{store}", tag = "stores",
-    params(("store" = String, Path, example = "customers"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "entries a page (default 100)"),
-        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
-        ("scope" = Option<api::PageScope>, Query, description = "`local`: this instance's partitions only; `cluster` (the default): every partition")),
+    params(("store" = String, Path, example = "customers"), api::PageQuery),
     responses((status = 200, description = "a page, in key order", body = api::Page),
         (status = 400, description = "a bad parameter", body = api::ErrorBody),
         (status = 404, description = "no such store", body = api::ErrorBody),
-        (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
+        api::Admission))]
 async fn list(
     State(ctx): State<Ctx>,
     Path(store): Path<String>,
@@ -339,14 +336,11 @@ async fn list(
 /// equals `value` ("all customers with status DELETED"), in key order, from every
 /// partition's owner, paginated like the listing.
 #[utoipa::path(get, path = "/stores/{store}/index/{field}/{value}", tag = "stores",
-    params(("store" = String, Path, example = "customers"), ("field" = String, Path, example = "status"), ("value" = String, Path, example = "ACTIVE"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "entries a page (default 100)"),
-        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
-        ("scope" = Option<api::PageScope>, Query, description = "`local`: this instance's partitions only; `cluster` (the default): every partition")),
+    params(("store" = String, Path, example = "customers"), ("field" = String, Path, example = "status"), ("value" = String, Path, example = "ACTIVE"), api::PageQuery),
     responses((status = 200, description = "the entries whose field has this value, a page in key order", body = api::Page),
         (status = 400, description = "a bad parameter", body = api::ErrorBody),
         (status = 404, description = "no such store or index", body = api::ErrorBody),
-        (status = 401, description = "no valid bearer token", body = api::ErrorBody), (status = 403, description = "the token's scope does not reach this route", body = api::ErrorBody), (status = 503, description = "overloaded, or the request ran out of time (Retry-After)", body = api::ErrorBody)))]
+        api::Admission))]
 async fn by_index(
     State(ctx): State<Ctx>,
     Path((store, field, value)): Path<(String, String, String)>,

@@ -682,6 +682,9 @@ impl Engine {
         partition_gauges::remove(&[partition_gauges::CONSUMER_LAG], &tp.topic, tp.partition);
         if let Some(st) = self.settings.routes.get(&tp.topic).and_then(|r| r.state.as_ref()) {
             self.catalog.detach(&st.name, tp.partition);
+            if let Some(s) = &self.settings.standbys {
+                s.unclaim(&st.name, tp.partition);
+            }
             partition_gauges::remove(&[partition_gauges::STORE_KEYS, partition_gauges::RESTORE_REMAINING], &st.name, tp.partition);
         }
     }

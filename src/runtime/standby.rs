@@ -72,9 +72,11 @@ pub(crate) struct Standbys {
     directory: Arc<Directory>,
     catalog: Arc<Catalog>,
     held: Mutex<BTreeMap<(String, i32), Arc<RocksStore>>>,
-    /// Partitions the engine took for active tasks, and when: never reopened as standbys
-    /// while the engine may still be opening them.
-    claimed: Mutex<BTreeMap<(String, i32), Instant>>,
+    /// Partitions the engine holds as active tasks, from the moment it asks for the copy
+    /// until it closes the task: never reopened as standbys meanwhile (a restore can take
+    /// minutes). Once the task closes (a rebalance gave the partition to another
+    /// instance), the partition may be a standby copy here at once.
+    claimed: Mutex<BTreeSet<(String, i32)>>,
 }
 
 impl Standbys {
@@ -87,19 +89,25 @@ impl Standbys {
         directory: Arc<Directory>,
         catalog: Arc<Catalog>,
     ) -> Self {
-        Self { stores, replicas, state_dir, resources, directory, catalog, held: Mutex::new(BTreeMap::new()), claimed: Mutex::new(BTreeMap::new()) }
+        Self { stores, replicas, state_dir, resources, directory, catalog, held: Mutex::new(BTreeMap::new()), claimed: Mutex::new(BTreeSet::new()) }
     }
 
     /// The engine is about to open `store` partition `partition` as an active task: the
     /// standby copy closes (the active task continues from its checkpoint).
     pub fn release(&self, store: &str, partition: i32) {
         let key = (store.to_string(), partition);
-        self.claimed.lock().expect("standby lock").insert(key.clone(), Instant::now());
+        self.claimed.lock().expect("standby lock").insert(key.clone());
         if let Some(s) = self.held.lock().expect("standby lock").remove(&key) {
             partition_gauges::remove(&[partition_gauges::STANDBY_LAG], store, partition);
             drop(s);
             tracing::info!(store, partition, "standby copy handed to the active task");
         }
+    }
+
+    /// The engine closed its task of `store` partition `partition`: the partition may be a
+    /// standby copy again (the next plan, within half a second, decides).
+    pub fn unclaim(&self, store: &str, partition: i32) {
+        self.claimed.lock().expect("standby lock").remove(&(store.to_string(), partition));
     }
 
     /// Store → partitions this instance keeps copies of, for the members directory.
@@ -120,8 +128,7 @@ impl Standbys {
         for s in &self.stores {
             for p in 0..s.partitions {
                 let key = (s.name.clone(), p);
-                let recently_claimed = claimed.get(&key).is_some_and(|t| t.elapsed() < Duration::from_secs(30));
-                if self.catalog.local(&s.name, p).is_some() || recently_claimed {
+                if self.catalog.local(&s.name, p).is_some() || claimed.contains(&key) {
                     continue;
                 }
                 let Some(owner) = self.directory.owner(&s.name, p) else { continue };
@@ -149,20 +156,20 @@ impl Standbys {
         let reader = PartitionReader::new(clients, "standby", format!("millrace-standby-{}", self.directory.me.instance), &[])?;
         let changelog_of: BTreeMap<String, StandbyStore> = self.stores.iter().map(|s| (s.changelog.clone(), s.clone())).collect();
         let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
+        let mut wanted: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut last_plan = Instant::now() - Duration::from_secs(10);
         let mut last_lag = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             if last_plan.elapsed() >= Duration::from_millis(500) {
                 last_plan = Instant::now();
-                let wanted = self.wanted();
+                let now_wanted = self.wanted();
+                // A copy no longer wanted here leaves the lag gauge (held or not).
+                for (store, p) in wanted.difference(&now_wanted) {
+                    partition_gauges::remove(&[partition_gauges::STANDBY_LAG], store, *p);
+                }
+                wanted = now_wanted;
                 let mut held = self.held.lock().expect("standby lock");
-                held.retain(|(store, p), _| {
-                    let keep = wanted.contains(&(store.clone(), *p));
-                    if !keep {
-                        partition_gauges::remove(&[partition_gauges::STANDBY_LAG], store, *p);
-                    }
-                    keep
-                });
+                held.retain(|key, _| wanted.contains(key));
                 for (store, p) in &wanted {
                     if held.contains_key(&(store.clone(), *p)) {
                         continue;
@@ -211,12 +218,17 @@ impl Standbys {
                     store.write(records.iter().map(|(k, v, _, _)| (k.as_slice(), v.as_deref())), Some(last))?;
                 }
             }
+            // Every copy this instance should keep has a lag, including one it could not
+            // open yet: a missing copy shows as the whole changelog, not as silence.
             if last_lag.elapsed() >= Duration::from_secs(2) {
                 last_lag = Instant::now();
-                for ((store, p), r) in held.iter() {
+                for (store, p) in &wanted {
                     let Some(s) = self.stores.iter().find(|s| &s.name == store) else { continue };
                     if let Some((_, high)) = reader.watermarks_once(&TopicPartition::new(s.changelog.as_str(), *p), Duration::from_secs(5)) {
-                        let next = r.checkpoint()?.map_or(0, |o| o + 1);
+                        let next = match held.get(&(store.clone(), *p)) {
+                            Some(r) => r.checkpoint()?.map_or(0, |o| o + 1),
+                            None => 0,
+                        };
                         partition_gauges::set(partition_gauges::STANDBY_LAG, store, *p, (high - next).max(0) as f64);
                     }
                 }

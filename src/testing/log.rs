@@ -40,6 +40,8 @@ struct LogState {
     commits: u64,
     /// Commits refused because a newer producer epoch fenced the sink.
     fenced: u64,
+    /// Restores still to stall half-way (a test's fault).
+    stalls: u32,
 }
 
 /// The shared log; cheap to clone.
@@ -102,6 +104,19 @@ impl MemoryLog {
     /// that `max.message.bytes` does.
     pub fn set_max_record_bytes(&self, topic: &str, bytes: usize) {
         self.state().max_bytes.insert(topic.to_string(), bytes);
+    }
+
+    /// Fault: the next `n` restores that have a tail apply half of it and then stall (a
+    /// broker gone, a transaction holding the end back), as `RestoreStalled`.
+    pub fn stall_restores(&self, n: u32) {
+        self.state().stalls = n;
+    }
+
+    fn take_stall(&self) -> bool {
+        let mut st = self.state();
+        let stall = st.stalls > 0;
+        st.stalls = st.stalls.saturating_sub(1);
+        stall
     }
 
     pub fn commits(&self) -> u64 {
@@ -330,7 +345,11 @@ impl ChangelogReader for MemoryChangelog {
     fn restore(&self, store: &RocksStore, changelog: &str, accept: &dyn Fn(Option<&[u8]>) -> bool, versions: bool) -> Result<u64, RuntimeError> {
         let tp = TopicPartition::new(changelog, store.partition());
         let from = store.checkpoint()?.map_or(0, |o| o + 1);
-        let tail: Vec<DriverRecord> = (from..self.log.end(&tp)).filter_map(|o| self.log.get(&tp, o)).collect();
+        let mut tail: Vec<DriverRecord> = (from..self.log.end(&tp)).filter_map(|o| self.log.get(&tp, o)).collect();
+        let stalled = !tail.is_empty() && self.log.take_stall();
+        if stalled {
+            tail.truncate(tail.len() / 2);
+        }
         if let Some(last) = tail.last() {
             let entries = tail
                 .iter()
@@ -341,6 +360,16 @@ impl ChangelogReader for MemoryChangelog {
             } else {
                 store.write(entries.map(|(k, v, _)| (k, v)), Some(last.offset))?;
             }
+        }
+        if stalled {
+            // What was read is applied and checkpointed, as the Kafka reader does.
+            return Err(RuntimeError::RestoreStalled {
+                topic: changelog.to_string(),
+                partition: store.partition(),
+                position: tail.last().map(|r| r.offset + 1),
+                end: self.log.end(&tp),
+                waited_s: 10,
+            });
         }
         Ok(tail.len() as u64)
     }

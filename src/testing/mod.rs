@@ -156,11 +156,26 @@ impl TopologyDriver {
             self.input.seek(tp, self.log.committed_offset(tp))?;
         }
         engine.on_assign(&self.input, &self.input.assigned().to_vec());
-        if let Some(e) = engine.failure.take() {
-            return Err(e);
-        }
+        let failure = engine.failure.take();
         self.engine = Some(engine);
+        // A transient failure (a stalled restore) is the caller's to retry (`retry`).
+        match failure {
+            Some(e) => Err(e),
+            None => self.pump(),
+        }
+    }
+
+    /// After a transient failure: what the poll loop does next, a resync (the open
+    /// transaction aborted, every task reopened from the last commit, restoring only its
+    /// tail), then processing of what is uncommitted.
+    pub fn retry(&mut self) -> Result<(), RuntimeError> {
+        self.step(|e, input| e.resync(input))?;
         self.pump()
+    }
+
+    /// Whether the engine's tasks are all restored and ready (`/ready`).
+    pub fn is_ready(&self) -> bool {
+        self.catalog.is_ready()
     }
 
     fn engine(&mut self) -> &mut Engine {
