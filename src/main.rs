@@ -199,13 +199,13 @@ fn stopped(e: &RuntimeError) {
 
 /// Log lines on stderr: text for people (the default), or with `MILLRACE_LOG_FORMAT=json`
 /// one JSON object a line for a log pipeline, the event's fields (store, partition, key,
-/// error, ...) at the top level and the processing thread's span beside them.
+/// error, ...) at the top level and its spans (processing thread, task) beside them.
 fn init_logging() -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG").unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match std::env::var("MILLRACE_LOG_FORMAT").as_deref() {
         Err(_) | Ok("text") => fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
-        Ok("json") => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+        Ok("json") => fmt.json().flatten_event(true).with_current_span(false).with_span_list(true).init(),
         Ok(other) => return Err(format!("MILLRACE_LOG_FORMAT={other:?}: expected text or json")),
     }
     Ok(())

@@ -651,6 +651,9 @@ impl Engine {
     }
 
     fn open_task(&mut self, tp: TopicPartition) -> Result<(), RuntimeError> {
+        // Every line of the task's opening (its restore, its event history) names the task:
+        // a field of JSON logs.
+        let _span = tracing::info_span!("task", task = %tp).entered();
         let route = self.settings.routes[&tp.topic].clone();
         let store = match &route.state {
             None => None,
