@@ -566,6 +566,7 @@ fn poll_loop(
         // After a transient failure the next step is a resync, not a poll.
         let mut resync = false;
         while !stop.load(Ordering::SeqCst) {
+            let mut poll_failed = false;
             let record = if resync {
                 None
             } else {
@@ -577,6 +578,7 @@ fn poll_loop(
                     Some(Ok(m)) => Some(in_record(&m)),
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "consumer error");
+                        poll_failed = true;
                         None
                     }
                     None => None,
@@ -587,7 +589,9 @@ fn poll_loop(
             // rejoin after an outage longer than the session timeout. The member is
             // replaced (tasks closed, a new consumer joins with the same instance id),
             // counted against the retry budget so a real twin cannot make it loop forever.
-            if let Some((code, reason)) = consumer.client().fatal_error() {
+            // Asked only off the hot path: after a poll that failed (a fatal error is
+            // reported by every poll) or before a resync (which does not poll).
+            if let Some((code, reason)) = (poll_failed || resync).then(|| consumer.client().fatal_error()).flatten() {
                 let e = RuntimeError::MemberLost { reason: format!("{code:?}: {reason}") };
                 let Some(pause) = retry.next(shared.lock().expect("engine lock").as_ref().map_or(0, Engine::commits)) else {
                     return Err(RuntimeError::RetriesExhausted { after_s: retry.limit.as_secs(), last: Box::new(e) });
