@@ -606,14 +606,14 @@ impl Engine {
     pub fn resync(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         self.catalog.set_ready(self.settings.thread, false);
         self.sync.clear();
-        if let Err(e) = self.sink.abort() {
+        let aborted = self.sink.abort();
+        self.close_all();
+        if let Err(e) = aborted {
             // A producer that cannot abort cannot be trusted with the next transaction; a
             // new one (init_transactions) aborts what the old one left open.
             tracing::warn!(error = %e, "abort failed; starting a new producer");
-            self.close_all();
             self.new_sink()?;
         }
-        self.close_all();
         self.reopen_assignment(input)
     }
 
