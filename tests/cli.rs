@@ -138,3 +138,21 @@ fn json_logs_are_one_object_a_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MILLRACE_LOG_FORMAT=\"xml\": expected text or json"));
 }
+
+/// HTTP security files that cannot be used stop the start with exit code 2, naming the
+/// file (and the line, for tokens), before any Kafka client is made.
+#[test]
+fn unusable_tokens_or_certificate_files_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/customers.yaml");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "read rrrrrrrrrrrrrrrr\nroot xxxxxxxxxxxxxxxx\n").unwrap();
+    let base = ["run", "--topology", topology, "--bootstrap-servers", "127.0.0.1:1", "--http", "127.0.0.1:0"];
+    let (code, err) = millrace(&[&base[..], &["--http-tokens", tokens.to_str().unwrap()]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("{}:2: unknown scope \"root\"", tokens.display())), "{err}");
+    let missing = dir.path().join("no-such.pem");
+    let (code, err) = millrace(&[&base[..], &["--http-tls-cert", missing.to_str().unwrap(), "--http-tls-key", missing.to_str().unwrap()]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+}

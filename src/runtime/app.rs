@@ -3,7 +3,8 @@
 //! broker address, the state directory, an HTTP listener and a shutdown signal.
 
 use super::catalog::{Catalog, StoreView};
-use super::engine::{Engine, EngineSettings, EventSource, Route, RouteStore};
+use super::engine::{Engine, EngineSettings};
+use super::route::{EventSource, Route, RouteStore};
 use super::kafka_ports::{KafkaChangelog, KafkaInput, RebalanceHandler};
 use super::ports::{ChangelogReader, Sink, SinkFactory};
 use super::registry::Registry;

@@ -5,7 +5,8 @@
 //! May use: runtime::ports, sink, kafka, restore.
 
 use super::partition_gauges;
-use super::engine::{Engine, EventSource};
+use super::engine::Engine;
+use super::route::EventSource;
 use super::ports::{ChangelogReader, Destination, GroupToken, Input, Sink};
 use super::RuntimeError;
 use crate::kafka::Clients;

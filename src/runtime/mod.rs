@@ -17,6 +17,7 @@ pub mod partition_gauges;
 pub(crate) mod ports;
 pub mod reader;
 mod restore;
+pub(crate) mod route;
 pub mod standby;
 mod sync;
 mod task;

@@ -14,7 +14,7 @@
 //!
 //! May use: record, store, sink (its error type).
 
-use super::engine::EventSource;
+use super::route::EventSource;
 use super::RuntimeError;
 use crate::record::{OutRecord, TopicPartition};
 use crate::sink::SinkError;

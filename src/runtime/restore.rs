@@ -100,7 +100,7 @@ pub fn restore(
 ///   the history): the whole topic is read for this task's aggregates.
 pub(crate) fn ensure_event_history(
     store: &RocksStore,
-    source: &super::engine::EventSource,
+    source: &super::route::EventSource,
     clients: &Clients,
     restored: u64,
 ) -> Result<(), RuntimeError> {

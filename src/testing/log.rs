@@ -14,7 +14,7 @@
 use super::DriverRecord;
 use crate::codec::murmur2::partition_for_key;
 use crate::record::{InRecord, OutRecord, TopicPartition};
-use crate::runtime::engine::EventSource;
+use crate::runtime::route::EventSource;
 use crate::runtime::ports::{ChangelogReader, Destination, GroupToken, Input, Sink};
 use crate::runtime::RuntimeError;
 use crate::sink::SinkError;
