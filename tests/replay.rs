@@ -1,4 +1,5 @@
-//! Replay equals live, on the real broker, for both join variants (issue 4's acceptance).
+//! Replay equals live, on the real broker, for both join variants, also when an instance
+//! dies or stalls mid-stream (issues 4 and 11).
 //!
 //! Live: the two shop applications (co-partitioned join, global-table join) run while three
 //! producers interleave customers (created, then moving house), products (some created
@@ -7,6 +8,11 @@
 //! offset 0, with every topic already full, so orders are readable before the products
 //! they wait for. Per key, the outputs must be the same records in the same order with the
 //! same values; and the two variants must ship the same enriched orders.
+//!
+//! With a fault, each live application runs as two instances, and the one that owns
+//! product partitions is SIGKILLed mid-stream and restarted (its partitions have no owner
+//! meanwhile), or SIGSTOPped for longer than the orders' wait. Event-time progress
+//! (`runtime::progress`) must keep every decision the same as the replay's.
 
 mod common;
 
@@ -210,18 +216,84 @@ fn assert_same(label: &str, live: &Outputs, replay: &Outputs) {
     assert!(diffs.is_empty(), "{label}: replay differs from live:\n{}", diffs.join("\n"));
 }
 
-#[test]
-fn replay_from_offset_zero_equals_live_for_both_join_variants() {
-    let run = unique("replay");
+/// What happens to the live run while the inputs are produced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    None,
+    /// The instance owning product partitions is SIGKILLed, and restarted 2 s later.
+    Kill,
+    /// It is SIGSTOPped for 3 s (twice the orders' wait, under the session timeout).
+    Stop,
+}
+
+/// The product partitions `instance` owns, as the cluster directory tells.
+fn product_partitions(i: &Instance, instance: &str) -> usize {
+    let (_, cluster) = i.get("/cluster");
+    cluster["stores"]["products"].as_array().map_or(0, |parts| {
+        parts.iter().filter(|p| p["owner"]["instance"] == instance).count()
+    })
+}
+
+/// Runs the live applications with `fault` and a replay of the same inputs; returns
+/// their outputs (live and replay, co-partitioned then global).
+fn live_and_replay(run: &str, fault: Fault) -> (Vec<Outputs>, Vec<Outputs>) {
     let inputs = Inputs {
         customers: format!("{run}-customers"),
         products: format!("{run}-product-commands"),
         orders: format!("{run}-order-commands"),
     };
     let live = [shop(&format!("{run}-live-copart"), false, &inputs), shop(&format!("{run}-live-global"), true, &inputs)];
-    let live_instances: Vec<Instance> = live.iter().map(|(s, _)| s.start()).collect();
+    let mut live_instances: Vec<Instance> = Vec::new();
+    let mut seconds: Vec<Instance> = Vec::new();
+    if fault == Fault::None {
+        live_instances = live.iter().map(|(s, _)| s.start()).collect();
+    } else {
+        // Two instances each, started together.
+        let mut spawned: Vec<(Instance, Instance)> = live.iter()
+            .map(|(s, _)| (Instance::spawn(s, "i0", &s.state_dir()), Instance::spawn(s, "i1", &s.dir.path().join("state-i1"))))
+            .collect();
+        for (a, b) in &mut spawned {
+            a.wait_ready();
+            b.wait_ready();
+        }
+        for (a, b) in spawned {
+            live_instances.push(a);
+            seconds.push(b);
+        }
+        // Both members have their partitions before the first input.
+        for (i, (s, _)) in live_instances.iter().zip(&live) {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while product_partitions(i, "i1") == 0 || product_partitions(i, "i0") == 0 {
+                assert!(Instant::now() < deadline, "{}: the two instances never shared the product partitions", s.app);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
     let started = Instant::now();
-    produce(&inputs);
+    let producing = {
+        let inputs = Inputs { customers: inputs.customers.clone(), products: inputs.products.clone(), orders: inputs.orders.clone() };
+        std::thread::spawn(move || produce(&inputs))
+    };
+    if fault != Fault::None {
+        // In the middle of the product creations (they run for about 3 s).
+        std::thread::sleep(Duration::from_millis(1_200));
+        match fault {
+            Fault::Kill => {
+                for i in &seconds {
+                    i.kill9_ref();
+                }
+                std::thread::sleep(Duration::from_secs(2));
+                seconds = live.iter().map(|(s, _)| s.start_instance("i1")).collect();
+            }
+            Fault::Stop => {
+                signal(&seconds, libc::SIGSTOP);
+                std::thread::sleep(Duration::from_secs(3));
+                signal(&seconds, libc::SIGCONT);
+            }
+            Fault::None => unreachable!(),
+        }
+    }
+    producing.join().unwrap();
     let live_out: Vec<Outputs> = live.iter().map(|(s, _)| outputs(&s.app, 45)).collect();
     eprintln!("live runs done in {:?}", started.elapsed());
     for (i, o) in live_instances.iter().zip(&live_out) {
@@ -230,7 +302,7 @@ fn replay_from_offset_zero_equals_live_for_both_join_variants() {
             eprintln!("{}", i.log_text().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(20).collect::<Vec<_>>().join("\n"));
         }
     }
-    for i in live_instances {
+    for i in live_instances.into_iter().chain(seconds) {
         assert!(i.terminate().success());
     }
 
@@ -267,9 +339,35 @@ fn replay_from_offset_zero_equals_live_for_both_join_variants() {
     for i in replay_instances {
         assert!(i.terminate().success());
     }
+    (live_out, replay_out)
+}
 
-    assert_same("co-partitioned join", &live_out[0], &replay_out[0]);
-    assert_same("global-table join", &live_out[1], &replay_out[1]);
+fn signal(instances: &[Instance], sig: libc::c_int) {
+    for i in instances {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(i.child.id() as libc::pid_t, sig) };
+    }
+}
+
+fn assert_replay_equals_live(fault: Fault) {
+    let (live_out, replay_out) = live_and_replay(&unique(&format!("replay-{fault:?}").to_lowercase()), fault);
+    assert_same(&format!("co-partitioned join, fault {fault:?}"), &live_out[0], &replay_out[0]);
+    assert_same(&format!("global-table join, fault {fault:?}"), &live_out[1], &replay_out[1]);
     let diffs = differences("shipment", &live_out[0].shipments, &live_out[1].shipments);
     assert!(diffs.is_empty(), "the two variants ship differently:\n{}", diffs.join("\n"));
+}
+
+#[test]
+fn replay_from_offset_zero_equals_live_for_both_join_variants() {
+    assert_replay_equals_live(Fault::None);
+}
+
+#[test]
+fn replay_equals_live_when_the_owner_of_product_partitions_is_killed_mid_stream() {
+    assert_replay_equals_live(Fault::Kill);
+}
+
+#[test]
+fn replay_equals_live_when_the_owner_of_product_partitions_stalls_past_the_deadline() {
+    assert_replay_equals_live(Fault::Stop);
 }

@@ -13,7 +13,6 @@ use millrace::topology;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 fn shop() -> TopologyDriver {
     let t = topology::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/shop.yaml"))).unwrap();
@@ -85,8 +84,8 @@ fn an_order_whose_products_never_come_is_rejected_with_the_reason_after_its_dead
     assert_eq!(order_events(&d, "o9"), ["OrderPlaced", "OrderRejected"]);
 }
 
-/// A table whose one key appears at a given event time.
-struct AppearsAt(i64);
+/// A table whose one key appears at a given event time, final through the second.
+struct AppearsAt(i64, i64);
 
 impl Lookup for AppearsAt {
     fn lookup(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -98,10 +97,19 @@ impl Lookup for AppearsAt {
     fn exists_since(&self, _key: &[u8], ts: i64) -> Result<Option<i64>, StoreError> {
         Ok((ts >= self.0).then_some(self.0))
     }
+    fn final_through(&self) -> i64 {
+        self.1
+    }
 }
 
 /// Runs one PlaceOrder at event time 1000 (deadline 6000), then looks again at `clock`.
 fn decide_with_product_at(product_time: i64, clock: i64) -> (Vec<OutRecord>, Value) {
+    decide_with(AppearsAt(product_time, i64::MAX), clock)
+}
+
+/// As `decide_with_product_at`, against any table.
+fn decide_with(table: AppearsAt, clock: i64) -> (Vec<OutRecord>, Value) {
+    let product_time = table.0;
     let dir = tempfile::tempdir().unwrap();
     let rocks = Arc::new(RocksStore::open(dir.path(), "orders", 0, &StoreResources::new(&Default::default()), None).unwrap());
     let mut store = ChangeloggedStore::new(rocks, "x-orders-changelog");
@@ -118,9 +126,8 @@ fn decide_with_product_at(product_time: i64, clock: i64) -> (Vec<OutRecord>, Val
         event_history: false,
         awaits: Some(AwaitSettings {
             table_name: "catalog".into(),
-            table: Arc::new(AppearsAt(product_time)),
+            table: Arc::new(AppearsAt(product_time, table.1)),
             timeout_ms: 5_000,
-            quiet: Duration::ZERO,
         }),
     };
     let mut p = AggregateProcessor::<OrderAggregate>::new(settings);
@@ -164,4 +171,21 @@ fn a_wait_is_decided_as_of_its_deadline_whenever_it_is_looked_at() {
     // Before the deadline and not there yet: nothing decided.
     let (events, _) = decide_with_product_at(5_500, 5_000);
     assert_eq!(events.len(), 1, "only OrderPlaced");
+}
+
+#[test]
+fn a_wait_is_decided_only_with_what_the_table_is_final_for() {
+    // Nothing yet at the deadline (6000), and the table is final only through 5999: a
+    // product of 6000 may still come (its writer is behind, or has no owner). It waits,
+    // however late the clock.
+    let (events, _) = decide_with(AppearsAt(7_000, 5_999), 60_000);
+    assert_eq!(events.len(), 1, "only OrderPlaced: not rejected before the table is final through the deadline");
+    let (_, last) = decide_with(AppearsAt(7_000, 6_000), 60_000);
+    assert_eq!(last["type"], "OrderRejected");
+    // The product is there at 5500, but the table is final only through 5400: a delete
+    // before 5500 could still come, so nothing is decided yet; once final, confirmed at 5500.
+    let (events, _) = decide_with(AppearsAt(5_500, 5_400), 60_000);
+    assert_eq!(events.len(), 1);
+    let (events, last) = decide_with(AppearsAt(5_500, 5_500), 60_000);
+    assert_eq!((last["type"].as_str(), events.last().unwrap().timestamp), (Some("OrderConfirmed"), Some(5_500)));
 }

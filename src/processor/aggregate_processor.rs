@@ -18,7 +18,6 @@ use crate::record::{header, Headers, InRecord, OutRecord};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The index an aggregate store keeps over the aggregates that wait (value `yes`), so the
 /// pending set is found without scanning the store.
@@ -49,9 +48,6 @@ pub struct AwaitSettings {
     pub table: Arc<dyn Lookup>,
     /// Event time from the start of a wait to its deadline.
     pub timeout_ms: i64,
-    /// A wait times out only once the table has reached the deadline: each partition
-    /// past it, or at its end for this long (nothing more is coming).
-    pub quiet: Duration,
 }
 
 impl std::fmt::Debug for AwaitSettings {
@@ -453,18 +449,20 @@ impl<A: Aggregate> AggregateProcessor<A> {
         Ok(self.pending.as_mut().expect("loaded above"))
     }
 
-    /// Checks every waiting aggregate at time `clock` (event time, or the wall clock):
-    /// all keys there as of min(clock, deadline) → `ready`; deadline passed and the table
-    /// has reached it → `expired`; otherwise it keeps waiting.
+    /// Checks every waiting aggregate at time `clock` (event time, or the wall clock),
+    /// against the table as of min(clock, deadline, the time the table is final through):
+    /// all keys there → `ready`; that time is the deadline and a key is missing →
+    /// `expired`; otherwise it keeps waiting. Only final data decides, so a replay, which
+    /// finds the table further ahead, decides the same.
     fn check_waits(&mut self, ctx: &mut Context<'_>, clock: i64) -> Result<(), ProcessError> {
         let Some(aw) = self.settings.awaits.clone() else { return Ok(()) };
         let due: Vec<(String, i64)> = self.pending(ctx)?.iter().map(|(k, d)| (k.clone(), *d)).collect();
         if due.is_empty() {
             return Ok(());
         }
-        // No waiting for the table here: a lagging table only delays a decision (ready
-        // needs the keys found, expired needs the table to have reached the deadline),
-        // it never changes one, so the partition keeps moving meanwhile.
+        // No waiting for the table here: a lagging table only delays a decision, it never
+        // changes one, so the partition keeps moving meanwhile.
+        let final_through = aw.table.final_through();
         for (id, deadline) in due {
             let Some(snap) = self.load_readable(ctx, &id)? else {
                 self.pending.as_mut().expect("loaded").remove(&id);
@@ -474,8 +472,11 @@ impl<A: Aggregate> AggregateProcessor<A> {
                 self.pending.as_mut().expect("loaded").remove(&id);
                 continue;
             };
-            let as_of = clock.min(deadline);
+            let as_of = clock.min(deadline).min(final_through);
             let start = deadline.saturating_sub(aw.timeout_ms);
+            if as_of < start {
+                continue; // the table is not final through the wait's start yet
+            }
             let (mut missing, mut satisfied_at) = (Vec::new(), start);
             for k in &wait.keys {
                 match aw.table.exists_since(k.as_bytes(), as_of)? {
@@ -488,7 +489,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
             // everything downstream that reads by time then sees the same as in a replay.
             let (body, at, tag) = if missing.is_empty() {
                 (wait.ready, satisfied_at, "ready")
-            } else if clock >= deadline && aw.table.reached(deadline, aw.quiet) {
+            } else if as_of == deadline {
                 let reason = format!(
                     "waited {} ms for {:?} in table {}; not there by then",
                     aw.timeout_ms, missing, aw.table_name

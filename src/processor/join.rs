@@ -24,15 +24,12 @@ pub trait Lookup: Send + Sync {
         Ok(self.lookup_as_of(key, ts)?.map(|_| i64::MIN))
     }
 
-    /// Has the table applied everything up to event time `ts`? Each of its partitions is
-    /// either past `ts`, or has been at its end for at least `quiet`.
-    fn reached(&self, _ts: i64, _quiet: std::time::Duration) -> bool {
-        true
+    /// Through which event time the table is final: every record of that time or before
+    /// is applied and none is still to come (`runtime::progress`). A lookup as of a time
+    /// up to this answers what a replay will answer.
+    fn final_through(&self) -> i64 {
+        i64::MAX
     }
-
-    /// Waits, at most `max`, until the table has applied its records up to event time
-    /// `ts` (or has nothing more to read), so a lookup sees what existed at that time.
-    fn wait_for(&self, _ts: i64, _max: std::time::Duration) {}
 }
 
 /// Where a join finds its table.
@@ -40,9 +37,9 @@ pub trait Lookup: Send + Sync {
 pub enum TableSource {
     /// A co-partitioned table: the peer store of the same partition, by store name.
     Peer(String),
-    /// A global table, with the stream field that holds the join key, and how long a
-    /// lookup may wait for the table to reach the record's time.
-    Global { table: Arc<dyn Lookup>, key_field: String, max_wait: std::time::Duration },
+    /// A global table, with the stream field that holds the join key. The engine holds a
+    /// stream record back until the table is final through its time (`InputSync`).
+    Global { table: Arc<dyn Lookup>, key_field: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -88,10 +85,7 @@ impl Processor for JoinProcessor {
                 };
                 (key.to_vec(), found)
             }
-            TableSource::Global { table, key_field, max_wait } => {
-                if let (Some(ts), false) = (record.timestamp, max_wait.is_zero()) {
-                    table.wait_for(ts, *max_wait);
-                }
+            TableSource::Global { table, key_field } => {
                 let Some(k) = field_key(&stream, key_field) else {
                     let reason = format!("field {key_field:?} is missing or not a string or number");
                     ctx.out.send(dead_letter(record, &reason, &self.dead_letter_topic));

@@ -18,7 +18,7 @@ use super::global::GlobalTable;
 use crate::store::Indexer;
 use crate::record::{Headers, InRecord};
 use crate::store::StoreResources;
-use crate::topology::{JoinTable, TableNode, Topology};
+use crate::topology::{JoinTable, Topology};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers as _};
@@ -52,6 +52,8 @@ pub struct App {
     routes: BTreeMap<String, Route>,
     catalog: Arc<Catalog>,
     globals: BTreeMap<String, Arc<GlobalTable>>,
+    /// The writers' event-time claims, read by the global tables of aggregates' events.
+    board: Arc<super::progress::ProgressBoard>,
     /// Each aggregate node's command check, for the gateway.
     checks: BTreeMap<String, super::registry::CommandCheck>,
 }
@@ -63,8 +65,23 @@ impl App {
         let catalog = Catalog::new();
         let mut globals = BTreeMap::new();
         let mut checks = BTreeMap::new();
+        let board = super::progress::ProgressBoard::new();
+        let writers = topology.progress_writers();
+        let lateness = topology.processing.max_task_idle_ms;
         for (node, g) in &topology.global_tables {
-            global(&mut globals, &catalog, node, g);
+            globals.entry(node.clone()).or_insert_with(|| {
+                catalog.define(&g.store.name, StoreView {
+                    partitions: g.topic.partitions,
+                    renderer: Arc::new(TableRenderer { format: g.topic.codec }),
+                    indexes: Vec::new(),
+                    global: true,
+                });
+                let table = GlobalTable::new(node, &g.topic.name, &g.store.name, g.topic.partitions, g.store.spec.history_ms).with_lateness(lateness);
+                Arc::new(match writers.get(&g.topic.name) {
+                    Some(a) => table.written_by(board.clone(), &a.commands.name, a.commands.partitions),
+                    None => table,
+                })
+            });
         }
         for (node, a) in &topology.aggregates {
             let registered = registry.get(&a.aggregate).ok_or_else(|| RuntimeError::UnknownAggregate {
@@ -90,9 +107,8 @@ impl App {
                 event_history: a.event_history,
                 awaits: a.awaits.as_ref().map(|aw| AwaitSettings {
                     table_name: aw.table.clone(),
-                    table: global(&mut globals, &catalog, &aw.table, &aw.global) as Arc<dyn Lookup>,
+                    table: globals[&aw.table].clone() as Arc<dyn Lookup>,
                     timeout_ms: aw.timeout_ms as i64,
-                    quiet: Duration::from_millis(aw.quiet_ms),
                 }),
             };
             if !registered.supports_protobuf {
@@ -179,12 +195,8 @@ impl App {
         }
         for j in topology.joins.values() {
             let (source, peers) = match &j.table {
-                JoinTable::Global { node, global: g, key_field } => (
-                    TableSource::Global {
-                        table: global(&mut globals, &catalog, node, g) as Arc<dyn Lookup>,
-                        key_field: key_field.clone(),
-                        max_wait: Duration::from_millis(topology.processing.max_task_idle_ms),
-                    },
+                JoinTable::Global { node, key_field, .. } => (
+                    TableSource::Global { table: globals[node].clone() as Arc<dyn Lookup>, key_field: key_field.clone() },
                     vec![],
                 ),
                 JoinTable::Table { store, .. } => (TableSource::Peer(store.clone()), vec![store.clone()]),
@@ -203,7 +215,7 @@ impl App {
                 peers,
             });
         }
-        Ok(Self { topology, config, routes, catalog, globals, checks })
+        Ok(Self { topology, config, routes, catalog, globals, board, checks })
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -225,6 +237,27 @@ impl App {
                 JoinTable::Global { .. } => None,
             })
             .collect()
+    }
+
+    /// Stream topics of joins with a global table, with the table.
+    fn gates(&self) -> std::collections::HashMap<String, Arc<dyn Lookup>> {
+        self.topology
+            .joins
+            .values()
+            .filter_map(|j| match &j.table {
+                JoinTable::Global { node, .. } => Some((j.stream_topic.clone(), self.globals[node].clone() as Arc<dyn Lookup>)),
+                JoinTable::Table { .. } => None,
+            })
+            .collect()
+    }
+
+    /// What this application's tasks publish of their event-time progress.
+    fn progress_settings(&self) -> Option<super::progress::ProgressSettings> {
+        let writers = self.topology.progress_writers();
+        (!writers.is_empty()).then(|| super::progress::ProgressSettings {
+            topic: self.topology.progress_topic(),
+            writers: writers.values().map(|a| (a.commands.name.clone(), (a.events.name.clone(), a.events.partitions))).collect(),
+        })
     }
 
     /// The global tables, by node name.
@@ -264,7 +297,10 @@ impl App {
             thread,
             sync_groups: self.sync_groups(),
             max_task_idle: Duration::from_millis(self.topology.processing.max_task_idle_ms),
-            globals: self.globals.values().cloned().collect(),
+            gates: self.gates(),
+            progress: self.progress_settings(),
+            clock: wall_clock_ms,
+            end_check: (Duration::from_millis(self.topology.processing.commit_interval_ms) / 2).max(Duration::from_millis(10)),
             standbys,
             task_timeout: Duration::from_millis(self.topology.processing.task_timeout_ms),
         }
@@ -305,6 +341,9 @@ impl App {
         let resources = StoreResources::new(&self.topology.rocksdb);
         // Global tables load to their end before any input is processed, then follow.
         let mut followers = Vec::new();
+        if !self.topology.progress_writers().is_empty() {
+            followers.push(self.board.clone().follow(self.config.kafka.clone(), self.topology.progress_topic(), stop.clone()));
+        }
         for g in self.globals.values() {
             let (g, dir, partitions, res, clients) = (
                 g.clone(),
@@ -758,19 +797,9 @@ fn in_record(m: &BorrowedMessage<'_>) -> InRecord {
 
 /// The global table node `node`, made and given a catalog view the first time a node
 /// refers to it: aggregates and joins hold the resolved table, so none can miss it.
-fn global(globals: &mut BTreeMap<String, Arc<GlobalTable>>, catalog: &Catalog, node: &str, t: &TableNode) -> Arc<GlobalTable> {
-    globals
-        .entry(node.to_string())
-        .or_insert_with(|| {
-            catalog.define(&t.store.name, StoreView {
-                partitions: t.topic.partitions,
-                renderer: Arc::new(TableRenderer { format: t.topic.codec }),
-                indexes: Vec::new(),
-                global: true,
-            });
-            Arc::new(GlobalTable::new(node, &t.topic.name, &t.store.name, t.topic.partitions, t.store.spec.history_ms))
-        })
-        .clone()
+/// Wall-clock milliseconds since the epoch.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The address other instances use when none is configured: the listen address, with

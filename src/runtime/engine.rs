@@ -13,6 +13,7 @@
 //!   before the partitions go.
 
 use super::partition_gauges;
+use super::progress::{self, InputClock, ProgressRecord, ProgressSettings};
 use super::catalog::Catalog;
 use super::route::{events_offsets, open_store, peer_stores, Route};
 use super::sync::InputSync;
@@ -24,7 +25,7 @@ use crate::record::{InRecord, OutRecord, TopicPartition};
 use super::ports::{ChangelogReader, Destination, Input, Sink, SinkFactory};
 use crate::sink::SinkError;
 use crate::store::StoreResources;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,9 +43,19 @@ pub(crate) struct EngineSettings {
     pub thread: usize,
     /// Topics read in time order against each other, per partition (a join's table and stream).
     pub sync_groups: Vec<Vec<String>>,
+    /// How late a record may reach the broker after its time (`max_task_idle_ms`); also how
+    /// long a join's table input waits for an empty stream.
     pub max_task_idle: Duration,
-    /// The instance's global tables: their quiet time restarts when tasks are assigned.
-    pub globals: Vec<Arc<super::global::GlobalTable>>,
+    /// Stream topics of joins with a global table, with the table: their records wait
+    /// until it is final through their time.
+    pub gates: HashMap<String, Arc<dyn crate::processor::Lookup>>,
+    /// Event-time progress this engine's tasks publish (`runtime::progress`), if any.
+    pub progress: Option<ProgressSettings>,
+    /// Wall-clock milliseconds. The broker-free driver's stands far ahead: whatever it has
+    /// read to the end of, nothing older is still coming.
+    pub clock: fn() -> i64,
+    /// How often inputs whose event time matters are checked against their end offsets.
+    pub end_check: Duration,
     /// Standby copies this instance keeps; a task taking one over asks for it first.
     pub standbys: Option<Arc<super::standby::Standbys>>,
     /// How long a transient failure may go on before the processing thread gives up.
@@ -101,6 +112,21 @@ pub(crate) struct Engine {
     poisoned: HashMap<(TopicPartition, i64), (String, u32)>,
     /// Transactions committed so far: progress, for the poll loop's retry budget.
     commits: u64,
+    /// Event time of the inputs it matters for: those whose tasks publish progress, and
+    /// co-partitioned tables' inputs (a join's stream waits on them).
+    clocks: HashMap<TopicPartition, InputClock>,
+    /// Topics whose partitions get a clock.
+    clocked: HashSet<String>,
+    /// Highest offset written per output partition that progress claims cover: what this
+    /// engine wrote, and what was there when a task that publishes opened.
+    written: HashMap<TopicPartition, i64>,
+    /// Tasks that publish progress and have not learned their output's end offsets yet.
+    unseeded: HashSet<TopicPartition>,
+    /// The next offset of each clocked input as the engine knows it: where it was assigned
+    /// or rewound to, and past every record polled. The consumer knows its position only
+    /// once it has fetched something; None: nothing committed, the first offset is asked.
+    next_of: HashMap<TopicPartition, Option<i64>>,
+    ends_checked: Instant,
 }
 
 impl Engine {
@@ -114,7 +140,10 @@ impl Engine {
         reader: Arc<dyn ChangelogReader>,
     ) -> Result<Self, RuntimeError> {
         let sink = new_sink()?;
-        let sync = InputSync::new(settings.sync_groups.clone(), settings.max_task_idle);
+        let sync = InputSync::new(settings.sync_groups.clone(), settings.gates.clone(), settings.max_task_idle);
+        let clocked = settings.sync_groups.iter().filter_map(|g| g.first().cloned())
+            .chain(settings.progress.iter().flat_map(|p| p.writers.keys().cloned()))
+            .collect();
         Ok(Self {
             settings,
             sink,
@@ -135,6 +164,12 @@ impl Engine {
             failure: None,
             poisoned: HashMap::new(),
             commits: 0,
+            clocks: HashMap::new(),
+            clocked,
+            written: HashMap::new(),
+            unseeded: HashSet::new(),
+            next_of: HashMap::new(),
+            ends_checked: Instant::now(),
         })
     }
 
@@ -189,13 +224,22 @@ impl Engine {
     pub fn process(
         &mut self,
         input: &dyn Input,
-        record: InRecord,
+        mut record: InRecord,
     ) -> Result<(), RuntimeError> {
         let tp = TopicPartition::new(record.topic.as_str(), record.partition);
         let Some(task) = self.tasks.get_mut(&tp) else {
             // A record fetched before its partition was revoked: its new owner handles it.
             return Ok(());
         };
+        // Event time never goes back within an input whose time matters: a record older
+        // than one before it counts at the running maximum.
+        if let (Some(clock), Some(ts)) = (self.clocks.get(&tp), record.timestamp) {
+            let at = clock.effective(ts);
+            if at != ts {
+                metrics::counter!("millrace_out_of_order_records_total", "topic" => tp.topic.clone()).increment(1);
+                record.timestamp = Some(at);
+            }
+        }
         if !self.sink.is_open() {
             if let Err(e) = self.sink.begin() {
                 return self.recover(input, e);
@@ -239,6 +283,9 @@ impl Engine {
                 }
                 _ => Err(e.into()),
             };
+        }
+        if let (Some(clock), Some(ts)) = (self.clocks.get_mut(&tp), record.timestamp) {
+            clock.processed(ts);
         }
         if let Some(done) = self.sent_or_recovered(input, &tp.topic) {
             return done;
@@ -303,7 +350,139 @@ impl Engine {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        self.punctuate_at(input, now_ms)
+        self.punctuate_at(input, now_ms)?;
+        self.open_for_progress(input)
+    }
+
+    /// An input read to its end moves on in event time with the clock: when a claim has
+    /// moved a commit interval past the last one published, a transaction opens to carry
+    /// it (tables that wait on it learn that nothing older is coming).
+    fn open_for_progress(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
+        if self.settings.progress.is_none() || self.sink.is_open() {
+            return Ok(());
+        }
+        self.check_ends(input);
+        let step = self.settings.commit_interval.as_millis() as i64;
+        let due = self.publishers().any(|(_, c)| c.final_through() > c.published().saturating_add(step));
+        if due {
+            if let Err(e) = self.sink.begin() {
+                return self.recover(input, e);
+            }
+            self.txn_started = Instant::now();
+            self.txn_records = 0;
+        }
+        Ok(())
+    }
+
+    /// The clocks of tasks that publish progress.
+    fn publishers(&self) -> impl Iterator<Item = (&TopicPartition, &InputClock)> {
+        let writers = self.settings.progress.as_ref().map(|p| &p.writers);
+        self.clocks.iter().filter(move |(tp, _)| writers.is_some_and(|w| w.contains_key(&tp.topic)))
+    }
+
+    /// Where the clocked inputs of a new assignment start: their committed offsets.
+    fn assigned_at(&mut self, committed: &[(TopicPartition, Option<i64>)]) {
+        for (tp, offset) in committed.iter().filter(|(tp, _)| self.clocked.contains(&tp.topic)) {
+            self.next_of.insert(tp.clone(), *offset);
+        }
+    }
+
+    /// Asks the broker for the end offsets of the clocked inputs with nothing waiting here,
+    /// at most every `end_check`: one read to its end is final through the time asked,
+    /// minus `max_task_idle`.
+    fn check_ends(&mut self, input: &dyn Input) {
+        if self.clocks.is_empty() || self.ends_checked.elapsed() < self.settings.end_check {
+            return;
+        }
+        self.ends_checked = Instant::now();
+        let candidates: Vec<TopicPartition> = self.clocks.keys().filter(|tp| !self.sync.holds(tp)).cloned().collect();
+        if candidates.is_empty() {
+            return;
+        }
+        // The time is taken before asking: whatever the broker had then is below its answer.
+        let asked = (self.settings.clock)();
+        let ends = match input.end_offsets(&candidates) {
+            Ok(ends) => ends,
+            Err(e) => {
+                tracing::debug!(error = %e, "end offsets unknown; event time waits");
+                return;
+            }
+        };
+        // Nothing committed and nothing polled yet: the input starts at its first offset.
+        let unknown: Vec<TopicPartition> = candidates.iter().filter(|tp| matches!(self.next_of.get(*tp), Some(None))).cloned().collect();
+        if !unknown.is_empty() {
+            if let Ok(starts) = input.start_offsets(&unknown) {
+                for (tp, o) in starts {
+                    if let Some(next @ None) = self.next_of.get_mut(&tp) {
+                        *next = Some(o);
+                    }
+                }
+            }
+        }
+        let positions = input.positions();
+        tracing::trace!(?ends, ?positions, next_of = ?self.next_of, "end offsets of clocked inputs");
+        let lateness = self.settings.max_task_idle.as_millis() as i64;
+        for (tp, end) in ends {
+            let known = self.next_of.get(&tp).copied().flatten();
+            let at = match (known, positions.get(&tp)) {
+                (Some(a), Some(b)) => a.max(*b),
+                (a, b) => a.or(b.copied()).unwrap_or(i64::MIN),
+            };
+            if let Some(clock) = self.clocks.get_mut(&tp) {
+                if at >= end {
+                    clock.caught_up(asked, lateness);
+                }
+            }
+        }
+    }
+
+    /// Sends, into the open transaction, a progress record for each task whose claim moved
+    /// since the last commit: how far it is final, and which offsets hold what it covers.
+    fn publish_progress(&mut self, input: &dyn Input) -> Result<(), SinkError> {
+        let Some(settings) = self.settings.progress.clone() else { return Ok(()) };
+        let due: Vec<(TopicPartition, i64)> =
+            self.publishers().filter(|(_, c)| c.final_through() > c.published()).map(|(tp, c)| (tp.clone(), c.final_through())).collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        // What earlier owners wrote: the committed end of every output partition.
+        let unseeded: Vec<TopicPartition> = self.unseeded.iter().cloned().collect();
+        for tp in unseeded {
+            let (out, partitions) = &settings.writers[&tp.topic];
+            let outputs: Vec<TopicPartition> = (0..*partitions).map(|p| TopicPartition::new(out.as_str(), p)).collect();
+            match input.end_offsets(&outputs) {
+                Ok(ends) if ends.len() == outputs.len() => {
+                    for (o, end) in ends {
+                        let w = self.written.entry(o).or_insert(-1);
+                        *w = (*w).max(end - 1);
+                    }
+                    self.unseeded.remove(&tp);
+                }
+                Ok(_) | Err(_) => tracing::debug!(task = %tp, "end offsets of its output unknown; its progress waits"),
+            }
+        }
+        for (tp, o) in self.sink.settle()? {
+            if settings.writers.values().any(|(out, _)| *out == tp.topic) {
+                let w = self.written.entry(tp).or_insert(-1);
+                *w = (*w).max(o);
+            }
+        }
+        let now_ms = (self.settings.clock)();
+        self.sink.set_origin(None);
+        for (tp, final_through) in due.into_iter().filter(|(tp, _)| !self.unseeded.contains(tp)) {
+            let out = &settings.writers[&tp.topic].0;
+            let written = self.written.iter().filter(|(w, _)| w.topic == *out).map(|(w, o)| (w.partition, *o)).collect();
+            let claim = ProgressRecord { final_through, written: BTreeMap::from([(out.clone(), written)]) };
+            self.sink.send(&OutRecord {
+                topic: settings.topic.clone(),
+                partition: Some(0),
+                key: Some(progress::key(&tp.topic, tp.partition).into_bytes()),
+                value: Some(serde_json::to_vec(&claim).expect("a progress record serializes")),
+                headers: Default::default(),
+                timestamp: Some(now_ms),
+            })?;
+        }
+        Ok(())
     }
 
     /// Punctuates every task at `now_ms` (the driver's clock, or the wall clock).
@@ -389,6 +568,12 @@ impl Engine {
         if !self.sink.is_open() {
             return Ok(());
         }
+        if self.settings.progress.is_some() {
+            self.check_ends(input);
+            if let Err(e) = self.publish_progress(input) {
+                return self.recover(input, e);
+            }
+        }
         let offsets: Vec<(TopicPartition, i64)> =
             self.tasks.iter().filter_map(|(tp, task)| Some((tp.clone(), task.offset_to_commit()?))).collect();
         let group = input.group();
@@ -400,6 +585,9 @@ impl Engine {
         match self.sink.commit(&offsets, group.as_ref()) {
             Ok(delivered) => {
                 self.commits += 1;
+                for clock in self.clocks.values_mut() {
+                    clock.committed();
+                }
                 // Committed in Kafka, not yet in RocksDB: the store must catch up from the
                 // changelog tail on restart.
                 #[cfg(feature = "test-util")]
@@ -474,6 +662,9 @@ impl Engine {
         // aborted transaction processed, or else the first one still buffered.
         let mut targets = self.sync.first_offsets();
         self.sync.clear();
+        for clock in self.clocks.values_mut() {
+            clock.aborted();
+        }
         for (tp, task) in self.tasks.iter_mut() {
             if let Some(o) = task.aborted() {
                 targets.insert(tp.clone(), o);
@@ -481,12 +672,20 @@ impl Engine {
         }
         for (tp, o) in targets.into_iter().filter(|(tp, _)| self.tasks.contains_key(tp)) {
             input.seek(&tp, Some(o))?;
+            if let Some(next) = self.next_of.get_mut(&tp) {
+                *next = Some(o);
+            }
         }
         Ok(())
     }
 
     /// Takes a polled record; `drain` decides when it is processed.
     pub fn buffer(&mut self, record: InRecord) {
+        if !self.clocks.is_empty() {
+            if let Some(next) = self.next_of.get_mut(&TopicPartition::new(record.topic.as_str(), record.partition)) {
+                *next = Some(next.map_or(record.offset + 1, |n| n.max(record.offset + 1)));
+            }
+        }
         self.sync.push(record);
     }
 
@@ -497,10 +696,15 @@ impl Engine {
 
     /// As `drain`, with `now` deciding how long an empty join input has been waited for.
     pub fn drain_at(&mut self, input: &dyn Input, now: Instant) -> Result<(), RuntimeError> {
-        while let Some(r) = self.sync.next(now) {
+        self.check_ends(input);
+        loop {
+            let next = {
+                let clocks = &self.clocks;
+                self.sync.next(now, &|tp| clocks.get(tp).map_or(i64::MIN, InputClock::final_through))
+            };
+            let Some(r) = next else { return Ok(()) };
             self.process(input, r)?;
         }
-        Ok(())
     }
 
     /// Fenced: another instance owns our partitions. Drop every task without retrying its
@@ -543,6 +747,7 @@ impl Engine {
         for (tp, offset) in &committed {
             input.seek(tp, *offset)?;
         }
+        self.assigned_at(&committed);
         let partitions: Vec<TopicPartition> = committed.into_iter().map(|(tp, _)| tp).collect();
         self.open_tasks(&partitions)
     }
@@ -550,11 +755,6 @@ impl Engine {
     /// Creates and restores a task for every assigned input partition.
     fn open_tasks(&mut self, partitions: &[TopicPartition]) -> Result<(), RuntimeError> {
         self.catalog.set_ready(self.settings.thread, false);
-        // A table at its end while nobody processed (the group forming, a rebalance) says
-        // nothing about whether its writers are done: count quiet time from now.
-        for g in &self.settings.globals {
-            g.restart_quiet();
-        }
         for tp in partitions {
             if self.settings.routes.contains_key(&tp.topic) && !self.tasks.contains_key(tp) {
                 self.open_task(tp.clone())?;
@@ -586,6 +786,12 @@ impl Engine {
                 Some(st.wrap(rocks, &tp.topic))
             }
         };
+        if self.clocked.contains(&tp.topic) {
+            self.clocks.insert(tp.clone(), InputClock::default());
+            if self.settings.progress.as_ref().is_some_and(|p| p.writers.contains_key(&tp.topic)) {
+                self.unseeded.insert(tp.clone());
+            }
+        }
         let mut task = Task::new(tp.clone(), (route.processor)(), store);
         // Restore ran above, before the task exists to take input.
         task.transition(TaskState::Restoring);
@@ -595,7 +801,10 @@ impl Engine {
     }
 
     /// The task of `tp` closes: its store leaves the catalog and its gauges leave /metrics.
-    fn detach(&self, tp: &TopicPartition) {
+    fn detach(&mut self, tp: &TopicPartition) {
+        self.clocks.remove(tp);
+        self.next_of.remove(tp);
+        self.unseeded.remove(tp);
         partition_gauges::remove(&[partition_gauges::CONSUMER_LAG], &tp.topic, tp.partition);
         if let Some(st) = self.settings.routes.get(&tp.topic).and_then(|r| r.state.as_ref()) {
             self.catalog.detach(&st.name, tp.partition);
@@ -607,11 +816,17 @@ impl Engine {
     }
 
     fn reopen(&mut self, tp: &TopicPartition) -> Result<(), RuntimeError> {
+        // The input stays where it is: only the task and its store start again.
+        let next = self.next_of.get(tp).copied();
         if let Some(mut t) = self.tasks.remove(tp) {
             self.detach(tp);
             t.close();
         }
-        self.open_task(tp.clone())
+        self.open_task(tp.clone())?;
+        if let Some(next) = next {
+            self.next_of.insert(tp.clone(), next);
+        }
+        Ok(())
     }
 
     fn close_all(&mut self) {
@@ -665,10 +880,12 @@ impl Engine {
         // backoff, the instance unready) rather than let a task decide on a stale snapshot.
         let started = Instant::now();
         match input.committed(assigned, Duration::from_secs(120)) {
-            Ok(_) if started.elapsed() > Duration::from_secs(1) => {
-                tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "waited for a previous owner's transaction to end before restoring");
+            Ok(committed) => {
+                if started.elapsed() > Duration::from_secs(1) {
+                    tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "waited for a previous owner's transaction to end before restoring");
+                }
+                self.assigned_at(&committed);
             }
-            Ok(_) => {}
             Err(source) => {
                 self.catalog.set_ready(self.settings.thread, false);
                 let partitions = assigned.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");

@@ -7,9 +7,12 @@
 //! Every applied value is also kept as a version at its record's timestamp, so lookups can
 //! be made as of a stream record's time: a replay, which finds the table already loaded to
 //! its end, then sees what live processing saw (Kafka Streams' versioned stores, KIP-889).
-//! How far the table has come is tracked per partition: the largest timestamp applied, and
-//! since when the reader has been at the partition's end.
+//! Which times the table is final for (`final_through`) is event-time progress
+//! (`runtime::progress`): for a table of an aggregate's events, the claims its writer tasks
+//! publish; for any other topic, the largest time applied per partition, or, once a
+//! partition is read to its end, the time that was asked minus `max_task_idle_ms`.
 
+use super::progress::{self, ProgressBoard};
 use super::reader::{Followed, PartitionReader};
 use super::restore::restore;
 use crate::record::TopicPartition;
@@ -41,15 +44,28 @@ pub struct GlobalTable {
     progress: Mutex<Vec<Progress>>,
     /// Fed synchronously (the broker-free driver): always current.
     always_current: AtomicBool,
+    /// The writer whose claims say how far the table is final (an aggregate's events),
+    /// if the topology has one.
+    writer: Option<Writer>,
+    /// How late a record may reach the broker after its time (`max_task_idle_ms`).
+    lateness_ms: i64,
+}
+
+/// The tasks that write the table's topic: their input partitions' progress records.
+struct Writer {
+    board: Arc<ProgressBoard>,
+    input: String,
+    input_partitions: i32,
 }
 
 /// How far the reader has come in one partition.
 #[derive(Debug, Clone, Copy)]
 struct Progress {
-    /// Largest record timestamp applied.
-    applied_ts: i64,
-    /// Since when the reader has been at the partition's end, if it is.
-    at_end_since: Option<Instant>,
+    /// The next offset to read: every record before it is applied.
+    next: i64,
+    /// Event time through which the partition is final, as far as its own records and
+    /// end tell (a topic no task of this topology writes).
+    clock: progress::InputClock,
 }
 
 impl GlobalTable {
@@ -63,7 +79,22 @@ impl GlobalTable {
             stores: RwLock::new(Vec::new()),
             progress: Mutex::new(Vec::new()),
             always_current: AtomicBool::new(false),
+            writer: None,
+            lateness_ms: 0,
         }
+    }
+
+    /// How late a record may reach the broker after its time and still count at it.
+    pub fn with_lateness(mut self, lateness_ms: u64) -> Self {
+        self.lateness_ms = lateness_ms as i64;
+        self
+    }
+
+    /// The table's topic is an aggregate's events topic, written by the tasks of `input`:
+    /// it is final as far as their progress records (on `board`) say.
+    pub fn written_by(mut self, board: Arc<ProgressBoard>, input: &str, input_partitions: i32) -> Self {
+        self.writer = Some(Writer { board, input: input.into(), input_partitions });
+        self
     }
 
     /// Opens one store per topic partition.
@@ -73,8 +104,11 @@ impl GlobalTable {
             opened.push(Arc::new(RocksStore::open(dir, &self.store, p, resources, None)?.keep_history(Some(self.history_ms))));
         }
         *self.stores.write().expect("global table lock") = opened.clone();
-        *self.progress.lock().expect("global progress lock") =
-            vec![Progress { applied_ts: i64::MIN, at_end_since: None }; partitions as usize];
+        let mut progress = Vec::with_capacity(opened.len());
+        for s in &opened {
+            progress.push(Progress { next: s.checkpoint()?.map_or(0, |o| o + 1), clock: Default::default() });
+        }
+        *self.progress.lock().expect("global progress lock") = progress;
         Ok(opened)
     }
 
@@ -109,66 +143,125 @@ impl GlobalTable {
             from.push((TopicPartition::new(self.topic.as_str(), s.partition()), s.checkpoint()?.map(|o| o + 1)));
         }
         reader.assign(&from)?;
+        let partitions: Vec<TopicPartition> = from.into_iter().map(|(tp, _)| tp).collect();
+        let mut ends_asked = Instant::now();
+        let mut starts_known = false;
         while !stop.load(Ordering::SeqCst) {
-            let first = match reader.follow(Duration::from_millis(100)) {
-                Some(Followed::Record(m)) => m.detach(),
-                Some(Followed::End(p)) => {
-                    self.at_end(p);
-                    continue;
-                }
-                // Nothing arrived for a whole poll: every partition is at its end.
-                Some(Followed::Idle) => {
-                    for p in 0..stores.len() as i32 {
-                        self.at_end(p);
-                    }
-                    continue;
-                }
-                None => continue,
+            let first = match reader.follow(Duration::from_millis(20)) {
+                Some(Followed::Record(m)) => Some(m.detach()),
+                Some(Followed::End(_)) | Some(Followed::Idle) | None => None,
             };
-            // Take what is already fetched, and write one batch per partition rather than
-            // one per record. Lookups learn the new time only after the data is written.
-            let mut batch = vec![first];
-            while batch.len() < FOLLOW_BATCH {
-                match reader.next_fetched() {
-                    Some(m) => batch.push(m.detach()),
-                    None => break,
+            if let Some(first) = first {
+                // Take what is already fetched, and write one batch per partition rather
+                // than one per record. Lookups learn the new time only after the data is
+                // written.
+                let mut batch = vec![first];
+                while batch.len() < FOLLOW_BATCH {
+                    match reader.next_fetched() {
+                        Some(m) => batch.push(m.detach()),
+                        None => break,
+                    }
+                }
+                let mut per_partition: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();
+                for m in &batch {
+                    per_partition.entry(m.partition()).or_default().push(m);
+                }
+                for (partition, msgs) in per_partition {
+                    let (Some(store), Some(last)) = (stores.get(partition as usize), msgs.last()) else { continue };
+                    let times = self.times(partition, msgs.iter().map(|m| m.timestamp().to_millis().unwrap_or(i64::MIN)));
+                    let entries = msgs.iter().zip(&times).filter_map(|(m, ts)| Some((m.key()?, m.payload(), *ts)));
+                    store.write_versions(entries, Some(last.offset()))?;
+                    self.applied(partition, last.offset() + 1, &times);
                 }
             }
-            let mut per_partition: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();
-            for m in &batch {
-                per_partition.entry(m.partition()).or_default().push(m);
+            // Past markers and aborted records too: the position, once all it passed is written.
+            for (tp, next) in reader.positions() {
+                self.read_to(tp.partition, next);
             }
-            for (partition, msgs) in per_partition {
-                let (Some(store), Some(last)) = (stores.get(partition as usize), msgs.last()) else { continue };
-                let ts = |m: &OwnedMessage| m.timestamp().to_millis().unwrap_or(i64::MIN);
-                let entries = msgs.iter().filter_map(|m| Some((m.key()?, m.payload(), ts(m))));
-                store.write_versions(entries, Some(last.offset()))?;
-                self.applied(partition, msgs.iter().map(|m| ts(m)).max().unwrap_or(i64::MIN));
+            // A topic no task of ours writes is final through what was asked of the broker,
+            // once read to its end then.
+            if self.writer.is_none() && ends_asked.elapsed() >= END_CHECK {
+                let asked = now_ms();
+                ends_asked = Instant::now();
+                if let Some(ends) = reader.end_offsets(&partitions, Duration::from_secs(5)) {
+                    let positions = reader.positions();
+                    // A partition nothing was ever read from (empty, or emptied by
+                    // retention) starts at its first offset.
+                    let starts = if starts_known { None } else { reader.start_offsets(&partitions, Duration::from_secs(5)) };
+                    let mut progress = self.progress.lock().expect("global progress lock");
+                    for (tp, end) in ends {
+                        let Some(p) = progress.get_mut(tp.partition as usize) else { continue };
+                        if let Some(first) = starts.as_ref().and_then(|s| s.get(&tp)) {
+                            p.next = p.next.max(*first);
+                        }
+                        if p.next.max(positions.get(&tp).copied().unwrap_or(i64::MIN)) >= end {
+                            p.clock.caught_up(asked, self.lateness_ms);
+                            p.clock.committed();
+                        }
+                    }
+                    starts_known |= starts.is_some();
+                }
             }
         }
         Ok(())
     }
 
-    fn applied(&self, partition: i32, ts: i64) {
-        if let Some(p) = self.progress.lock().expect("global progress lock").get_mut(partition as usize) {
-            p.applied_ts = p.applied_ts.max(ts);
-            p.at_end_since = None;
+    /// The times records of `partition` are applied at: their own, or, for one older than
+    /// a record before it, the running maximum.
+    fn times(&self, partition: i32, times: impl Iterator<Item = i64>) -> Vec<i64> {
+        let progress = self.progress.lock().expect("global progress lock");
+        let Some(mut clock) = progress.get(partition as usize).map(|p| p.clock) else { return times.collect() };
+        if self.writer.is_some() {
+            // The writer already placed each event at its time (`InputClock::effective`).
+            return times.collect();
         }
+        times
+            .map(|ts| {
+                let at = clock.effective(ts);
+                clock.processed(at);
+                at
+            })
+            .collect()
     }
 
-    fn at_end(&self, partition: i32) {
+    /// Records up to `next` are applied, at `times`.
+    fn applied(&self, partition: i32, next: i64, times: &[i64]) {
         if let Some(p) = self.progress.lock().expect("global progress lock").get_mut(partition as usize) {
-            p.at_end_since.get_or_insert_with(Instant::now);
-        }
-    }
-
-    /// Quiet time counts from now: partitions at their end stay there, but must be quiet
-    /// for the full `quiet` again before a wait may time out against them.
-    pub fn restart_quiet(&self) {
-        for p in self.progress.lock().expect("global progress lock").iter_mut() {
-            if p.at_end_since.is_some() {
-                p.at_end_since = Some(Instant::now());
+            p.next = p.next.max(next);
+            for ts in times {
+                p.clock.processed(*ts);
             }
+            p.clock.committed();
+        }
+    }
+
+    fn read_to(&self, partition: i32, next: i64) {
+        if let Some(p) = self.progress.lock().expect("global progress lock").get_mut(partition as usize) {
+            p.next = p.next.max(next);
+        }
+    }
+
+    /// Through which event time the table is final: every record of that time or before
+    /// is applied, and none is still to come (late ones aside).
+    pub fn final_through(&self) -> i64 {
+        if self.always_current.load(Ordering::SeqCst) {
+            return i64::MAX;
+        }
+        let progress = self.progress.lock().expect("global progress lock");
+        if progress.is_empty() {
+            return i64::MIN;
+        }
+        match &self.writer {
+            Some(w) => {
+                let next = |topic: &str, partition: i32| {
+                    if topic == self.topic { progress.get(partition as usize).map(|p| p.next) } else { None }
+                };
+                (0..w.input_partitions)
+                    .map(|p| w.board.final_through(&progress::key(&w.input, p), &next))
+                    .min()
+                    .unwrap_or(i64::MIN)
+            }
+            None => progress.iter().map(|p| p.clock.final_through()).min().unwrap_or(i64::MIN),
         }
     }
 
@@ -178,7 +271,7 @@ impl GlobalTable {
         if let Some(s) = stores.get(partition as usize) {
             s.write_versions([(key, value, ts)], Some(offset))?;
         }
-        self.applied(partition, ts);
+        self.applied(partition, offset + 1, &[ts]);
         Ok(())
     }
 
@@ -217,45 +310,48 @@ impl Lookup for GlobalTable {
         stores[partition_for_key(key, stores.len() as i32) as usize].exists_since(key, ts)
     }
 
-    fn reached(&self, ts: i64, quiet: Duration) -> bool {
-        if self.always_current.load(Ordering::SeqCst) {
-            return true;
-        }
-        let progress = self.progress.lock().expect("global progress lock");
-        !progress.is_empty()
-            && progress.iter().all(|p| p.applied_ts >= ts || p.at_end_since.is_some_and(|s| s.elapsed() >= quiet))
+    fn final_through(&self) -> i64 {
+        GlobalTable::final_through(self)
     }
+}
 
-    fn wait_for(&self, ts: i64, max: Duration) {
-        let deadline = Instant::now() + max;
-        while !self.reached(ts, Duration::ZERO) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
+/// How often a follower asks the broker whether it has read a topic to its end.
+const END_CHECK: Duration = Duration::from_millis(50);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use crate::runtime::progress::ProgressRecord;
 
     #[test]
-    fn lookups_wait_for_every_partition_to_reach_their_time_but_not_forever() {
+    fn a_topic_nobody_here_writes_is_final_through_the_times_applied_in_every_partition() {
         let dir = tempfile::tempdir().unwrap();
-        let g = GlobalTable::new("g", "t", "s", 1, 86_400_000);
+        let g = GlobalTable::new("g", "t", "s", 2, 86_400_000);
         g.open(dir.path(), 2, &StoreResources::new(&Default::default())).unwrap();
-        let started = Instant::now();
-        g.wait_for(1_000, Duration::from_millis(60));
-        assert!(started.elapsed() >= Duration::from_millis(60), "behind and not at the end: waits the maximum");
-        g.applied(0, 2_000);
-        assert!(!g.reached(1_500, Duration::ZERO), "partition 1 is behind");
-        g.at_end(1);
-        let started = Instant::now();
-        g.wait_for(1_500, Duration::from_secs(5));
-        assert!(started.elapsed() < Duration::from_millis(50), "one partition past the time, the other at its end");
-        assert!(!g.reached(1_500, Duration::from_secs(60)), "at the end, but not quiet for long");
+        assert_eq!(g.final_through(), i64::MIN, "nothing applied");
+        g.apply(0, b"a", Some(b"v"), 2_000, 0).unwrap();
+        assert_eq!(g.final_through(), i64::MIN, "partition 1 has told nothing");
         g.apply(1, b"k", Some(b"v"), 3_000, 0).unwrap();
-        assert!(g.reached(1_500, Duration::from_secs(60)), "both partitions past the time");
+        assert_eq!(g.final_through(), 1_999, "a record of 2000 may still come in partition 0");
         assert_eq!(g.lookup_as_of(b"k", 2_999).unwrap(), None);
+    }
+
+    #[test]
+    fn a_table_of_events_is_final_as_far_as_its_writers_claims_that_it_has_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = ProgressBoard::new();
+        let g = GlobalTable::new("g", "events", "s", 1, 86_400_000).written_by(board.clone(), "cmds", 2);
+        g.open(dir.path(), 1, &StoreResources::new(&Default::default())).unwrap();
+        let claim = |t: i64, o: i64| ProgressRecord { final_through: t, written: [("events".to_string(), [(0, o)].into())].into() };
+        board.record("cmds/0", claim(5_000, 0));
+        assert_eq!(g.final_through(), i64::MIN, "input partition 1 has no claim: no owner, no progress");
+        board.record("cmds/1", claim(4_000, -1));
+        assert_eq!(g.final_through(), i64::MIN, "the event at offset 0 is not read yet");
+        g.apply(0, b"p", Some(b"created"), 4_500, 0).unwrap();
+        assert_eq!(g.final_through(), 4_000);
     }
 }

@@ -86,6 +86,18 @@ impl<C: ConsumerContext> Input for KafkaInput<'_, C> {
         self.0.commit(&list, CommitMode::Sync).map_err(kafka("commit offsets", ""))
     }
 
+    fn end_offsets(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, RuntimeError> {
+        super::reader::end_offsets(self.0, partitions, Self::END_OFFSETS_TIMEOUT).map_err(kafka("end offsets", ""))
+    }
+
+    fn start_offsets(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, RuntimeError> {
+        super::reader::start_offsets(self.0, partitions, Self::END_OFFSETS_TIMEOUT).map_err(kafka("start offsets", ""))
+    }
+
+    fn positions(&self) -> HashMap<TopicPartition, i64> {
+        super::reader::positions(self.0)
+    }
+
     fn destination(&self, topic: &str) -> Destination {
         use rdkafka::error::KafkaError;
         use rdkafka::types::RDKafkaErrorCode as Code;
@@ -111,6 +123,10 @@ impl<C: ConsumerContext> Input for KafkaInput<'_, C> {
     }
 }
 
+impl<C: ConsumerContext> KafkaInput<'_, C> {
+    const END_OFFSETS_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
 impl Sink for TransactionalSink {
     fn is_open(&self) -> bool {
         TransactionalSink::is_open(self)
@@ -130,6 +146,10 @@ impl Sink for TransactionalSink {
 
     fn send(&mut self, record: &OutRecord) -> Result<(), SinkError> {
         TransactionalSink::send(self, record)
+    }
+
+    fn settle(&mut self) -> Result<HashMap<TopicPartition, i64>, SinkError> {
+        TransactionalSink::settle(self)
     }
 
     fn commit(&mut self, offsets: &[(TopicPartition, i64)], group: Option<&GroupToken>) -> Result<HashMap<TopicPartition, i64>, SinkError> {

@@ -23,6 +23,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("millrace_events_total", Kind::Counter, "events written"),
     ("millrace_dead_letters_total", Kind::Counter, "records sent to the dead-letter topic, by the input topic they came from and a fixed reason: bad_record (undecodable), invalid_command (answered invalid), failed (answered failed), no_destination (a reply-to topic the broker says does not exist)"),
     ("millrace_transient_errors_total", Kind::Counter, "transient failures retried with backoff (e.g. metadata: no answer on whether an output topic exists)"),
+    ("millrace_out_of_order_records_total", Kind::Counter, "records older than one before them in their input partition, counted at the partition's running maximum (inputs whose event time a table or join relies on)"),
     ("millrace_transactions_total", Kind::Counter, "committed or aborted transactions"),
     ("millrace_commit_seconds", Kind::Histogram, "time of commit_transaction (histogram: _bucket, _sum, _count)"),
     ("millrace_fenced_total", Kind::Counter, "times this instance's producer was fenced (a zombie, or a newer instance with its id)"),

@@ -15,6 +15,7 @@ mod kafka_ports;
 pub mod metrics_catalog;
 pub mod partition_gauges;
 pub(crate) mod ports;
+pub mod progress;
 pub mod reader;
 mod restore;
 pub(crate) mod route;

@@ -61,6 +61,18 @@ pub trait Input {
 
     /// Whether `topic` exists, for records bound to a topic no topology declared.
     fn destination(&self, topic: &str) -> Destination;
+
+    /// The end offsets of `partitions` as the broker knows them now (read_committed: the
+    /// last stable offsets). Err when it did not answer.
+    fn end_offsets(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, RuntimeError>;
+
+    /// The first offsets of `partitions` (what retention left). Err when the broker did
+    /// not answer.
+    fn start_offsets(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, RuntimeError>;
+
+    /// The next offset this member hands out per assigned partition it has fetched from:
+    /// past every record polled (and the markers after them).
+    fn positions(&self) -> HashMap<TopicPartition, i64>;
 }
 
 /// The transactional producer of one processing thread.
@@ -79,6 +91,10 @@ pub trait Sink: Send {
 
     /// Queues one record in the open transaction.
     fn send(&mut self, record: &OutRecord) -> Result<(), SinkError>;
+
+    /// Waits until every record sent in the open transaction is written, and returns the
+    /// highest offset written per output partition so far (the transaction is still open).
+    fn settle(&mut self) -> Result<HashMap<TopicPartition, i64>, SinkError>;
 
     /// Commits the open transaction with the input offsets (`group` for exactly-once).
     /// Returns the highest offset written per output partition.

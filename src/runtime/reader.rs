@@ -191,6 +191,21 @@ impl PartitionReader {
         }
     }
 
+    /// End offsets (last stable, as this reader reads committed only) of `partitions`, now.
+    pub fn end_offsets(&self, partitions: &[TopicPartition], timeout: Duration) -> Option<std::collections::HashMap<TopicPartition, i64>> {
+        end_offsets(&self.consumer, partitions, timeout).ok()
+    }
+
+    /// First offsets (what retention left) of `partitions`, now.
+    pub fn start_offsets(&self, partitions: &[TopicPartition], timeout: Duration) -> Option<std::collections::HashMap<TopicPartition, i64>> {
+        start_offsets(&self.consumer, partitions, timeout).ok()
+    }
+
+    /// The next offset to read per assigned partition, as this reader knows locally.
+    pub fn positions(&self) -> std::collections::HashMap<TopicPartition, i64> {
+        positions(&self.consumer)
+    }
+
     /// A record already fetched, without waiting (to build a batch after `follow`).
     pub fn next_fetched(&self) -> Option<BorrowedMessage<'_>> {
         match self.consumer.poll(Duration::ZERO) {
@@ -198,6 +213,61 @@ impl PartitionReader {
             _ => None,
         }
     }
+}
+
+/// The end offsets of `partitions` as the broker knows them now (for a read_committed
+/// consumer: the last stable offsets), in one request per leader. The caller compares a
+/// position with them to learn whether an input was read to its end at the time asked.
+pub(crate) fn end_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: &[TopicPartition],
+    timeout: Duration,
+) -> Result<std::collections::HashMap<TopicPartition, i64>, KafkaError> {
+    list_offsets(consumer, partitions, Offset::End, timeout)
+}
+
+/// The first offsets of `partitions` (what retention left), in one request per leader.
+pub(crate) fn start_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: &[TopicPartition],
+    timeout: Duration,
+) -> Result<std::collections::HashMap<TopicPartition, i64>, KafkaError> {
+    list_offsets(consumer, partitions, Offset::Beginning, timeout)
+}
+
+/// ListOffsets: `at` is End (-1, latest) or Beginning (-2, earliest).
+fn list_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: &[TopicPartition],
+    at: Offset,
+    timeout: Duration,
+) -> Result<std::collections::HashMap<TopicPartition, i64>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for tp in partitions {
+        tpl.add_partition_offset(&tp.topic, tp.partition, at)?;
+    }
+    let ends = consumer.offsets_for_times(tpl, timeout)?;
+    Ok(ends
+        .elements()
+        .iter()
+        .filter(|e| e.error().is_ok())
+        .filter_map(|e| Some((TopicPartition::new(e.topic(), e.partition()), e.offset().to_raw()?)))
+        .filter(|(_, o)| *o >= 0)
+        .collect())
+}
+
+/// The next offset `consumer` will hand out for each of `partitions` (its own view, no
+/// broker call): past every record returned, and past transaction markers after them.
+pub(crate) fn positions<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> std::collections::HashMap<TopicPartition, i64> {
+    consumer
+        .position()
+        .map(|l| {
+            l.elements()
+                .iter()
+                .filter_map(|e| Some((TopicPartition::new(e.topic(), e.partition()), e.offset().to_raw().filter(|o| *o >= 0)?)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Low and high watermarks, retried while a new topic has no leader yet.

@@ -134,6 +134,15 @@ pub struct SinkContext {
 impl ClientContext for SinkContext {}
 
 impl SinkContext {
+    /// The open transaction's reports so far, kept.
+    fn delivered_so_far(&self) -> HashMap<TopicPartition, i64> {
+        let by_topic = self.delivered.lock().expect("delivery map lock");
+        by_topic
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (TopicPartition::new(t.as_str(), *p), *o)))
+            .collect()
+    }
+
     /// The open transaction's reports, handed over and forgotten.
     fn take_delivered(&self) -> HashMap<TopicPartition, i64> {
         let by_topic = std::mem::take(&mut *self.delivered.lock().expect("delivery map lock"));
@@ -361,6 +370,23 @@ impl TransactionalSink {
                 }
             }
         }
+    }
+
+    /// Waits until every record sent so far is written; returns the highest offset written
+    /// per partition in the open transaction, which stays open.
+    pub fn settle(&mut self) -> Result<HashMap<TopicPartition, i64>, SinkError> {
+        self.drain();
+        if let Some(p) = self.poisoned() {
+            return Err(p);
+        }
+        if self.producer.in_flight_count() > 0 {
+            return Err(SinkError::Failed {
+                transactional_id: self.transactional_id.clone(),
+                op: "settle",
+                source: KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut),
+            });
+        }
+        Ok(self.producer.context().delivered_so_far())
     }
 
     /// Sends the input offsets with the group metadata and commits. Returns the highest

@@ -189,6 +189,12 @@ impl Sink for MemorySink {
         Ok(())
     }
 
+    /// Records of the memory log take their offsets when the transaction commits: none is
+    /// written before.
+    fn settle(&mut self) -> Result<HashMap<TopicPartition, i64>, SinkError> {
+        Ok(HashMap::new())
+    }
+
     fn commit(&mut self, offsets: &[(TopicPartition, i64)], group: Option<&GroupToken>) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         let _ = group;
         let mut st = self.log.state();
@@ -324,6 +330,19 @@ impl Input for MemoryInput {
             st.committed.insert(tp.clone(), *o);
         }
         Ok(())
+    }
+
+    fn end_offsets(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, RuntimeError> {
+        Ok(partitions.iter().map(|tp| (tp.clone(), self.log.end(tp))).collect())
+    }
+
+    fn start_offsets(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, RuntimeError> {
+        Ok(partitions.iter().map(|tp| (tp.clone(), 0)).collect())
+    }
+
+    fn positions(&self) -> HashMap<TopicPartition, i64> {
+        let positions = self.positions.lock().expect("positions lock");
+        self.assigned.iter().map(|tp| (tp.clone(), positions.get(tp).copied().unwrap_or(0))).collect()
     }
 
     fn destination(&self, topic: &str) -> Destination {

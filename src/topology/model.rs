@@ -85,7 +85,6 @@ pub struct Awaits {
     pub table: String,
     pub global: TableNode,
     pub timeout_ms: u64,
-    pub quiet_ms: u64,
 }
 
 /// A table or global table node.
@@ -155,6 +154,21 @@ impl Topology {
 
     pub fn members_topic(&self) -> String {
         names::members_topic(&self.application_id)
+    }
+
+    pub fn progress_topic(&self) -> String {
+        names::progress_topic(&self.application_id)
+    }
+
+    /// The aggregates whose events topic a global table of this topology reads, by events
+    /// topic: they publish their event-time progress, so the table knows which times it
+    /// is final for (`runtime::progress`).
+    pub fn progress_writers(&self) -> BTreeMap<String, &AggregateNode> {
+        self.aggregates
+            .values()
+            .filter(|a| self.global_tables.values().any(|g| g.topic.name == a.events.name))
+            .map(|a| (a.events.name.clone(), a))
+            .collect()
     }
 
     /// Checks that every aggregate node names an aggregate the binary registered; every

@@ -20,3 +20,9 @@ pub fn members_topic(application_id: &str) -> String {
 pub fn repartition_topic(application_id: &str, node: &str) -> String {
     format!("{application_id}-{node}-repartition")
 }
+
+/// `<application_id>-progress`: how far each node that feeds a table has processed its
+/// input, in event time (docs/architecture.md, "Event-time progress").
+pub fn progress_topic(application_id: &str) -> String {
+    format!("{application_id}-progress")
+}

@@ -16,6 +16,8 @@ pub enum TopicRole {
     Repartition,
     /// Which instance serves which store partition, and at which HTTP address.
     Members,
+    /// How far each node that feeds a global table has processed its input.
+    Progress,
 }
 
 /// A topic the application needs.
@@ -103,6 +105,16 @@ impl Topology {
             retention_ms: None,
             role: TopicRole::Members,
         });
+        if !self.progress_writers().is_empty() {
+            needs.push(TopicNeed {
+                name: self.progress_topic(),
+                partitions: 1,
+                replication: self.topics.values().map(|t| t.replication).max().unwrap_or(1),
+                compacted: true,
+                retention_ms: None,
+                role: TopicRole::Progress,
+            });
+        }
         // A declared topic that is also internal (a changelog named under `topics`) is
         // listed once, with its derived shape.
         let internal: Vec<String> = needs.iter().filter(|n| n.role != TopicRole::Declared).map(|n| n.name.clone()).collect();

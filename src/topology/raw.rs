@@ -105,17 +105,9 @@ pub struct AggregateSpec {
 pub struct AwaitsSpec {
     /// A global table node.
     pub table: String,
-    /// Event time from the start of a wait until it fails, in milliseconds.
+    /// Event time from the start of a wait until it fails, in milliseconds. A wait fails
+    /// only once the table is final through its deadline (`runtime::progress`).
     pub timeout_ms: u64,
-    /// A wait fails only once the table has reached its deadline: every partition past it,
-    /// or at its end for this long while this instance processes (nothing more is coming
-    /// from upstream). Raise it if the table's writer can stall for longer.
-    #[serde(default = "default_quiet_ms")]
-    pub quiet_ms: u64,
-}
-
-fn default_quiet_ms() -> u64 {
-    2_000
 }
 
 /// Options of one store.
@@ -222,10 +214,13 @@ pub struct Processing {
     /// offsets committed, and a crash can repeat a batch's outputs.
     #[serde(default = "default_true")]
     pub exactly_once: bool,
-    /// How long a join's input with records waits for its other input (table or stream)
-    /// when that one has nothing buffered, so the two are read in timestamp order. 0: never
-    /// wait (lowest latency; a replay may then see the table later than live processing did).
-    #[serde(default)]
+    /// How late a record may reach the broker after its timestamp and still count at its
+    /// own time. An input at its end counts as final through now minus this (event-time
+    /// progress, `runtime::progress`): a join's stream record, or an expiring wait, goes
+    /// on about this long after its time when the table's input is idle. A record later
+    /// than this counts at the time it arrived, so a replay may differ for it. It is also
+    /// how long a join's table input waits for an empty stream input before it goes ahead.
+    #[serde(default = "default_max_task_idle")]
     pub max_task_idle_ms: u64,
     /// Warm copies of each store partition on this many other instances, kept by tailing
     /// the changelog: a failover restores only the tail. 0: none.
@@ -236,6 +231,10 @@ pub struct Processing {
     /// turns 503 and the process exits 1, as Kafka Streams' `task.timeout.ms`.
     #[serde(default = "default_task_timeout")]
     pub task_timeout_ms: u64,
+}
+
+fn default_max_task_idle() -> u64 {
+    100
 }
 
 fn default_task_timeout() -> u64 {
@@ -259,7 +258,7 @@ fn default_max_batch() -> usize {
 
 impl Default for Processing {
     fn default() -> Self {
-        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads(), exactly_once: true, max_task_idle_ms: 0, standby_replicas: 0, task_timeout_ms: default_task_timeout() }
+        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads(), exactly_once: true, max_task_idle_ms: default_max_task_idle(), standby_replicas: 0, task_timeout_ms: default_task_timeout() }
     }
 }
 

@@ -113,7 +113,7 @@ impl Checker<'_> {
         for (node, a) in aggregates.iter_mut() {
             let Some(aw) = raw.aggregates.get(node).and_then(|spec| spec.awaits.as_ref()) else { continue };
             match global_tables.get(&aw.table) {
-                Some(g) => a.awaits = Some(Awaits { table: aw.table.clone(), global: g.clone(), timeout_ms: aw.timeout_ms, quiet_ms: aw.quiet_ms }),
+                Some(g) => a.awaits = Some(Awaits { table: aw.table.clone(), global: g.clone(), timeout_ms: aw.timeout_ms }),
                 None => self.at_value(&format!("aggregates.{node}.awaits.table"), format!(
                     "aggregate {node}: awaits {:?}, which is not a global table node; expected one of {:?}",
                     aw.table, raw.global_tables.keys().collect::<Vec<_>>())),

@@ -7,6 +7,7 @@
 //! Usage: millrace-bench [COMMANDS] [KEYS]     the exactly-once aggregate
 //!        millrace-bench join [ORDERS]         enriched orders/s, both join variants
 //!        millrace-bench crash [COMMANDS]      what a restart after SIGKILL restores
+//!        millrace-bench progress [ORDERS]     the latency of waits, calm and in a failover
 //! (bootstrap from KAFKA_BOOTSTRAP; processing threads from MILLRACE_BENCH_THREADS,
 //! default 1; the Kafka Streams application from MILLRACE_BENCH_KSTREAMS)
 
@@ -26,6 +27,7 @@ const COMMIT_MS: u64 = 100;
 mod crash;
 mod join;
 mod kstreams;
+mod progress;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -33,6 +35,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("join") => return join::run(count(100_000)),
         Some("crash") => return crash::run(count(200_000)),
+        Some("progress") => return progress::run(count(1_500)),
         _ => {}
     }
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
@@ -302,6 +305,11 @@ impl MillraceInstance {
     /// Starts it and waits until it is ready (group joined, tasks restored): throughput
     /// counts from there, and start-up is reported on its own line.
     pub(crate) fn start(bootstrap: &str, dir: &std::path::Path, topology_text: &str) -> MillraceInstance {
+        Self::start_as(bootstrap, dir, topology_text, "bench")
+    }
+
+    /// As `start`, with instance id `id` (several instances of one application).
+    pub(crate) fn start_as(bootstrap: &str, dir: &std::path::Path, topology_text: &str, id: &str) -> MillraceInstance {
         std::fs::create_dir_all(dir).unwrap();
         let topology = dir.join("topology.yaml");
         std::fs::write(&topology, topology_text).unwrap();
@@ -309,7 +317,7 @@ impl MillraceInstance {
         let http = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
         let child = Command::new(exe)
             .args(["run", "--topology"]).arg(&topology)
-            .args(["--bootstrap-servers", bootstrap, "--http", &http, "--instance-id", "bench"])
+            .args(["--bootstrap-servers", bootstrap, "--http", &http, "--instance-id", id])
             .arg("--state-dir").arg(dir.join("state"))
             .env("MILLRACE_LOG", std::env::var("MILLRACE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
