@@ -436,6 +436,8 @@ impl App {
                 Ok(Box::new(crate::sink::TransactionalSink::new(&clients, &member, exactly_once)?) as Box<dyn Sink>)
             });
             let reader: Arc<dyn ChangelogReader> = Arc::new(KafkaChangelog { clients: self.config.kafka.clone() });
+            // Offset lookups of this thread's engine, on a connection of their own.
+            let offsets = Arc::new(super::reader::PartitionReader::new(&self.config.kafka, "end offsets", format!("{}-offsets", self.member_id(thread)), &[])?);
             let (resources, catalog, stop) = (resources.clone(), self.catalog.clone(), stop.clone());
             processing.push(
                 std::thread::Builder::new()
@@ -443,7 +445,7 @@ impl App {
                     .spawn(move || {
                         // Every log line of this thread names it (a field of JSON logs).
                         let _span = tracing::info_span!("processing", thread).entered();
-                        let r = poll_loop(consumer_cfg, settings, resources, catalog.clone(), (new_sink, reader), stop.clone());
+                        let r = poll_loop(consumer_cfg, settings, resources, catalog.clone(), (new_sink, reader, offsets), stop.clone());
                         if let Err(e) = &r {
                             // /health says so (503) while the instance shuts down.
                             tracing::error!(thread, error = %e, "processing thread failed; the instance stops");
@@ -576,7 +578,7 @@ fn poll_loop(
     settings: EngineSettings,
     resources: StoreResources,
     catalog: Arc<Catalog>,
-    (new_sink, reader): (SinkFactory, Arc<dyn ChangelogReader>),
+    (new_sink, reader, offsets): (SinkFactory, Arc<dyn ChangelogReader>, Arc<super::reader::PartitionReader>),
     stop: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
     let kafka = |op, source| RuntimeError::Kafka { op, topic: String::new(), source };
@@ -590,6 +592,7 @@ fn poll_loop(
                 engine: shared.clone(),
                 rebalance_started: Mutex::new(None),
                 thread: thread.clone(),
+                offsets: offsets.clone(),
             })
             .map_err(|e| kafka("create consumer", e))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -649,7 +652,7 @@ fn poll_loop(
             let mut g = shared.lock().expect("engine lock");
             let engine = g.as_mut().expect("engine is set before subscribe");
             let step = if resync {
-                engine.resync(&KafkaInput(&consumer))
+                engine.resync(&KafkaInput(&consumer, &offsets))
             } else {
                 (|| {
                     if let Some(f) = engine.failure.take() {
@@ -658,7 +661,7 @@ fn poll_loop(
                     if let Some(r) = record {
                         engine.buffer(r);
                     }
-                    let input = KafkaInput(&consumer);
+                    let input = KafkaInput(&consumer, &offsets);
                     engine.drain(&input)?;
                     engine.maybe_punctuate(&input)?;
                     engine.maybe_commit(&input)
@@ -696,7 +699,7 @@ fn poll_loop(
         Ok(())
     })();
     let mut engine = shared.lock().expect("engine lock").take().expect("engine present");
-    let closed = engine.shutdown(&KafkaInput(&consumer));
+    let closed = engine.shutdown(&KafkaInput(&consumer, &offsets));
     drop(engine);
     drop(consumer);
     result.and(closed)

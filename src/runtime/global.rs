@@ -137,10 +137,17 @@ impl GlobalTable {
 
     fn follow_loop(&self, clients: &Clients, stop: &AtomicBool) -> Result<(), RuntimeError> {
         let reader = PartitionReader::new(clients, "follow global table", format!("millrace-global-{}", self.topic), &[])?;
+        // Offsets are asked on a connection of their own, not behind the follower's fetch.
+        let offsets = PartitionReader::new(clients, "global table offsets", format!("millrace-global-{}", self.topic), &[])?;
         let stores = self.stores.read().expect("global table lock").clone();
         let mut from = Vec::with_capacity(stores.len());
         for s in &stores {
-            from.push((TopicPartition::new(self.topic.as_str(), s.partition()), s.checkpoint()?.map(|o| o + 1)));
+            let next = s.checkpoint()?.map(|o| o + 1);
+            // Everything before the checkpoint is applied (the bootstrap read it).
+            if let Some(n) = next {
+                self.read_to(s.partition(), n);
+            }
+            from.push((TopicPartition::new(self.topic.as_str(), s.partition()), next));
         }
         reader.assign(&from)?;
         let partitions: Vec<TopicPartition> = from.into_iter().map(|(tp, _)| tp).collect();
@@ -183,11 +190,11 @@ impl GlobalTable {
             if self.writer.is_none() && ends_asked.elapsed() >= END_CHECK {
                 let asked = now_ms();
                 ends_asked = Instant::now();
-                if let Some(ends) = reader.end_offsets(&partitions, Duration::from_secs(5)) {
+                if let Ok(ends) = offsets.end_offsets(&partitions, Duration::from_secs(5)) {
                     let positions = reader.positions();
                     // A partition nothing was ever read from (empty, or emptied by
                     // retention) starts at its first offset.
-                    let starts = if starts_known { None } else { reader.start_offsets(&partitions, Duration::from_secs(5)) };
+                    let starts = if starts_known { None } else { offsets.start_offsets(&partitions, Duration::from_secs(5)).ok() };
                     let mut progress = self.progress.lock().expect("global progress lock");
                     for (tp, end) in ends {
                         let Some(p) = progress.get_mut(tp.partition as usize) else { continue };

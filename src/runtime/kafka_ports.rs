@@ -40,8 +40,10 @@ pub(crate) fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 /// The group consumer, borrowed for one call (the poll loop and the rebalance callback
-/// each hold it in turn).
-pub(crate) struct KafkaInput<'a, C: ConsumerContext>(pub &'a BaseConsumer<C>);
+/// each hold it in turn), with a client of its own for offset lookups: on the group
+/// consumer's connection they would queue behind its long-polling fetch (up to
+/// `fetch.wait.max.ms`, 500 ms) and stall the processing thread.
+pub(crate) struct KafkaInput<'a, C: ConsumerContext>(pub &'a BaseConsumer<C>, pub &'a super::reader::PartitionReader);
 
 impl<C: ConsumerContext> Input for KafkaInput<'_, C> {
     fn assignment(&self) -> Result<Vec<TopicPartition>, RuntimeError> {
@@ -87,11 +89,11 @@ impl<C: ConsumerContext> Input for KafkaInput<'_, C> {
     }
 
     fn end_offsets(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, RuntimeError> {
-        super::reader::end_offsets(self.0, partitions, Self::END_OFFSETS_TIMEOUT).map_err(kafka("end offsets", ""))
+        self.1.end_offsets(partitions, Self::END_OFFSETS_TIMEOUT)
     }
 
     fn start_offsets(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, i64>, RuntimeError> {
-        super::reader::start_offsets(self.0, partitions, Self::END_OFFSETS_TIMEOUT).map_err(kafka("start offsets", ""))
+        self.1.start_offsets(partitions, Self::END_OFFSETS_TIMEOUT)
     }
 
     fn positions(&self) -> HashMap<TopicPartition, i64> {
@@ -186,6 +188,8 @@ pub(crate) struct RebalanceHandler {
     /// The processing thread (a member of its own): the label that keeps the threads'
     /// gauges apart.
     pub thread: String,
+    /// The thread's client for offset lookups (`KafkaInput`).
+    pub offsets: Arc<super::reader::PartitionReader>,
 }
 
 impl ClientContext for RebalanceHandler {
@@ -222,11 +226,11 @@ impl ConsumerContext for RebalanceHandler {
                 let step = if consumer.assignment_lost() { "lost" } else { "revoke" };
                 metrics::counter!("millrace_rebalances_total", "step" => step).increment(1);
                 *self.rebalance_started.lock().expect("rebalance clock") = Some(Instant::now());
-                engine.on_revoke(&KafkaInput(consumer));
+                engine.on_revoke(&KafkaInput(consumer, &self.offsets));
             }
             Rebalance::Assign(tpl) => {
                 metrics::counter!("millrace_rebalances_total", "step" => "assign").increment(1);
-                engine.on_assign(&KafkaInput(consumer), &partitions(tpl));
+                engine.on_assign(&KafkaInput(consumer, &self.offsets), &partitions(tpl));
                 // From the revocation (or the assignment, on a first join) until the new
                 // tasks are restored and can process: how long these partitions stood still.
                 let started = self.rebalance_started.lock().expect("rebalance clock").take();

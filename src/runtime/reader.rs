@@ -192,13 +192,15 @@ impl PartitionReader {
     }
 
     /// End offsets (last stable, as this reader reads committed only) of `partitions`, now.
-    pub fn end_offsets(&self, partitions: &[TopicPartition], timeout: Duration) -> Option<std::collections::HashMap<TopicPartition, i64>> {
-        end_offsets(&self.consumer, partitions, timeout).ok()
+    /// Ask a reader that fetches nothing: behind a long-polling fetch on the same
+    /// connection the answer waits up to `fetch.wait.max.ms`.
+    pub fn end_offsets(&self, partitions: &[TopicPartition], timeout: Duration) -> Result<std::collections::HashMap<TopicPartition, i64>, RuntimeError> {
+        end_offsets(&self.consumer, partitions, timeout).map_err(self.kafka(""))
     }
 
     /// First offsets (what retention left) of `partitions`, now.
-    pub fn start_offsets(&self, partitions: &[TopicPartition], timeout: Duration) -> Option<std::collections::HashMap<TopicPartition, i64>> {
-        start_offsets(&self.consumer, partitions, timeout).ok()
+    pub fn start_offsets(&self, partitions: &[TopicPartition], timeout: Duration) -> Result<std::collections::HashMap<TopicPartition, i64>, RuntimeError> {
+        start_offsets(&self.consumer, partitions, timeout).map_err(self.kafka(""))
     }
 
     /// The next offset to read per assigned partition, as this reader knows locally.
