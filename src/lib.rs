@@ -13,6 +13,7 @@
 //! | [`sink`] | the transactional producer and its fencing rules |
 //! | [`runtime`] | `App`: consumer group, tasks, restore, commit cycle, rebalances |
 //! | [`query`] | the HTTP query server |
+//! | [`readside`] | projections into PostgreSQL, exactly once, with positions in the same transaction |
 //! | [`domain`] | example aggregates (customer, product, order); the engine never names them |
 //! | `testing` | the broker-free `TopologyDriver` (feature `test-util`) |
 //! | [`error`] | `Recovery`: what each error asks the caller to do next |
@@ -25,6 +26,7 @@ pub mod error;
 pub mod kafka;
 pub mod processor;
 pub mod query;
+pub mod readside;
 pub mod record;
 pub mod runtime;
 pub mod sink;

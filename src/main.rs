@@ -10,7 +10,7 @@
 //! - 3: `plan` found mismatches that need a human.
 
 use clap::{Parser, Subcommand};
-use millrace::runtime::RuntimeError;
+use millrace::runtime::{Run, RuntimeError};
 use millrace::{topology, App, AppConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +65,14 @@ enum Command {
         producer_config: Vec<(String, String)>,
         #[command(flatten)]
         http_args: HttpArgs,
+        /// PostgreSQL for the topology's projections, `postgres://user:password@host:port/db`.
+        /// Never in the topology file: it holds a password.
+        #[arg(long, env = "MILLRACE_POSTGRES_URL", hide_env_values = true)]
+        postgres_url: Option<String>,
+        /// Which side of the topology this process runs: all, processing (no projections)
+        /// or read-side (projections only), to scale and restart them apart.
+        #[arg(long = "run", env = "MILLRACE_RUN", default_value = "all", value_parser = ["all", "processing", "read-side"])]
+        run: String,
     },
     /// Check a topology file; prints file:line:col and what was expected on error.
     Validate { file: PathBuf },
@@ -287,7 +295,7 @@ fn main() -> ExitCode {
             // Mismatches need a human: a non-zero exit lets a deploy pipeline stop on them.
             if steps.iter().any(|s| s.is_problem()) { ExitCode::from(3) } else { ExitCode::SUCCESS }
         }
-        Command::Run { topology, bootstrap_servers, state_dir, http, advertised_http, instance_id, kafka_config, consumer_config, producer_config, http_args } => {
+        Command::Run { topology, bootstrap_servers, state_dir, http, advertised_http, instance_id, kafka_config, consumer_config, producer_config, http_args, postgres_url, run } => {
             let topo = match topology::load(&topology) {
                 Ok(t) => t,
                 Err(e) => {
@@ -296,7 +304,7 @@ fn main() -> ExitCode {
                 }
             };
             let registry = millrace::builtin_registry();
-            if let Err(e) = topo.check_registered(registry.names()) {
+            if let Err(e) = topo.check_registered(registry.names()).and_then(|()| topo.check_projections_registered(registry.projection_names())) {
                 report_topology_error(&e);
                 return ExitCode::from(2);
             }
@@ -326,7 +334,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let config = AppConfig { kafka, state_dir, instance_id, advertised_http, http: http_security };
+            let run = match run.as_str() {
+                "processing" => Run::Processing,
+                "read-side" => Run::ReadSide,
+                _ => Run::All,
+            };
+            let config = AppConfig { kafka, state_dir, instance_id, advertised_http, http: http_security, postgres_url, run };
             let app = match App::new(topo, &registry, config) {
                 Ok(a) => a,
                 Err(e) => {
@@ -391,7 +404,15 @@ fn store_admin(op: &str, aggregate: &str, key: &str, topology_file: &std::path::
             return ExitCode::from(2);
         }
     };
-    let config = AppConfig { kafka: kafka.clone(), state_dir: std::env::temp_dir(), instance_id: "cli".into(), advertised_http: None, http: Default::default() };
+    let config = AppConfig {
+        kafka: kafka.clone(),
+        state_dir: std::env::temp_dir(),
+        instance_id: "cli".into(),
+        advertised_http: None,
+        http: Default::default(),
+        postgres_url: None,
+        run: Run::Processing,
+    };
     let app = match App::new(topo, &millrace::builtin_registry(), config) {
         Ok(a) => a,
         Err(e) => {

@@ -292,3 +292,75 @@ fn yaml_syntax_errors_and_unknown_sections_have_positions() {
     expect("version: 1\n", "", 1, 1, "missing field `version`");
     expect("replies: { partitions: 1 }", "replies: { partitions: \"1\" }", 6, 26, "invalid type: string \"1\", expected i32");
 }
+
+/// GOOD with a projection of its events appended, `edit` applied to the projection part.
+fn projection_fails(edit: (&str, &str)) -> Vec<(usize, usize, String)> {
+    let projection = "\
+projections:
+  rows:
+    from: [events]
+    table: customers
+    key: id
+    version: version
+    columns: { status: text, seen: timestamptz }
+    events:
+      CustomerCreated: { upsert: { status: ACTIVE, seen: $timestamp } }
+      CustomerPurged: delete
+";
+    assert!(projection.contains(edit.0), "test bug: {:?} not in the projection", edit.0);
+    let text = format!("{GOOD}{}", projection.replacen(edit.0, edit.1, 1));
+    match parse(Path::new("shop.yaml"), &text) {
+        Ok(_) => vec![],
+        Err(TopologyError::Invalid(d)) => d.iter().map(|d| (d.at.line, d.at.column, d.message.clone())).collect(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_projection_parses_into_its_mapping() {
+    assert!(projection_fails(("", "")).is_empty());
+    let text = format!("{GOOD}projections:\n  rows:\n    from: [events]\n    table: s.customers\n    key: id\n    columns: {{ id: bigint, b: text, a: jsonb }}\n    events: {{ X: {{ upsert: {{ a: $.p, b: 5 }} }} }}\n");
+    let t = parse(Path::new("shop.yaml"), &text).unwrap();
+    let millrace::topology::ProjectionKind::Mapped(m) = &t.projections["rows"].kind else { panic!("a mapping") };
+    assert_eq!(m.key.sql_type, "bigint", "the key column's declared type");
+    assert_eq!(m.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["b", "a"], "file order");
+    assert_eq!(t.projection_group("rows"), "shop-projection-rows");
+}
+
+#[test]
+fn projection_errors_name_their_place_and_what_was_expected() {
+    // GOOD has 18 lines; the projection starts on line 19.
+    let cases: [((&str, &str), usize, usize, &str); 8] = [
+        (("from: [events]", "from: [evnts]"), 21, 12, "topic \"evnts\" is not declared"),
+        (("table: customers", "table: \"cust omers\""), 22, 12, "not a plain SQL name"),
+        (("seen: timestamptz }", "seen: money }"), 25, 36, "type \"money\" is not one millrace writes"),
+        (("status: ACTIVE, seen", "status: ACTIVE, nope: 1, seen"), 27, 52, "column nope is not under `columns`"),
+        (("seen: $timestamp", "seen: $time"), 27, 58, "unknown expression \"$time\""),
+        (("upsert: { status", "upsert: { version: 1, status"), 27, 36, "filled by millrace"),
+        (("CustomerPurged: delete", "CustomerPurged: drop"), 28, 23, "unknown variant `drop`"),
+        (("    key: id\n", ""), 20, 3, "a mapping needs `key`"),
+    ];
+    for ((from, to), line, column, needle) in cases {
+        let found = projection_fails((from, to));
+        assert!(
+            found.iter().any(|(l, c, m)| (*l, *c) == (line, column) && m.contains(needle)),
+            "{from:?} -> {to:?}: expected {needle:?} at {line}:{column}, found {found:?}"
+        );
+    }
+}
+
+#[test]
+fn a_registered_projection_is_checked_against_the_binary() {
+    let text = format!("{GOOD}projections:\n  audit:\n    from: [events]\n    projection: audit_log\n");
+    let t = parse(Path::new("shop.yaml"), &text).unwrap();
+    match t.check_projections_registered(["ledger"].into_iter()) {
+        Err(TopologyError::Invalid(d)) => {
+            assert_eq!((d[0].at.line, d[0].at.column), (22, 17));
+            assert!(d[0].message.contains("projection audit: no projection is registered as \"audit_log\"; this binary registers [\"ledger\"]"), "{}", d[0].message);
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let mixed = format!("{GOOD}projections:\n  audit:\n    from: [events]\n    projection: audit_log\n    table: t\n");
+    let Err(TopologyError::Invalid(d)) = parse(Path::new("shop.yaml"), &mixed) else { panic!("both kinds at once must fail") };
+    assert!(d.iter().any(|d| d.message.contains("not both")), "{d:?}");
+}

@@ -98,6 +98,8 @@ fn main() -> std::process::ExitCode {
         instance_id: "loyalty-0".into(),
         advertised_http: None,
         http: Default::default(),
+        postgres_url: None,
+        run: Default::default(),
     };
     let app = App::new(topology, &registry(), config).expect("topology matches the registry");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");

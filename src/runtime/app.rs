@@ -16,13 +16,11 @@ use crate::codec::Format;
 use crate::processor::{AggregateSettings, AwaitSettings, AWAITING_INDEX, JoinProcessor, Lookup, RekeyProcessor, TableProcessor, TableRenderer, TableSource, ValueRenderer};
 use super::global::GlobalTable;
 use crate::store::Indexer;
-use crate::record::{Headers, InRecord};
 use crate::store::StoreResources;
 use crate::topology::{JoinTable, Topology};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers as _};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
@@ -44,6 +42,23 @@ pub struct AppConfig {
     pub advertised_http: Option<String>,
     /// TLS, tokens and limits of the query server.
     pub http: crate::query::HttpSecurity,
+    /// PostgreSQL for the read side (`postgres://user:password@host:port/database`); a
+    /// topology with projections does not start the read side without it.
+    pub postgres_url: Option<String>,
+    /// Which side of the topology this process runs.
+    pub run: Run,
+}
+
+/// Which side of a topology a process runs: scale and restart them apart, or together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Run {
+    /// Everything the topology declares.
+    #[default]
+    All,
+    /// Aggregates, tables, re-keys, joins and global tables; no projections.
+    Processing,
+    /// Projections only: no processing thread joins the application's group.
+    ReadSide,
 }
 
 pub struct App {
@@ -56,11 +71,29 @@ pub struct App {
     board: Arc<super::progress::ProgressBoard>,
     /// Each aggregate node's command check, for the gateway.
     checks: BTreeMap<String, super::registry::CommandCheck>,
+    /// The projections this process runs, by node.
+    projections: BTreeMap<String, Arc<dyn crate::readside::Projection>>,
 }
 
 impl App {
     /// Checks the topology against what this binary registered.
     pub fn new(topology: Topology, registry: &Registry, config: AppConfig) -> Result<Self, RuntimeError> {
+        let mut topology = topology;
+        match config.run {
+            Run::All => {}
+            Run::Processing => topology.projections.clear(),
+            Run::ReadSide => {
+                topology.aggregates.clear();
+                topology.tables.clear();
+                topology.rekeys.clear();
+                topology.joins.clear();
+                topology.global_tables.clear();
+            }
+        }
+        let projections = projections(&topology, registry)?;
+        if !projections.is_empty() && config.postgres_url.is_none() {
+            return Err(RuntimeError::NoPostgres { projections: projections.keys().cloned().collect::<Vec<_>>().join(", ") });
+        }
         let mut routes = BTreeMap::new();
         let catalog = Catalog::new();
         let mut globals = BTreeMap::new();
@@ -215,7 +248,7 @@ impl App {
                 peers,
             });
         }
-        Ok(Self { topology, config, routes, catalog, globals, board, checks })
+        Ok(Self { topology, config, routes, catalog, globals, board, checks, projections })
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -336,8 +369,12 @@ impl App {
             .expect("topic check does not panic")?;
 
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = self.topology.processing.threads.max(1);
+        // No route, no processing thread (a read-side process): nothing to join the group for.
+        let threads = if self.routes.is_empty() { 0 } else { self.topology.processing.threads.max(1) };
         self.catalog.expect_threads(threads);
+        if threads == 0 {
+            self.catalog.set_ready(0, true);
+        }
         let resources = StoreResources::new(&self.topology.rocksdb);
         // Global tables load to their end before any input is processed, then follow.
         let mut followers = Vec::new();
@@ -459,6 +496,10 @@ impl App {
             );
         }
 
+        // The read side: each projection on a thread of its own, ending the instance as a
+        // processing thread does when it fails for good.
+        processing.extend(self.spawn_projections(stop.clone())?);
+
         let targets = self.gateway_targets();
         let gateway = if targets.is_empty() {
             None
@@ -518,6 +559,44 @@ impl App {
         .expect("join does not panic")
     }
 
+    fn spawn_projections(&self, stop: Arc<AtomicBool>) -> Result<Vec<std::thread::JoinHandle<Result<(), RuntimeError>>>, RuntimeError> {
+        let Some(url) = self.config.postgres_url.as_deref().filter(|_| !self.projections.is_empty()) else { return Ok(Vec::new()) };
+        let pool = crate::readside::postgres::pool(url, self.projections.len() + 1)
+            .map_err(|source| RuntimeError::ReadSide { node: self.projections.keys().next().cloned().unwrap_or_default(), source })?;
+        let runtime = tokio::runtime::Handle::current();
+        let mut handles = Vec::new();
+        for (node, projection) in &self.projections {
+            let spec = &self.topology.projections[node];
+            let runner = crate::readside::runner::ProjectionRunner {
+                name: node.clone(),
+                group: self.topology.projection_group(node),
+                topics: spec.from.iter().map(|t| (t.name.clone(), t.codec)).collect(),
+                projection: projection.clone(),
+                db: Arc::new(crate::readside::postgres::ProjectionDb::new(pool.clone(), &self.topology.projection_group(node))),
+                runtime: runtime.clone(),
+                clients: self.config.kafka.clone(),
+                dead_letter_topic: self.topology.dead_letter_topic(),
+                commit_interval: Duration::from_millis(spec.commit_interval_ms),
+                max_batch_records: spec.max_batch_records,
+            };
+            let (node, catalog, stop) = (node.clone(), self.catalog.clone(), stop.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("millrace-projection-{node}"))
+                    .spawn(move || {
+                        let r = runner.run(&stop).map_err(|source| RuntimeError::ReadSide { node: node.clone(), source });
+                        if let Err(e) = &r {
+                            catalog.set_failed(format!("{e}"));
+                        }
+                        stop.store(true, Ordering::SeqCst);
+                        r
+                    })
+                    .expect("spawn projection thread"),
+            );
+        }
+        Ok(handles)
+    }
+
     fn consumer_config(&self, member: &str) -> ClientConfig {
         let mut cfg = self.config.kafka.client();
         cfg.set("group.id", &self.topology.application_id)
@@ -542,6 +621,26 @@ impl App {
 /// of a snapshot, or the `value` of a table entry.
 /// The store's secondary indexes: the declared fields of the state, plus, for an
 /// aggregate that can wait, `millrace.awaiting` (how its waiting aggregates are found).
+/// Each projection node's projection: the registered one it names, or its mapping.
+fn projections(topology: &Topology, registry: &Registry) -> Result<BTreeMap<String, Arc<dyn crate::readside::Projection>>, RuntimeError> {
+    use crate::topology::ProjectionKind;
+    topology
+        .projections
+        .iter()
+        .map(|(node, p)| {
+            let projection: Arc<dyn crate::readside::Projection> = match &p.kind {
+                ProjectionKind::Mapped(m) => Arc::new(crate::readside::mapped::MappedProjection(m.clone())),
+                ProjectionKind::Registered(name) => registry.projection(name).ok_or_else(|| RuntimeError::UnknownProjection {
+                    node: node.clone(),
+                    name: name.clone(),
+                    known: registry.projection_names().map(str::to_string).collect(),
+                })?,
+            };
+            Ok((node.clone(), projection))
+        })
+        .collect()
+}
+
 fn indexer(fields: &[String], renderer: Arc<dyn ValueRenderer>, awaiting: bool) -> Option<Indexer> {
     if fields.is_empty() && !awaiting {
         return None;
@@ -618,7 +717,7 @@ fn poll_loop(
                     g.as_ref().map_or(Duration::from_millis(100), |e| e.until_commit_due()).min(Duration::from_millis(100))
                 };
                 match consumer.poll(wait) {
-                    Some(Ok(m)) => Some(in_record(&m)),
+                    Some(Ok(m)) => Some(super::reader::in_record(&m)),
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "consumer error");
                         poll_failed = true;
@@ -780,23 +879,6 @@ mod tests {
     }
 }
 
-fn in_record(m: &BorrowedMessage<'_>) -> InRecord {
-    let headers = m
-        .headers()
-        .map(|h| {
-            Headers(h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
-        })
-        .unwrap_or_default();
-    InRecord {
-        topic: m.topic().to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp: m.timestamp().to_millis(),
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().map(<[u8]>::to_vec),
-        headers,
-    }
-}
 
 /// The global table node `node`, made and given a catalog view the first time a node
 /// refers to it: aggregates and joins hold the resolved table, so none can miss it.

@@ -43,6 +43,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("millrace_table_updates_total", Kind::Counter, "table upserts and deletes"),
     ("millrace_join_unmatched_total", Kind::Counter, "inner-join stream records without a table match (dropped)"),
     ("millrace_awaits_total", Kind::Counter, "waits decided: ready (the aggregate's ready command ran) or expired"),
+    ("millrace_projection_events_total", Kind::Counter, "events a projection committed to PostgreSQL (dead letters included), by projection"),
+    ("millrace_projection_rows_total", Kind::Counter, "rows a projection's statements changed, by projection (an event skipped by the version guard changes none)"),
+    ("millrace_projection_dead_letters_total", Kind::Counter, "events a projection sent to the dead-letter topic: not JSON, not mappable, or a row the database refused"),
+    ("millrace_projection_batch_seconds", Kind::Histogram, "from a projection batch's first statement to its commit in PostgreSQL, retries included (histogram)"),
+    ("millrace_projection_lag", Kind::Gauge, "records of an input partition a projection has not read yet (last stable offset − position), by projection, topic and partition; from librdkafka statistics every 5 s"),
     ("millrace_http_refused_total", Kind::Counter, "HTTP requests refused before a handler ran, by status: 401, 403 (tokens) or 503 (too many at once)"),
 ];
 

@@ -25,7 +25,7 @@ mod task;
 pub mod plan;
 pub mod topics;
 
-pub use app::{App, AppConfig};
+pub use app::{App, AppConfig, Run};
 pub use catalog::{Catalog, StoreView};
 pub use members::{Directory, Owner};
 pub use registry::Registry;
@@ -72,6 +72,12 @@ pub enum RuntimeError {
     NoGroupMetadata,
     #[error("the group member failed for good ({reason}); a new member takes its place")]
     MemberLost { reason: String },
+    #[error("projection node {node}: no projection is registered as {name:?}; this binary registers {known:?}")]
+    UnknownProjection { node: String, name: String, known: Vec<String> },
+    #[error("the topology has projections ({projections}) but no PostgreSQL to write them to: give --postgres-url or MILLRACE_POSTGRES_URL (postgres://user:password@host:port/database), or run with --run processing")]
+    NoPostgres { projections: String },
+    #[error("projection {node}: {source}")]
+    ReadSide { node: String, source: crate::readside::ReadSideError },
     /// A crash the broker-free driver injected at a step of the commit cycle.
     #[cfg(feature = "test-util")]
     #[error("crash injected at {0:?}")]
@@ -93,7 +99,10 @@ impl RuntimeError {
             RuntimeError::Store(e) => e.recovery(),
             RuntimeError::Sink(e) => e.recovery(),
             RuntimeError::Process(e) => e.recovery(),
-            RuntimeError::DuplicateInstance { .. } => Recovery::Reject,
+            RuntimeError::DuplicateInstance { .. }
+            | RuntimeError::UnknownProjection { .. }
+            | RuntimeError::NoPostgres { .. } => Recovery::Reject,
+            RuntimeError::ReadSide { source, .. } => source.recovery(),
             RuntimeError::Gateway(gateway::GatewayError::Produce(_)) => Recovery::Retry,
             RuntimeError::Gateway(_) => Recovery::Reject,
             _ => Recovery::Fatal,

@@ -19,10 +19,10 @@
 
 use super::RuntimeError;
 use crate::kafka::Clients;
-use crate::record::TopicPartition;
+use crate::record::{Headers, InRecord, TopicPartition};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
@@ -284,5 +284,24 @@ pub(crate) fn watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: 
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A polled message as the engine and the read side take it: owned, headers included.
+pub(crate) fn in_record(m: &BorrowedMessage<'_>) -> InRecord {
+    let headers = m
+        .headers()
+        .map(|h| {
+            Headers(h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+        })
+        .unwrap_or_default();
+    InRecord {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
     }
 }

@@ -1,10 +1,12 @@
 //! Aggregates the binary knows, by the name topology files use. Registering one is one line:
-//! `registry.register::<CustomerAggregate>("customer")`.
+//! `registry.register::<CustomerAggregate>("customer")`. Rust projections register the same
+//! way, by name.
 
 use crate::processor::{
     Aggregate, AggregateProcessor, AggregateSettings, Processor, SnapshotRenderer, ValueRenderer,
 };
 use crate::codec::Format;
+use crate::readside::Projection;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ pub(crate) struct Registered {
 #[derive(Clone, Default)]
 pub struct Registry {
     aggregates: BTreeMap<String, Registered>,
+    projections: BTreeMap<String, Arc<dyn Projection>>,
 }
 
 impl Registry {
@@ -48,6 +51,21 @@ impl Registry {
             },
         );
         self
+    }
+
+    /// Makes a Rust projection available to topology files as `name`
+    /// (`projections: {node: {from: [...], projection: name}}`).
+    pub fn register_projection(&mut self, name: &str, projection: impl Projection) -> &mut Self {
+        self.projections.insert(name.to_string(), Arc::new(projection));
+        self
+    }
+
+    pub fn projection_names(&self) -> impl Iterator<Item = &str> + Clone {
+        self.projections.keys().map(String::as_str)
+    }
+
+    pub(crate) fn projection(&self, name: &str) -> Option<Arc<dyn Projection>> {
+        self.projections.get(name).cloned()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> + Clone {

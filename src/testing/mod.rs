@@ -97,6 +97,9 @@ impl TopologyDriver {
             instance_id: "driver".into(),
             advertised_http: None,
             http: Default::default(),
+            // The driver runs the processing side; projections need a real PostgreSQL.
+            postgres_url: None,
+            run: crate::runtime::Run::Processing,
         };
         let app = App::new(topology, registry, config)?;
         let topology = app.topology().clone();

@@ -82,6 +82,24 @@ fn subs(t: &Topology) -> Vec<Sub> {
             reads: vec![j.table.store().to_string()],
         });
     }
+    for (node, p) in &t.projections {
+        let target = match &p.kind {
+            super::ProjectionKind::Mapped(m) => format!("postgres table {}", m.table),
+            super::ProjectionKind::Registered(name) => format!("postgres (projection {name})"),
+        };
+        // One sub-topology per input topic: each is read on its own, by one group.
+        for topic in &p.from {
+            all.push(Sub {
+                index: 0,
+                node: node.clone(),
+                kind: format!("projection, exactly once into PostgreSQL, group {}", t.projection_group(node)),
+                source: topic.name.clone(),
+                sinks: vec![target.clone(), dlq.clone()],
+                store: None,
+                reads: vec![],
+            });
+        }
+    }
     for (i, s) in all.iter_mut().enumerate() {
         s.index = i;
     }

@@ -15,7 +15,7 @@ mod raw;
 mod validate;
 mod yaml;
 
-pub use model::{AggregateNode, Awaits, JoinNode, JoinTable, RekeyNode, Store, TableNode, Topic, Topology};
+pub use model::{AggregateNode, Awaits, JoinNode, JoinTable, ProjectionKind, ProjectionNode, RekeyNode, Store, TableNode, Topic, Topology};
 pub use names::{changelog_topic, dead_letter_topic, repartition_topic};
 pub use needs::{TopicNeed, TopicRole};
 pub use positions::Positions;

@@ -24,6 +24,7 @@ pub struct Topology {
     pub rekeys: BTreeMap<String, RekeyNode>,
     pub joins: BTreeMap<String, JoinNode>,
     pub global_tables: BTreeMap<String, TableNode>,
+    pub projections: BTreeMap<String, ProjectionNode>,
     pub processing: Processing,
     pub rocksdb: StoreTuning,
     pub dead_letter: DeadLetter,
@@ -119,6 +120,23 @@ pub struct JoinNode {
     pub output: Topic,
 }
 
+/// A projection: events into PostgreSQL rows (`readside`).
+#[derive(Debug, Clone)]
+pub struct ProjectionNode {
+    pub from: Vec<Topic>,
+    pub kind: ProjectionKind,
+    pub commit_interval_ms: u64,
+    pub max_batch_records: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProjectionKind {
+    /// A Rust projection the binary registered under this name.
+    Registered(String),
+    /// A declarative mapping from the file.
+    Mapped(crate::readside::mapped::Mapping),
+}
+
 /// What a join looks its records up in.
 #[derive(Debug, Clone)]
 pub enum JoinTable {
@@ -152,6 +170,11 @@ impl Topology {
         names::changelog_topic(&self.application_id, store)
     }
 
+    /// The consumer group of projection `node`.
+    pub fn projection_group(&self, node: &str) -> String {
+        format!("{}-projection-{node}", self.application_id)
+    }
+
     pub fn members_topic(&self) -> String {
         names::members_topic(&self.application_id)
     }
@@ -174,17 +197,35 @@ impl Topology {
     /// Checks that every aggregate node names an aggregate the binary registered; every
     /// node that does not is reported.
     pub fn check_registered<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) -> Result<(), TopologyError> {
-        let diagnostics: Vec<Diagnostic> = self
-            .aggregates
-            .iter()
-            .filter(|(_, a)| !names.clone().any(|n| n == a.aggregate))
-            .map(|(node, a)| {
-                let (line, column) = self.positions.value(&format!("aggregates.{node}.aggregate")).unwrap_or((1, 1));
+        let wanted = self.aggregates.iter().map(|(node, a)| (format!("aggregates.{node}.aggregate"), format!("aggregate {node}"), a.aggregate.as_str()));
+        self.unregistered(wanted, "aggregate", names)
+    }
+
+    /// As `check_registered`, for the projection nodes that name a Rust projection.
+    pub fn check_projections_registered<'a>(&self, names: impl Iterator<Item = &'a str> + Clone) -> Result<(), TopologyError> {
+        let wanted = self.projections.iter().filter_map(|(node, p)| match &p.kind {
+            ProjectionKind::Registered(name) => Some((format!("projections.{node}.projection"), format!("projection {node}"), name.as_str())),
+            ProjectionKind::Mapped(_) => None,
+        });
+        self.unregistered(wanted, "projection", names)
+    }
+
+    /// The nodes among `wanted` (position path, node, registered name) whose name this
+    /// binary did not register as a `kind`.
+    fn unregistered<'a, 'w>(
+        &self,
+        wanted: impl Iterator<Item = (String, String, &'w str)>,
+        kind: &str,
+        names: impl Iterator<Item = &'a str> + Clone,
+    ) -> Result<(), TopologyError> {
+        let diagnostics: Vec<Diagnostic> = wanted
+            .filter(|(_, _, name)| !names.clone().any(|n| n == *name))
+            .map(|(path, node, name)| {
+                let (line, column) = self.positions.value(&path).unwrap_or((1, 1));
                 Diagnostic {
                     at: Position { file: self.path.clone(), line, column },
                     message: format!(
-                        "aggregate {node}: no aggregate is registered as {:?}; this binary registers {:?}",
-                        a.aggregate,
+                        "{node}: no {kind} is registered as {name:?}; this binary registers {:?}",
                         names.clone().collect::<Vec<_>>()
                     ),
                 }

@@ -29,6 +29,8 @@ pub struct RawTopology {
     pub joins: BTreeMap<String, JoinSpec>,
     /// Global tables: the whole topic on every instance, outside the consumer group.
     pub global_tables: BTreeMap<String, TableSpec>,
+    /// Projections: events into PostgreSQL rows, exactly once (`readside`).
+    pub projections: BTreeMap<String, ProjectionSpec>,
     pub processing: Processing,
     /// Options of named stores; a store a node names but this map omits gets the defaults.
     pub stores: BTreeMap<String, StoreSpec>,
@@ -191,6 +193,58 @@ pub struct TableSpec {
     pub store: String,
 }
 
+/// A projection: events of `from` into rows of PostgreSQL, each batch one database
+/// transaction with its positions. Either `projection` (a Rust projection the binary
+/// registered) or a mapping (`table`, `key`, `columns`, `events`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionSpec {
+    /// The event topics it reads (declared under `topics`, JSON).
+    pub from: Vec<String>,
+    /// A Rust projection the binary registered, instead of a mapping.
+    #[serde(default)]
+    pub projection: Option<String>,
+    /// The table the mapping writes, created when missing (`schema.table` allowed).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The key column, filled with the record key (an aggregate id). `text primary key`,
+    /// unless `columns` gives it another type.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// A `bigint` column filled with the event's `version`: an event changes a row only if
+    /// the row's version is lower, so an older event never overwrites a newer one.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The other columns and their SQL types, in file order, for CREATE TABLE.
+    #[serde(default)]
+    pub columns: serde_json::Map<String, Value>,
+    /// By event type (the event's `type`): `upsert: {column: value}` or `delete`. A value
+    /// is `$key`, `$timestamp`, `$offset`, `$partition`, `$topic`, `$.field.path`, or a
+    /// literal. Events of other types are skipped.
+    #[serde(default)]
+    pub events: BTreeMap<String, EventAction>,
+    /// A batch (one database transaction) commits at least this often, in milliseconds...
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval_ms: u64,
+    /// ... or once it holds this many events.
+    #[serde(default = "default_projection_batch")]
+    pub max_batch_records: usize,
+}
+
+fn default_projection_batch() -> usize {
+    5_000
+}
+
+/// What one event type does to its row.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum EventAction {
+    /// Set these columns, inserting the row if it is missing.
+    Upsert(serde_json::Map<String, Value>),
+    /// Delete the row.
+    Delete,
+}
+
 fn default_dedup_window() -> usize {
     32
 }
@@ -313,9 +367,9 @@ pub struct Misfit {
 }
 
 /// The top-level keys, in the order the messages list them.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "version", "application_id", "topics", "aggregates", "tables", "rekeys", "joins", "global_tables",
-    "processing", "stores", "rocksdb", "dead_letter", "http",
+    "projections", "processing", "stores", "rocksdb", "dead_letter", "http",
 ];
 
 impl RawTopology {
@@ -357,6 +411,7 @@ impl RawTopology {
             rekeys: section_nodes(top, "rekeys", &mut misfits),
             joins: section_nodes(top, "joins", &mut misfits),
             global_tables: section_nodes(top, "global_tables", &mut misfits),
+            projections: section_nodes(top, "projections", &mut misfits),
             processing: section(top, "processing", &mut misfits),
             stores: section_nodes(top, "stores", &mut misfits),
             rocksdb: section(top, "rocksdb", &mut misfits),

@@ -3,8 +3,10 @@
 //! co-partitioning), each reported at the key or value it is about, and all of them at
 //! once, so a user fixes a file in one pass rather than one error per run.
 
-use super::model::{AggregateNode, Awaits, JoinNode, JoinTable, RekeyNode, Store, TableNode, Topic, Topology};
-use super::raw::{AggregateSpec, RawTopology, TableSpec};
+use super::model::{AggregateNode, Awaits, JoinNode, JoinTable, ProjectionKind, ProjectionNode, RekeyNode, Store, TableNode, Topic, Topology};
+use super::raw::{AggregateSpec, EventAction, ProjectionSpec, RawTopology, TableSpec};
+use crate::readside::mapped::{Action, Expr, Mapping};
+use crate::readside::Column;
 use super::{names, Diagnostic, Position, Positions, TopicRole};
 use crate::codec::Format;
 use std::collections::BTreeMap;
@@ -29,6 +31,23 @@ struct Checker<'a> {
     positions: &'a Positions,
     path: &'a Path,
     diagnostics: Vec<Diagnostic>,
+}
+
+/// The column types a projection can write (`readside::postgres` converts to each).
+const SQL_TYPES: [&str; 19] = [
+    "text", "varchar", "bigint", "int8", "integer", "int", "int4", "smallint", "int2", "double precision", "float8",
+    "real", "float4", "boolean", "bool", "timestamptz", "timestamp", "json", "jsonb",
+];
+
+/// A SQL identifier that needs no quoting to mean what it says (and `schema.table`).
+fn is_sql_name(s: &str, qualified: bool) -> bool {
+    let part = |p: &str| {
+        p.len() <= 63 && p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match s.split_once('.') {
+        Some((schema, table)) if qualified => part(schema) && part(table),
+        _ => part(s),
+    }
 }
 
 /// Kafka's rule for topic names (and so for anything a topic name is derived from).
@@ -120,8 +139,9 @@ impl Checker<'_> {
             }
         }
         self.stores(raw, &stores);
-        if raw.aggregates.is_empty() && raw.tables.is_empty() && raw.rekeys.is_empty() && raw.joins.is_empty() && raw.global_tables.is_empty() {
-            self.at_value("aggregates", "the topology has no nodes; expected at least one aggregate or table".into());
+        let projections = self.projections(raw, &topics);
+        if raw.aggregates.is_empty() && raw.tables.is_empty() && raw.rekeys.is_empty() && raw.joins.is_empty() && raw.global_tables.is_empty() && raw.projections.is_empty() {
+            self.at_value("aggregates", "the topology has no nodes; expected at least one aggregate, table or projection".into());
         }
         self.processing(raw, &inputs);
         Topology {
@@ -133,6 +153,7 @@ impl Checker<'_> {
             rekeys,
             joins,
             global_tables,
+            projections,
             processing: raw.processing.clone(),
             rocksdb: raw.rocksdb.clone(),
             dead_letter: raw.dead_letter.clone(),
@@ -186,6 +207,7 @@ impl Checker<'_> {
             ("rekeys", raw.rekeys.keys().collect()),
             ("joins", raw.joins.keys().collect()),
             ("global_tables", raw.global_tables.keys().collect()),
+            ("projections", raw.projections.keys().collect()),
         ] {
             for name in names {
                 if let Some((other, _)) = seen.iter().find(|(_, n)| *n == name) {
@@ -449,6 +471,127 @@ impl Checker<'_> {
     }
 
     /// Internal topics derive their partition counts; one declared under `topics` must agree.
+    fn projections(&mut self, raw: &RawTopology, topics: &BTreeMap<String, Topic>) -> BTreeMap<String, ProjectionNode> {
+        let mut out = BTreeMap::new();
+        for (node, p) in self.in_file_order("projections", &raw.projections) {
+            let at = format!("projections.{node}");
+            if !is_topic_name(node) {
+                self.at_key(&at, format!("projection name {node:?} must use only [A-Za-z0-9._-]: it names the consumer group `<application_id>-projection-{node}`"));
+            }
+            if p.from.is_empty() {
+                self.at_value(&format!("{at}.from"), format!("projection {node}: `from` is empty; expected the event topics it reads"));
+            }
+            let mut from = Vec::new();
+            for (i, name) in p.from.iter().enumerate() {
+                let Some(topic) = self.topic(topics, &format!("{at}.from.{i}"), &format!("projection {node}: topic"), name) else { continue };
+                if topic.codec != Format::Json {
+                    self.at_value(&format!("{at}.from.{i}"), format!("projection {node}: topic {name} is {:?}; projections read JSON topics", topic.codec));
+                }
+                from.push(topic);
+            }
+            let kind = match (&p.projection, &p.table) {
+                (Some(name), None) => {
+                    for (field, set) in [("key", p.key.is_some()), ("version", p.version.is_some()), ("columns", !p.columns.is_empty()), ("events", !p.events.is_empty())] {
+                        if set {
+                            self.at_key(&format!("{at}.{field}"), format!("projection {node}: `{field}` belongs to a mapping, but this projection is the registered {name:?}"));
+                        }
+                    }
+                    Some(ProjectionKind::Registered(name.clone()))
+                }
+                (None, Some(_)) => self.mapping(&at, node, p).map(ProjectionKind::Mapped),
+                (Some(_), Some(_)) => {
+                    self.at_key(&format!("{at}.table"), format!("projection {node}: give either `projection` (a registered one) or a mapping (`table`, `key`, `columns`, `events`), not both"));
+                    None
+                }
+                (None, None) => {
+                    self.at_key(&at, format!("projection {node}: expected `projection` (a registered one) or a mapping (`table`, `key`, `columns`, `events`)"));
+                    None
+                }
+            };
+            if p.max_batch_records == 0 || p.commit_interval_ms == 0 {
+                self.at_key(&at, format!("projection {node}: `max_batch_records` and `commit_interval_ms` must be at least 1"));
+            }
+            if let Some(kind) = kind {
+                out.insert(node.clone(), ProjectionNode { from, kind, commit_interval_ms: p.commit_interval_ms, max_batch_records: p.max_batch_records });
+            }
+        }
+        out
+    }
+
+    /// A declarative projection: its table, columns and event actions.
+    fn mapping(&mut self, at: &str, node: &str, p: &ProjectionSpec) -> Option<Mapping> {
+        let before = self.diagnostics.len();
+        let table = p.table.clone().unwrap_or_default();
+        if !is_sql_name(&table, true) {
+            self.at_value(&format!("{at}.table"), format!("projection {node}: table {table:?} is not a plain SQL name; expected letters, digits and _, optionally schema.table"));
+        }
+        let mut columns = Vec::new();
+        for (name, ty) in &p.columns {
+            let path = format!("{at}.columns.{name}");
+            if !is_sql_name(name, false) {
+                self.at_key(&path, format!("projection {node}: column {name:?} is not a plain SQL name; expected letters, digits and _"));
+            }
+            let sql_type = ty.as_str().map(|t| t.trim().to_ascii_lowercase()).unwrap_or_default();
+            if !SQL_TYPES.contains(&sql_type.as_str()) {
+                self.at_value(&path, format!("projection {node}: column {name}: type {ty} is not one millrace writes; expected one of {SQL_TYPES:?}"));
+            }
+            // Kept even when its type is wrong, so the events naming it raise no second error.
+            columns.push(Column { name: name.clone(), sql_type });
+        }
+        let Some(key_name) = p.key.clone() else {
+            self.at_key(at, format!("projection {node}: a mapping needs `key`, the column the record key fills"));
+            return None;
+        };
+        if !is_sql_name(&key_name, false) {
+            self.at_value(&format!("{at}.key"), format!("projection {node}: key column {key_name:?} is not a plain SQL name"));
+        }
+        // The key column's type may be declared among the columns; it is text otherwise.
+        let key = match columns.iter().position(|c| c.name == key_name) {
+            Some(i) => columns.remove(i),
+            None => Column { name: key_name.clone(), sql_type: "text".into() },
+        };
+        if let Some(v) = &p.version {
+            if !is_sql_name(v, false) || *v == key_name {
+                self.at_value(&format!("{at}.version"), format!("projection {node}: version column {v:?} must be a plain SQL name other than the key"));
+            }
+            if let Some(i) = columns.iter().position(|c| c.name == *v) {
+                if !matches!(columns[i].sql_type.as_str(), "bigint" | "int8") {
+                    self.at_value(&format!("{at}.columns.{v}"), format!("projection {node}: the version column {v} is a bigint"));
+                }
+                columns.remove(i);
+            }
+        }
+        if p.events.is_empty() {
+            self.at_key(at, format!("projection {node}: a mapping needs `events`: for each event type, `upsert: {{column: value}}` or `delete`"));
+        }
+        let mut events = BTreeMap::new();
+        for (ty, action) in &p.events {
+            let path = format!("{at}.events.{ty}");
+            let action = match action {
+                EventAction::Delete => Action::Delete,
+                EventAction::Upsert(set) => {
+                    let mut out = Vec::new();
+                    for (column, written) in set {
+                        let cpath = format!("{path}.upsert.{column}");
+                        if *column == key_name || p.version.as_deref() == Some(column) {
+                            self.at_key(&cpath, format!("projection {node}: column {column} is filled by millrace (the key, or the version); leave it out"));
+                        } else if !columns.iter().any(|c| c.name == *column) {
+                            self.at_key(&cpath, format!("projection {node}: column {column} is not under `columns`; expected one of {:?}",
+                                columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>()));
+                        }
+                        match Expr::parse(written) {
+                            Ok(e) => out.push((column.clone(), e)),
+                            Err(e) => self.at_value(&cpath, format!("projection {node}: {e}")),
+                        }
+                    }
+                    Action::Upsert(out)
+                }
+            };
+            events.insert(ty.clone(), action);
+        }
+        (self.diagnostics.len() == before).then(|| Mapping { table, key, version: p.version.clone(), columns, events })
+    }
+
     fn internal_topics(&mut self, t: &Topology) {
         for need in t.topic_needs().iter().filter(|n| matches!(n.role, TopicRole::Changelog | TopicRole::Repartition)) {
             if let Some(declared) = t.topics.get(&need.name).filter(|d| d.partitions != need.partitions) {

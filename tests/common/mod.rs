@@ -552,3 +552,56 @@ impl Drop for BrokerBack {
         kafka_local("up");
     }
 }
+
+/// The test PostgreSQL: `MILLRACE_TEST_POSTGRES_URL` when set (deploy/test sets it),
+/// otherwise the one `deploy/postgres-local up` starts.
+pub fn postgres_url() -> String {
+    static U: OnceLock<String> = OnceLock::new();
+    U.get_or_init(|| {
+        if let Ok(u) = std::env::var("MILLRACE_TEST_POSTGRES_URL") {
+            return u;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/postgres-local");
+        let out = Command::new(&script).arg("up").stderr(Stdio::inherit()).output().expect("run deploy/postgres-local up");
+        assert!(out.status.success(), "deploy/postgres-local up failed");
+        String::from_utf8(out.stdout).unwrap().lines().last().expect("postgres url").trim().to_string()
+    })
+    .clone()
+}
+
+/// A connection to the test PostgreSQL, for checking what projections wrote.
+pub struct Pg {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Pg {
+    pub fn connect() -> Pg {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let url = postgres_url();
+        let client = rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to the test PostgreSQL");
+            tokio::spawn(connection);
+            client
+        });
+        Pg { rt, client }
+    }
+
+    pub fn execute(&self, sql: &str) {
+        self.rt.block_on(self.client.batch_execute(sql)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        self.rt.block_on(self.client.query(sql, &[])).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Whether the server answers (after an outage).
+    pub fn try_query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        self.rt.block_on(self.client.query(sql, &[]))
+    }
+}
+
+/// A table name no other test (or earlier run) uses.
+pub fn unique_table(prefix: &str) -> String {
+    unique(prefix).replace('-', "_")
+}
