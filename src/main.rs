@@ -97,6 +97,11 @@ enum Command {
         #[arg(long)]
         apply: bool,
     },
+    /// Read-side operations on a projection into PostgreSQL.
+    Projection {
+        #[command(subcommand)]
+        op: ProjectionOp,
+    },
     /// An operator's request about one aggregate's snapshot, carried out by the running
     /// instance that owns the key (docs/operations.md, "Faults and what each one does").
     Store {
@@ -116,6 +121,29 @@ enum Command {
         /// How long to wait for the owner's answer, in seconds.
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionOp {
+    /// Blue/green: build the projection's tables again from offset 0 into shadow tables
+    /// while the live ones keep serving, then swap them in one transaction. The old tables
+    /// stay as `<table>_old` unless --drop-old. Resumes an interrupted rebuild.
+    Rebuild {
+        /// The projection node.
+        name: String,
+        #[arg(long, env = "MILLRACE_TOPOLOGY")]
+        topology: PathBuf,
+        #[arg(long, env = "MILLRACE_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:19092")]
+        bootstrap_servers: String,
+        #[arg(long, env = "MILLRACE_KAFKA_CONFIG")]
+        kafka_config: Option<PathBuf>,
+        #[arg(long, env = "MILLRACE_POSTGRES_URL", hide_env_values = true)]
+        postgres_url: String,
+        /// Drop the replaced tables after the swap (and an old table left by an earlier
+        /// rebuild before it).
+        #[arg(long)]
+        drop_old: bool,
     },
 }
 
@@ -255,6 +283,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Projection { op: ProjectionOp::Rebuild { name, topology, bootstrap_servers, kafka_config, postgres_url, drop_old } } => {
+            projection_rebuild(&name, &topology, &bootstrap_servers, kafka_config.as_deref(), &postgres_url, drop_old)
+        }
         Command::Store { op, aggregate, key, topology, bootstrap_servers, kafka_config, timeout_s } => {
             store_admin(&op, &aggregate, &key, &topology, &bootstrap_servers, kafka_config.as_deref(), timeout_s)
         }
@@ -383,6 +414,66 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// `millrace projection rebuild`: exit 0 when swapped, 2 on a bad topology or argument, 1
+/// when it failed (it resumes where it stopped when run again).
+fn projection_rebuild(name: &str, topology_file: &std::path::Path, bootstrap: &str, kafka_config: Option<&std::path::Path>, postgres_url: &str, drop_old: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    let t = match topology::load(topology_file) {
+        Ok(t) => t,
+        Err(e) => {
+            report_topology_error(&e);
+            return ExitCode::from(2);
+        }
+    };
+    let kafka = match clients(bootstrap, kafka_config, vec![], vec![]) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rebuild = match millrace::readside::rebuild::Rebuild::of(&t, name, &millrace::builtin_registry(), kafka, postgres_url, drop_old) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", topology_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let tty = std::io::stderr().is_terminal();
+    let mut show = |p: millrace::readside::rebuild::Progress| {
+        let width = 30;
+        let filled = if p.total == 0 { width } else { (p.done.min(p.total) * width as u64 / p.total) as usize };
+        let eta = p.eta().map_or("-".to_string(), |d| format!("{} s", d.as_secs()));
+        let line = format!(
+            "rebuild {name}: [{}{}] {}/{} records, {:.0}/s, ETA {eta}",
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            p.done,
+            p.total,
+            p.rate()
+        );
+        if tty { eprint!("\r{line}") } else { eprintln!("{line}") }
+    };
+    let result = rebuild.run(rt.handle(), &mut show);
+    if tty {
+        eprintln!();
+    }
+    match result {
+        Ok(done) => {
+            for (live, old) in &done.tables {
+                let kept = if done.dropped_old { "dropped".to_string() } else { format!("kept as {old}") };
+                println!("rebuilt {live} from {} records and swapped it in; the table it replaced is {kept}", done.records);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(if e.recovery() == millrace::error::Recovery::Reject { 2 } else { 1 })
         }
     }
 }

@@ -7,16 +7,20 @@
 //! | [`mapped`] | declarative projections from topology files, as a `Projection` |
 //! | [`sql`] | the statements, rendered from row changes (pure, unit-tested) |
 //! | [`postgres`] | the pool, the schema, and the one transaction of rows + positions |
+//! | [`batch`] | one batch: records decoded and projected, dead letters first, then the commit |
 //! | [`runner`] | a projection's consumer: group membership, positions from PostgreSQL, batches |
+//! | [`rebuild`] | blue/green: shadow tables built from offset 0, swapped in one transaction |
 //!
 //! Exactly once here means: each batch of events is one PostgreSQL transaction that holds
 //! the row changes and the new positions (`millrace_offsets`); on assignment a partition
 //! resumes from the position in PostgreSQL, never from the group's committed offset. The
 //! runtime's engine knows nothing of this module, and no tokio-postgres type leaves it.
 
+pub mod batch;
 pub mod mapped;
 pub mod postgres;
 pub mod projection;
+pub mod rebuild;
 pub mod runner;
 pub mod sql;
 
@@ -43,6 +47,8 @@ pub enum ReadSideError {
     DeadLetter(#[from] crate::sink::SinkError),
     #[error("no positions within {waited_s} s at assignment: {reason}")]
     Positions { waited_s: u64, reason: String },
+    #[error("rebuild: {reason}")]
+    Rebuild { reason: String },
 }
 
 /// The database's own message, SQLSTATE and detail: tokio-postgres shows only "db error".
@@ -89,7 +95,7 @@ impl ReadSideError {
             // The batch is redone, dead letters included.
             | ReadSideError::DeadLetter(_) => Recovery::Retry,
             ReadSideError::Moved { .. } => Recovery::GiveUpPartitions,
-            ReadSideError::Url { .. } | ReadSideError::UnsupportedType { .. } => Recovery::Fatal,
+            ReadSideError::Url { .. } | ReadSideError::UnsupportedType { .. } | ReadSideError::Rebuild { .. } => Recovery::Fatal,
         }
     }
 }

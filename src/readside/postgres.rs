@@ -81,7 +81,72 @@ impl ProjectionDb {
         Ok(())
     }
 
-    /// Every stored position of this projection.
+    /// The name positions are stored under.
+    pub fn name(&self) -> &str {
+        &self.projection
+    }
+
+    /// Whether a table (or view) of this name exists.
+    pub async fn table_exists(&self, table: &str) -> Result<bool, ReadSideError> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&sql::ident(table)]).await.map_err(pg("look a table up"))?;
+        Ok(row.get(0))
+    }
+
+    /// Creates `shadow` as a copy of `live`'s definition (columns, defaults, constraints,
+    /// indexes: the user's migrations included), or from `def` when there is no live table.
+    pub async fn create_shadow(&self, live: &str, shadow: &str, def: &TableDef) -> Result<(), ReadSideError> {
+        let statement = if self.table_exists(live).await? {
+            format!("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING ALL)", sql::ident(shadow), sql::ident(live))
+        } else {
+            sql::create_table(&TableDef { name: shadow.to_string(), ..def.clone() })
+        };
+        self.client().await?.batch_execute(&statement).await.map_err(pg("create the shadow table"))
+    }
+
+    /// Forgets every position of this projection.
+    pub async fn forget_positions(&self) -> Result<(), ReadSideError> {
+        let client = self.client().await?;
+        client.execute("DELETE FROM millrace_offsets WHERE projection = $1", &[&self.projection]).await.map_err(pg("forget positions"))?;
+        Ok(())
+    }
+
+    /// The blue/green swap, in one transaction: the live projection's positions become this
+    /// one's (taking the live writer's position rows first, so a batch of it in flight
+    /// commits before, and the next one finds its positions moved and rejoins from these),
+    /// each live table is renamed to its old name and each shadow to the live name.
+    /// `renames` holds (live, shadow, old) per table; `drop_old` drops the old ones.
+    pub async fn swap_into(&self, live_projection: &str, renames: &[(String, String, String)], drop_old: bool) -> Result<(), ReadSideError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        tx.query("SELECT next_offset FROM millrace_offsets WHERE projection = $1 FOR UPDATE", &[&live_projection]).await.map_err(pg("lock live positions"))?;
+        tx.execute("DELETE FROM millrace_offsets WHERE projection = $1", &[&live_projection]).await.map_err(pg("swap positions"))?;
+        tx.execute(
+            "INSERT INTO millrace_offsets (projection, topic, partition, next_offset) \
+             SELECT $1, topic, partition, next_offset FROM millrace_offsets WHERE projection = $2",
+            &[&live_projection, &self.projection],
+        )
+        .await
+        .map_err(pg("swap positions"))?;
+        tx.execute("DELETE FROM millrace_offsets WHERE projection = $1", &[&self.projection]).await.map_err(pg("swap positions"))?;
+        for (live, shadow, old) in renames {
+            let mut ddl = Vec::new();
+            if drop_old {
+                ddl.push(format!("DROP TABLE IF EXISTS {}", sql::ident(old)));
+            }
+            let exists: bool = tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&sql::ident(live)]).await.map_err(pg("look a table up"))?.get(0);
+            if exists {
+                ddl.push(format!("ALTER TABLE {} RENAME TO {}", sql::ident(live), sql::ident(unqualified(old))));
+            }
+            ddl.push(format!("ALTER TABLE {} RENAME TO {}", sql::ident(shadow), sql::ident(unqualified(live))));
+            if drop_old && exists {
+                ddl.push(format!("DROP TABLE {}", sql::ident(old)));
+            }
+            tx.batch_execute(&ddl.join("; ")).await.map_err(pg("swap tables"))?;
+        }
+        tx.commit().await.map_err(pg("commit the swap"))
+    }
+
     pub async fn positions(&self) -> Result<HashMap<TopicPartition, i64>, ReadSideError> {
         let client = self.client().await?;
         let rows = client.query(sql::POSITIONS, &[&self.projection]).await.map_err(pg("read positions"))?;
@@ -207,6 +272,11 @@ impl ProjectionDb {
         tx.commit().await.map_err(pg("commit"))?;
         Ok(done)
     }
+}
+
+/// `schema.table` → `table`: what ALTER TABLE ... RENAME TO takes.
+fn unqualified(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
 }
 
 fn pg(op: &'static str) -> impl Fn(tokio_postgres::Error) -> ReadSideError {

@@ -19,8 +19,9 @@
 //! - the projection does not fit the database (a missing column, a type millrace cannot
 //!   write): the projection stops, and says why in the log and on /health.
 
-use super::postgres::{Batch, ProjectionDb};
-use super::projection::{ProjectedEvent, Projection};
+use super::batch::BatchWriter;
+use super::postgres::ProjectionDb;
+use super::projection::Projection;
 use super::ReadSideError;
 use crate::codec::Format;
 use crate::error::Recovery;
@@ -125,8 +126,14 @@ impl ProjectionRunner {
     /// One membership of the group, until `stop` or a fault that needs a new one.
     fn consume(&self, stop: &AtomicBool) -> Result<(), ReadSideError> {
         let consumer = self.consumer()?;
-        let dead_letters = Mutex::new(crate::sink::TransactionalSink::new(&self.clients, &self.group, false)?);
-        let codecs: HashMap<&str, Format> = self.topics.iter().map(|(t, f)| (t.as_str(), *f)).collect();
+        let writer = BatchWriter {
+            projection: self.projection.clone(),
+            db: self.db.clone(),
+            runtime: self.runtime.clone(),
+            codecs: self.topics.iter().cloned().collect(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            dead_letters: Mutex::new(crate::sink::TransactionalSink::new(&self.clients, &self.group, false)?),
+        };
         let mut pending: Vec<InRecord> = Vec::new();
         let mut started: Option<Instant> = None;
         while !stop.load(Ordering::SeqCst) {
@@ -164,7 +171,7 @@ impl ProjectionRunner {
             }
             let due = started.is_some_and(|s| s.elapsed() >= self.commit_interval) || pending.len() >= self.max_batch_records;
             if due && !pending.is_empty() {
-                self.commit(&consumer, &pending, &codecs, &dead_letters, stop)?;
+                self.commit(&consumer, &pending, &writer, stop)?;
                 pending.clear();
                 started = None;
             }
@@ -173,42 +180,13 @@ impl ProjectionRunner {
     }
 
     /// Projects and commits `records`, retrying passing faults with the partitions paused.
-    fn commit(
-        &self,
-        consumer: &BaseConsumer<Positioner>,
-        records: &[InRecord],
-        codecs: &HashMap<&str, Format>,
-        dead_letters: &Mutex<crate::sink::TransactionalSink>,
-        stop: &AtomicBool,
-    ) -> Result<(), ReadSideError> {
+    fn commit(&self, consumer: &BaseConsumer<Positioner>, records: &[InRecord], writer: &BatchWriter, stop: &AtomicBool) -> Result<(), ReadSideError> {
         let started = Instant::now();
-        let batch = {
-            let state = consumer.context().state.lock().expect("assignment lock");
-            let mut partitions: Vec<(TopicPartition, Option<i64>, i64)> = Vec::new();
-            for r in records {
-                let tp = TopicPartition::new(r.topic.clone(), r.partition);
-                match partitions.iter_mut().find(|(p, _, _)| *p == tp) {
-                    Some(entry) => entry.2 = r.offset + 1,
-                    None => partitions.push((tp.clone(), state.believed.get(&tp).copied().flatten(), r.offset + 1)),
-                }
-            }
-            let items = records.iter().map(|r| self.project(r, codecs)).collect();
-            Batch { partitions, items }
-        };
-        let send_dead = |dead: &[(usize, String)]| -> Result<(), ReadSideError> {
-            let mut sink = dead_letters.lock().expect("dead letter sink lock");
-            sink.begin()?;
-            for (i, reason) in dead {
-                let letter = crate::processor::dead_letter_as(&records[*i], reason, &self.dead_letter_topic, "projection");
-                sink.send(&letter)?;
-            }
-            sink.commit(&TopicPartitionList::new(), None)?;
-            Ok(())
-        };
+        let believed = |tp: &TopicPartition| consumer.context().state.lock().expect("assignment lock").believed.get(tp).copied().flatten();
         let mut backoff = Backoff::default();
         let mut paused = false;
         let result = loop {
-            match self.runtime.block_on(self.db.commit(&batch, &send_dead)) {
+            match writer.write(records, &believed) {
                 Ok(done) => break Ok(done),
                 Err(e) if e.recovery() == Recovery::Retry && !stop.load(Ordering::SeqCst) => {
                     // Stay a member while the database is away: poll, with nothing to fetch.
@@ -238,7 +216,7 @@ impl ProjectionRunner {
                 let _ = consumer.resume(&assigned);
             }
         }
-        let done = result?;
+        let (batch, done) = result?;
         let mut state = consumer.context().state.lock().expect("assignment lock");
         let mut offsets = TopicPartitionList::new();
         for (tp, _, next) in &batch.partitions {
@@ -254,25 +232,6 @@ impl ProjectionRunner {
         metrics::counter!("millrace_projection_dead_letters_total", "projection" => label.clone()).increment(done.dead.len() as u64);
         metrics::histogram!("millrace_projection_batch_seconds", "projection" => label).record(started.elapsed().as_secs_f64());
         Ok(())
-    }
-
-    /// One record's row changes, or why it has none.
-    fn project(&self, record: &InRecord, codecs: &HashMap<&str, Format>) -> Result<Vec<super::RowChange>, String> {
-        let bytes = record.value.as_deref().ok_or("the record has no value (a tombstone)")?;
-        let value: serde_json::Value = match codecs.get(record.topic.as_str()) {
-            Some(Format::Json) | None => serde_json::from_slice(bytes).map_err(|e| format!("the value is not JSON: {e}"))?,
-            Some(Format::Protobuf) => return Err("projections read JSON topics; this one is protobuf".into()),
-        };
-        let key = record.key.as_deref().and_then(|k| std::str::from_utf8(k).ok());
-        let event = ProjectedEvent {
-            topic: &record.topic,
-            partition: record.partition,
-            offset: record.offset,
-            timestamp_ms: record.timestamp.unwrap_or(0),
-            key,
-            value: &value,
-        };
-        self.projection.project(&event)
     }
 }
 

@@ -622,7 +622,7 @@ impl App {
 /// The store's secondary indexes: the declared fields of the state, plus, for an
 /// aggregate that can wait, `millrace.awaiting` (how its waiting aggregates are found).
 /// Each projection node's projection: the registered one it names, or its mapping.
-fn projections(topology: &Topology, registry: &Registry) -> Result<BTreeMap<String, Arc<dyn crate::readside::Projection>>, RuntimeError> {
+pub fn projections(topology: &Topology, registry: &Registry) -> Result<BTreeMap<String, Arc<dyn crate::readside::Projection>>, RuntimeError> {
     use crate::topology::ProjectionKind;
     topology
         .projections

@@ -25,7 +25,7 @@ mod task;
 pub mod plan;
 pub mod topics;
 
-pub use app::{App, AppConfig, Run};
+pub use app::{projections, App, AppConfig, Run};
 pub use catalog::{Catalog, StoreView};
 pub use members::{Directory, Owner};
 pub use registry::Registry;
