@@ -97,6 +97,29 @@ enum Command {
         #[arg(long)]
         apply: bool,
     },
+    /// Refold every snapshot of an aggregate store from its events topic, after a fix to
+    /// `evolve`: `upcast_event`, then `evolve`; the dedup window from the events' command
+    /// ids. Writes only the snapshots that change, to the changelog, in transactions;
+    /// instances read them as they start. Refuses while instances of the application are
+    /// live (exit 3), unless --force.
+    Rebuild {
+        #[arg(long, env = "MILLRACE_TOPOLOGY")]
+        topology: PathBuf,
+        /// The aggregate store (or its aggregate node).
+        #[arg(long)]
+        store: String,
+        /// Only say how many snapshots would change, with a few as diffs.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run even while instances are live (they overwrite what they own, and see the
+        /// rest only after a restart).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, env = "MILLRACE_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:19092")]
+        bootstrap_servers: String,
+        #[arg(long, env = "MILLRACE_KAFKA_CONFIG")]
+        kafka_config: Option<PathBuf>,
+    },
     /// Read-side operations on a projection into PostgreSQL.
     Projection {
         #[command(subcommand)]
@@ -283,6 +306,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Rebuild { topology, store, dry_run, force, bootstrap_servers, kafka_config } => {
+            store_rebuild(&topology, &store, dry_run, force, &bootstrap_servers, kafka_config.as_deref())
+        }
         Command::Projection { op: ProjectionOp::Rebuild { name, topology, bootstrap_servers, kafka_config, postgres_url, drop_old } } => {
             projection_rebuild(&name, &topology, &bootstrap_servers, kafka_config.as_deref(), &postgres_url, drop_old)
         }
@@ -418,6 +444,96 @@ fn main() -> ExitCode {
     }
 }
 
+/// A progress line on stderr: redrawn in place on a terminal, a line each otherwise.
+fn progress_line(tty: bool, what: &str, done: u64, total: u64, started: std::time::Instant) {
+    let width = 30;
+    let filled = if total == 0 { width } else { (done.min(total) * width as u64 / total) as usize };
+    let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+    let eta = if rate > 0.0 { format!("{} s", (total.saturating_sub(done) as f64 / rate) as u64) } else { "-".into() };
+    let line = format!("{what}: [{}{}] {done}/{total} records, {rate:.0}/s, ETA {eta}", "#".repeat(filled), ".".repeat(width - filled));
+    if tty { eprint!("\r{line}") } else { eprintln!("{line}") }
+}
+
+/// `millrace rebuild`: exit 0 when done (or planned, with --dry-run), 2 on a bad topology
+/// or argument, 3 when live instances refuse it, 1 when it failed.
+fn store_rebuild(topology_file: &std::path::Path, store: &str, dry_run: bool, force: bool, bootstrap: &str, kafka_config: Option<&std::path::Path>) -> ExitCode {
+    use std::io::IsTerminal;
+    let t = match topology::load(topology_file) {
+        Ok(t) => t,
+        Err(e) => {
+            report_topology_error(&e);
+            return ExitCode::from(2);
+        }
+    };
+    let kafka = match clients(bootstrap, kafka_config, vec![], vec![]) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rebuild = match millrace::runtime::refold::StoreRebuild::of(&t, store, &millrace::builtin_registry(), kafka) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", topology_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match rebuild.live_instances() {
+        Ok(live) if !live.is_empty() && !force => {
+            eprintln!("error: instances of {} are live ({}); stop them first, or pass --force (a live task overwrites the snapshots it owns)", t.application_id, live.join(", "));
+            return ExitCode::from(3);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("error: cannot tell whether instances are live: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let plan = rebuild.plan(&mut |done, total| progress_line(tty, &format!("rebuild {}: reading", rebuild.store), done, total, started));
+    if tty {
+        eprintln!();
+    }
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("{} of {} snapshots {} change", plan.changed.len(), plan.aggregates, if dry_run { "would" } else { "will" });
+    for c in plan.changed.iter().take(3) {
+        let (before_version, before_state) = c.before.clone().map_or(("none".to_string(), serde_json::Value::Null), |(v, s)| (v.to_string(), s));
+        println!("{} (partition {}): version {before_version} -> {}", c.key, c.partition, c.after.version);
+        for line in millrace::processor::refold::diff(&before_state, &c.after.state) {
+            println!("  {line}");
+        }
+    }
+    for (key, reason) in plan.unfoldable.iter().take(5) {
+        eprintln!("warning: {key} keeps its snapshot: its events cannot be refolded: {reason}");
+    }
+    if dry_run {
+        return ExitCode::SUCCESS;
+    }
+    let started = std::time::Instant::now();
+    let written = rebuild.apply(&plan, &mut |done, total| progress_line(tty, &format!("rebuild {}: writing", rebuild.store), done, total, started));
+    if tty {
+        eprintln!();
+    }
+    match written {
+        Ok(n) => {
+            println!("rewrote {n} snapshots in the changelog; instances read them as they start");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e} (nothing half-written stays: each transaction commits whole; run it again)");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `millrace projection rebuild`: exit 0 when swapped, 2 on a bad topology or argument, 1
 /// when it failed (it resumes where it stopped when run again).
 fn projection_rebuild(name: &str, topology_file: &std::path::Path, bootstrap: &str, kafka_config: Option<&std::path::Path>, postgres_url: &str, drop_old: bool) -> ExitCode {
@@ -445,20 +561,8 @@ fn projection_rebuild(name: &str, topology_file: &std::path::Path, bootstrap: &s
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let tty = std::io::stderr().is_terminal();
-    let mut show = |p: millrace::readside::rebuild::Progress| {
-        let width = 30;
-        let filled = if p.total == 0 { width } else { (p.done.min(p.total) * width as u64 / p.total) as usize };
-        let eta = p.eta().map_or("-".to_string(), |d| format!("{} s", d.as_secs()));
-        let line = format!(
-            "rebuild {name}: [{}{}] {}/{} records, {:.0}/s, ETA {eta}",
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            p.done,
-            p.total,
-            p.rate()
-        );
-        if tty { eprint!("\r{line}") } else { eprintln!("{line}") }
-    };
+    let started = std::time::Instant::now();
+    let mut show = |p: millrace::readside::rebuild::Progress| progress_line(tty, &format!("rebuild {name}"), p.done, p.total, started);
     let result = rebuild.run(rt.handle(), &mut show);
     if tty {
         eprintln!();

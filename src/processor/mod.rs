@@ -8,6 +8,7 @@ pub mod aggregate;
 mod aggregate_processor;
 mod dead_letter;
 mod join;
+pub mod refold;
 mod rekey;
 mod table;
 pub mod wire;

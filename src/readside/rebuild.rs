@@ -34,18 +34,6 @@ pub struct Progress {
     pub elapsed: Duration,
 }
 
-impl Progress {
-    pub fn rate(&self) -> f64 {
-        self.done as f64 / self.elapsed.as_secs_f64().max(0.001)
-    }
-
-    /// Time left at the rate so far.
-    pub fn eta(&self) -> Option<Duration> {
-        let rate = self.rate();
-        (rate > 0.0).then(|| Duration::from_secs_f64(self.total.saturating_sub(self.done) as f64 / rate))
-    }
-}
-
 /// What a rebuild did.
 #[derive(Debug)]
 pub struct Rebuilt {

@@ -122,11 +122,7 @@ impl App {
                 name: a.aggregate.clone(),
                 known: registry.names().map(str::to_string).collect(),
             })?;
-            let store_format = a.store_codec.unwrap_or(if registered.supports_protobuf {
-                Format::Protobuf
-            } else {
-                Format::Json
-            });
+            let store_format = registry.store_format(a).expect("the aggregate is registered");
             let settings = AggregateSettings {
                 store: a.store.name.clone(),
                 command_format: a.commands.codec,

@@ -235,6 +235,20 @@ pub fn spawn(
     vec![reader, publisher]
 }
 
+/// The instances whose heartbeat in the members topic is fresh now (for tools that must
+/// not run beside a live application, such as `millrace rebuild`). Reads the topic once.
+pub fn live_instances(clients: &Clients, topic: &str) -> Result<Vec<Member>, RuntimeError> {
+    let directory = Directory::new(Owner { instance: String::new(), http: String::new() }, HEARTBEAT * 3);
+    let reader = PartitionReader::new(clients, "read members", format!("millrace-members-check-{topic}"), &[])?;
+    reader.read_to_end(&TopicPartition::new(topic, 0), None, &mut |m| {
+        if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+            directory.apply(k, m.payload());
+        }
+        Ok(())
+    })?;
+    Ok(directory.live())
+}
+
 fn read_loop(directory: &Directory, topic: &str, clients: &Clients, stop: &AtomicBool) -> Result<(), RuntimeError> {
     let tuning = [("fetch.wait.max.ms", "100"), ("queued.max.messages.kbytes", "1024")];
     let reader = PartitionReader::new(clients, "read members", format!("millrace-members-{topic}"), &tuning)?;

@@ -17,6 +17,7 @@ pub mod partition_gauges;
 pub(crate) mod ports;
 pub mod progress;
 pub mod reader;
+pub mod refold;
 mod restore;
 pub(crate) mod route;
 pub mod standby;
@@ -76,6 +77,8 @@ pub enum RuntimeError {
     UnknownProjection { node: String, name: String, known: Vec<String> },
     #[error("the topology has projections ({projections}) but no PostgreSQL to write them to: give --postgres-url or MILLRACE_POSTGRES_URL (postgres://user:password@host:port/database), or run with --run processing")]
     NoPostgres { projections: String },
+    #[error("rebuild: {reason}")]
+    Rebuild { reason: String },
     #[error("projection {node}: {source}")]
     ReadSide { node: String, source: crate::readside::ReadSideError },
     /// A crash the broker-free driver injected at a step of the commit cycle.
@@ -101,7 +104,8 @@ impl RuntimeError {
             RuntimeError::Process(e) => e.recovery(),
             RuntimeError::DuplicateInstance { .. }
             | RuntimeError::UnknownProjection { .. }
-            | RuntimeError::NoPostgres { .. } => Recovery::Reject,
+            | RuntimeError::NoPostgres { .. }
+            | RuntimeError::Rebuild { .. } => Recovery::Reject,
             RuntimeError::ReadSide { source, .. } => source.recovery(),
             RuntimeError::Gateway(gateway::GatewayError::Produce(_)) => Recovery::Retry,
             RuntimeError::Gateway(_) => Recovery::Reject,

@@ -6,6 +6,7 @@ use crate::processor::{
     Aggregate, AggregateProcessor, AggregateSettings, Processor, SnapshotRenderer, ValueRenderer,
 };
 use crate::codec::Format;
+use crate::processor::refold::{AggregateRefolder, Refolder};
 use crate::readside::Projection;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -13,6 +14,8 @@ use std::sync::Arc;
 
 type ProcessorFactory = Arc<dyn Fn(AggregateSettings) -> Box<dyn Processor> + Send + Sync>;
 type RendererFactory = Arc<dyn Fn(Format) -> Arc<dyn ValueRenderer> + Send + Sync>;
+/// A refolder for (event format, store format, dedup window).
+type RefolderFactory = Arc<dyn Fn(Format, Format, usize) -> Arc<dyn Refolder> + Send + Sync>;
 /// Decodes a command envelope and body as the processor will: the reason if it cannot.
 pub(crate) type CommandCheck = Arc<dyn Fn(Format, &[u8]) -> Result<(), String> + Send + Sync>;
 
@@ -21,6 +24,7 @@ pub(crate) struct Registered {
     pub processor: ProcessorFactory,
     pub renderer: RendererFactory,
     pub check: CommandCheck,
+    pub refolder: RefolderFactory,
     pub supports_protobuf: bool,
 }
 
@@ -46,6 +50,9 @@ impl Registry {
                 }),
                 check: Arc::new(|format, bytes| {
                     crate::processor::wire::decode_command::<A>(format, bytes).map(drop).map_err(|e| e.to_string())
+                }),
+                refolder: Arc::new(|event_format, store_format, dedup_window| {
+                    Arc::new(AggregateRefolder::<A> { event_format, store_format, dedup_window, _aggregate: PhantomData })
                 }),
                 supports_protobuf: A::supports_protobuf(),
             },
@@ -74,5 +81,12 @@ impl Registry {
 
     pub(crate) fn get(&self, name: &str) -> Option<&Registered> {
         self.aggregates.get(name)
+    }
+
+    /// The format of an aggregate node's snapshots: as the topology says, or the compact
+    /// default (protobuf when the aggregate has a schema).
+    pub(crate) fn store_format(&self, node: &crate::topology::AggregateNode) -> Option<Format> {
+        let registered = self.get(&node.aggregate)?;
+        Some(node.store_codec.unwrap_or(if registered.supports_protobuf { Format::Protobuf } else { Format::Json }))
     }
 }
