@@ -1,5 +1,6 @@
 //! The read side: events out of Kafka into PostgreSQL, exactly once, without Kafka
-//! transactions. The data path, in file order:
+//! transactions; and the outbox, rows out of PostgreSQL onto Kafka, exactly once, with
+//! them. The data path, in file order:
 //!
 //! | file | owns |
 //! |---|---|
@@ -9,6 +10,7 @@
 //! | [`postgres`] | the pool, the schema, and the one transaction of rows + positions |
 //! | [`batch`] | one batch: records decoded and projected, dead letters first, then the commit |
 //! | [`runner`] | a projection's consumer: group membership, positions from PostgreSQL, batches |
+//! | [`outbox`] | the outbox relay: rows of a table onto Kafka by transaction visibility, exactly once |
 //! | [`rebuild`] | blue/green: shadow tables built from offset 0, swapped in one transaction |
 //!
 //! Exactly once here means: each batch of events is one PostgreSQL transaction that holds
@@ -18,6 +20,7 @@
 
 pub mod batch;
 pub mod mapped;
+pub mod outbox;
 pub mod postgres;
 pub mod projection;
 pub mod rebuild;
@@ -43,12 +46,14 @@ pub enum ReadSideError {
     UnsupportedType { table: String, column: String, sql_type: String },
     #[error("kafka {op}: {source}")]
     Kafka { op: &'static str, source: rdkafka::error::KafkaError },
-    #[error("dead letters could not be written: {0}")]
-    DeadLetter(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
     #[error("no positions within {waited_s} s at assignment: {reason}")]
     Positions { waited_s: u64, reason: String },
     #[error("rebuild: {reason}")]
     Rebuild { reason: String },
+    #[error("outbox table {table}: {reason}")]
+    OutboxTable { table: String, reason: String },
 }
 
 /// The database's own message, SQLSTATE and detail: tokio-postgres shows only "db error".
@@ -91,11 +96,11 @@ impl ReadSideError {
             },
             ReadSideError::Pool { .. }
             | ReadSideError::Kafka { .. }
-            | ReadSideError::Positions { .. }
-            // The batch is redone, dead letters included.
-            | ReadSideError::DeadLetter(_) => Recovery::Retry,
+            | ReadSideError::Positions { .. } => Recovery::Retry,
+            ReadSideError::Sink(e) => e.recovery(),
             ReadSideError::Moved { .. } => Recovery::GiveUpPartitions,
-            ReadSideError::Url { .. } | ReadSideError::UnsupportedType { .. } | ReadSideError::Rebuild { .. } => Recovery::Fatal,
+            ReadSideError::Url { .. } | ReadSideError::UnsupportedType { .. } | ReadSideError::Rebuild { .. }
+            | ReadSideError::OutboxTable { .. } => Recovery::Fatal,
         }
     }
 }

@@ -274,6 +274,82 @@ impl ProjectionDb {
     }
 }
 
+/// One outbox row.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub topic: String,
+    pub key: Option<String>,
+    /// The value as JSON text.
+    pub value: Option<String>,
+    /// The headers object as JSON text.
+    pub headers: Option<String>,
+}
+
+/// An outbox table, as its relay reads it.
+pub struct OutboxDb {
+    pool: Pool,
+    table: String,
+}
+
+impl OutboxDb {
+    pub fn new(pool: Pool, table: &str) -> Self {
+        Self { pool, table: table.to_string() }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, ReadSideError> {
+        self.pool.get().await.map_err(|e| ReadSideError::Pool { reason: e.to_string() })
+    }
+
+    /// Creates the table when missing; checks an existing one has the `txid` column.
+    pub async fn prepare(&self) -> Result<(), ReadSideError> {
+        let client = self.client().await?;
+        client.batch_execute(&sql::create_outbox(&self.table)).await.map_err(pg("create the outbox table"))?;
+        if let Err(e) = client.prepare(&sql::outbox_rows(&self.table)).await {
+            return Err(match e.code() {
+                Some(c) if *c == tokio_postgres::error::SqlState::UNDEFINED_COLUMN => ReadSideError::OutboxTable {
+                    table: self.table.clone(),
+                    reason: format!(
+                        "{} (it needs id bigint, topic text, key text, value jsonb, headers jsonb and txid xid8; \
+                         add the last with: ALTER TABLE {} ADD COLUMN txid xid8 NOT NULL DEFAULT pg_current_xact_id())",
+                        e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()),
+                        self.table
+                    ),
+                },
+                _ => pg("read the outbox")(e),
+            });
+        }
+        Ok(())
+    }
+
+    /// The current snapshot, as text (`xmin:xmax:xip,...`).
+    pub async fn snapshot(&self) -> Result<String, ReadSideError> {
+        let row = self.client().await?.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(pg("take a snapshot"))?;
+        Ok(row.get(0))
+    }
+
+    /// Rows of transactions visible in `now` but not in `done`, past `after`, in id order.
+    pub async fn rows(&self, done: &str, now: &str, after: i64, limit: usize) -> Result<Vec<OutboxRow>, ReadSideError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&sql::outbox_rows(&self.table)).await.map_err(pg("read the outbox"))?;
+        let rows = client.query(&statement, &[&done, &now, &after, &(limit as i64)]).await.map_err(pg("read the outbox"))?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxRow { id: r.get(0), topic: r.get(1), key: r.get(2), value: r.get(3), headers: r.get(4) })
+            .collect())
+    }
+
+    pub async fn delete(&self, ids: &[i64]) -> Result<(), ReadSideError> {
+        self.client().await?.execute(&sql::outbox_delete(&self.table), &[&ids]).await.map_err(pg("delete relayed rows"))?;
+        Ok(())
+    }
+
+    /// Deletes every row of a transaction that committed before `done` was taken.
+    pub async fn cleanup(&self, done: &str) -> Result<u64, ReadSideError> {
+        self.client().await?.execute(&sql::outbox_cleanup(&self.table), &[&done]).await.map_err(pg("delete relayed rows"))
+    }
+}
+
 /// `schema.table` → `table`: what ALTER TABLE ... RENAME TO takes.
 fn unqualified(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)

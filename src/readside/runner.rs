@@ -86,7 +86,7 @@ impl ProjectionRunner {
             let joined = Instant::now();
             match self.consume(stop) {
                 Ok(()) => return Ok(()),
-                Err(e) if matches!(e.recovery(), Recovery::Retry | Recovery::GiveUpPartitions) => {
+                Err(e) if matches!(e.recovery(), Recovery::Retry | Recovery::GiveUpPartitions | Recovery::AbortAndRewind) => {
                     // A membership that lasted was a success: the next fault starts afresh.
                     if joined.elapsed() > Duration::from_secs(60) {
                         backoff = Backoff::default();

@@ -28,6 +28,43 @@ pub const UPSERT_POSITION: &str = "INSERT INTO millrace_offsets (projection, top
 pub const INSERT_POSITION: &str =
     "INSERT INTO millrace_offsets (projection, topic, partition, next_offset) VALUES ($1, $2, $3, $4)";
 
+/// An outbox table as the relay expects it. `txid` is what makes the relay exact: the
+/// transaction that inserted the row (`readside::outbox`).
+pub fn create_outbox(table: &str) -> String {
+    let t = ident(table);
+    let index = ident(&format!("{}_txid_idx", table.rsplit('.').next().unwrap_or(table)));
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (id bigserial PRIMARY KEY, topic text NOT NULL, key text, value jsonb, \
+         headers jsonb, created_at timestamptz NOT NULL DEFAULT now(), txid xid8 NOT NULL DEFAULT pg_current_xact_id()); \
+         CREATE INDEX IF NOT EXISTS {index} ON {t} (txid)"
+    )
+}
+
+/// The rows of transactions that committed after snapshot `$1` and by snapshot `$2`, past
+/// id `$3`, in id order, at most `$4`. `txid >= xmin($1)` only lets the index skip what
+/// `$1` already saw.
+pub fn outbox_rows(table: &str) -> String {
+    format!(
+        "SELECT id, topic, key, value::text, headers::text FROM {} \
+         WHERE txid >= pg_snapshot_xmin($1::text::pg_snapshot) \
+         AND pg_visible_in_snapshot(txid, $2::text::pg_snapshot) \
+         AND NOT pg_visible_in_snapshot(txid, $1::text::pg_snapshot) \
+         AND id > $3 ORDER BY id LIMIT $4",
+        ident(table)
+    )
+}
+
+/// Rows relayed in a batch.
+pub fn outbox_delete(table: &str) -> String {
+    format!("DELETE FROM {} WHERE id = ANY($1)", ident(table))
+}
+
+/// Rows every transaction of which committed before snapshot `$1` was taken: all relayed
+/// (what a crash between the Kafka commit and `outbox_delete` leaves).
+pub fn outbox_cleanup(table: &str) -> String {
+    format!("DELETE FROM {} WHERE txid < pg_snapshot_xmin($1::text::pg_snapshot)", ident(table))
+}
+
 /// `name` quoted as a PostgreSQL identifier; `schema.table` quotes each part.
 pub fn ident(name: &str) -> String {
     name.split('.').map(|part| format!("\"{}\"", part.replace('"', "\"\""))).collect::<Vec<_>>().join(".")

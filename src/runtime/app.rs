@@ -81,7 +81,10 @@ impl App {
         let mut topology = topology;
         match config.run {
             Run::All => {}
-            Run::Processing => topology.projections.clear(),
+            Run::Processing => {
+                topology.projections.clear();
+                topology.outboxes.clear();
+            }
             Run::ReadSide => {
                 topology.aggregates.clear();
                 topology.tables.clear();
@@ -91,8 +94,9 @@ impl App {
             }
         }
         let projections = projections(&topology, registry)?;
-        if !projections.is_empty() && config.postgres_url.is_none() {
-            return Err(RuntimeError::NoPostgres { projections: projections.keys().cloned().collect::<Vec<_>>().join(", ") });
+        if (!projections.is_empty() || !topology.outboxes.is_empty()) && config.postgres_url.is_none() {
+            let nodes: Vec<String> = projections.keys().chain(topology.outboxes.keys()).cloned().collect();
+            return Err(RuntimeError::NoPostgres { projections: nodes.join(", ") });
         }
         let mut routes = BTreeMap::new();
         let catalog = Catalog::new();
@@ -556,9 +560,10 @@ impl App {
     }
 
     fn spawn_projections(&self, stop: Arc<AtomicBool>) -> Result<Vec<std::thread::JoinHandle<Result<(), RuntimeError>>>, RuntimeError> {
-        let Some(url) = self.config.postgres_url.as_deref().filter(|_| !self.projections.is_empty()) else { return Ok(Vec::new()) };
-        let pool = crate::readside::postgres::pool(url, self.projections.len() + 1)
-            .map_err(|source| RuntimeError::ReadSide { node: self.projections.keys().next().cloned().unwrap_or_default(), source })?;
+        let read_side = self.projections.len() + self.topology.outboxes.len();
+        let Some(url) = self.config.postgres_url.as_deref().filter(|_| read_side > 0) else { return Ok(Vec::new()) };
+        let pool = crate::readside::postgres::pool(url, read_side + 1)
+            .map_err(|source| RuntimeError::ReadSide { node: self.projections.keys().chain(self.topology.outboxes.keys()).next().cloned().unwrap_or_default(), source })?;
         let runtime = tokio::runtime::Handle::current();
         let mut handles = Vec::new();
         for (node, projection) in &self.projections {
@@ -575,22 +580,45 @@ impl App {
                 commit_interval: Duration::from_millis(spec.commit_interval_ms),
                 max_batch_records: spec.max_batch_records,
             };
-            let (node, catalog, stop) = (node.clone(), self.catalog.clone(), stop.clone());
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("millrace-projection-{node}"))
-                    .spawn(move || {
-                        let r = runner.run(&stop).map_err(|source| RuntimeError::ReadSide { node: node.clone(), source });
-                        if let Err(e) = &r {
-                            catalog.set_failed(format!("{e}"));
-                        }
-                        stop.store(true, Ordering::SeqCst);
-                        r
-                    })
-                    .expect("spawn projection thread"),
-            );
+            handles.push(self.read_side_thread("projection", node, stop.clone(), move |stop| runner.run(stop)));
+        }
+        for (node, spec) in &self.topology.outboxes {
+            let relay = crate::readside::outbox::OutboxRelay {
+                name: node.clone(),
+                group: self.topology.outbox_group(node),
+                positions_topic: self.topology.outbox_positions_topic(),
+                spec: spec.clone(),
+                db: Arc::new(crate::readside::postgres::OutboxDb::new(pool.clone(), &spec.table)),
+                runtime: runtime.clone(),
+                clients: self.config.kafka.clone(),
+                dead_letter_topic: self.topology.dead_letter_topic(),
+            };
+            handles.push(self.read_side_thread("outbox", node, stop.clone(), move |stop| relay.run(stop)));
         }
         Ok(handles)
+    }
+
+    /// A read-side node on a thread of its own, ending the instance as a processing thread
+    /// does when it fails for good (/health says why).
+    fn read_side_thread(
+        &self,
+        kind: &str,
+        node: &str,
+        stop: Arc<AtomicBool>,
+        run: impl FnOnce(&AtomicBool) -> Result<(), crate::readside::ReadSideError> + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<(), RuntimeError>> {
+        let (node, catalog) = (node.to_string(), self.catalog.clone());
+        std::thread::Builder::new()
+            .name(format!("millrace-{kind}-{node}"))
+            .spawn(move || {
+                let r = run(&stop).map_err(|source| RuntimeError::ReadSide { node: node.clone(), source });
+                if let Err(e) = &r {
+                    catalog.set_failed(format!("{e}"));
+                }
+                stop.store(true, Ordering::SeqCst);
+                r
+            })
+            .expect("spawn read-side thread")
     }
 
     fn consumer_config(&self, member: &str) -> ClientConfig {

@@ -48,6 +48,10 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("millrace_projection_dead_letters_total", Kind::Counter, "events a projection sent to the dead-letter topic: not JSON, not mappable, or a row the database refused"),
     ("millrace_projection_batch_seconds", Kind::Histogram, "from a projection batch's first statement to its commit in PostgreSQL, retries included (histogram)"),
     ("millrace_projection_lag", Kind::Gauge, "records of an input partition a projection has not read yet (last stable offset − position), by projection, topic and partition; from librdkafka statistics every 5 s"),
+    ("millrace_outbox_rows_total", Kind::Counter, "outbox rows relayed to their topics, by outbox"),
+    ("millrace_outbox_dead_letters_total", Kind::Counter, "outbox rows sent to the dead-letter topic instead: a topic that does not exist or cannot, a record the broker refuses for good"),
+    ("millrace_outbox_skipped_rows_total", Kind::Counter, "outbox rows refused, whose dead letter was refused too (larger than any topic takes); each is logged"),
+    ("millrace_outbox_batch_seconds", Kind::Histogram, "one outbox step: reading its rows, the Kafka transaction, deleting them (histogram)"),
     ("millrace_http_refused_total", Kind::Counter, "HTTP requests refused before a handler ran, by status: 401, 403 (tokens) or 503 (too many at once)"),
 ];
 

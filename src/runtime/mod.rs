@@ -79,7 +79,7 @@ pub enum RuntimeError {
     NoPostgres { projections: String },
     #[error("rebuild: {reason}")]
     Rebuild { reason: String },
-    #[error("projection {node}: {source}")]
+    #[error("{node}: {source}")]
     ReadSide { node: String, source: crate::readside::ReadSideError },
     /// A crash the broker-free driver injected at a step of the commit cycle.
     #[cfg(feature = "test-util")]

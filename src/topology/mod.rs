@@ -19,7 +19,7 @@ pub use model::{AggregateNode, Awaits, JoinNode, JoinTable, ProjectionKind, Proj
 pub use names::{changelog_topic, dead_letter_topic, repartition_topic};
 pub use needs::{TopicNeed, TopicRole};
 pub use positions::Positions;
-pub use raw::{DeadLetter, HttpSettings, Processing, StoreSpec, TopicSpec};
+pub use raw::{DeadLetter, HttpSettings, OutboxSpec, Processing, StoreSpec, TopicSpec};
 
 use crate::error::Recovery;
 use std::fmt;

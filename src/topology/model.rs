@@ -25,6 +25,7 @@ pub struct Topology {
     pub joins: BTreeMap<String, JoinNode>,
     pub global_tables: BTreeMap<String, TableNode>,
     pub projections: BTreeMap<String, ProjectionNode>,
+    pub outboxes: BTreeMap<String, super::raw::OutboxSpec>,
     pub processing: Processing,
     pub rocksdb: StoreTuning,
     pub dead_letter: DeadLetter,
@@ -173,6 +174,16 @@ impl Topology {
     /// The consumer group of projection `node`.
     pub fn projection_group(&self, node: &str) -> String {
         format!("{}-projection-{node}", self.application_id)
+    }
+
+    /// Where the outbox relays keep their positions, written in their transactions.
+    pub fn outbox_positions_topic(&self) -> String {
+        format!("{}-outbox-positions", self.application_id)
+    }
+
+    /// The group whose one member relays outbox `node` (and its transactional id).
+    pub fn outbox_group(&self, node: &str) -> String {
+        format!("{}-outbox-{node}", self.application_id)
     }
 
     pub fn members_topic(&self) -> String {

@@ -18,6 +18,8 @@ pub enum TopicRole {
     Members,
     /// How far each node that feeds a global table has processed its input.
     Progress,
+    /// Where each outbox relay is in its table, written with the rows it relays.
+    OutboxPositions,
 }
 
 /// A topic the application needs.
@@ -113,6 +115,16 @@ impl Topology {
                 compacted: true,
                 retention_ms: None,
                 role: TopicRole::Progress,
+            });
+        }
+        if !self.outboxes.is_empty() {
+            needs.push(TopicNeed {
+                name: self.outbox_positions_topic(),
+                partitions: 1,
+                replication: self.topics.values().map(|t| t.replication).max().unwrap_or(1),
+                compacted: true,
+                retention_ms: None,
+                role: TopicRole::OutboxPositions,
             });
         }
         // A declared topic that is also internal (a changelog named under `topics`) is

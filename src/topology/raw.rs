@@ -31,6 +31,8 @@ pub struct RawTopology {
     pub global_tables: BTreeMap<String, TableSpec>,
     /// Projections: events into PostgreSQL rows, exactly once (`readside`).
     pub projections: BTreeMap<String, ProjectionSpec>,
+    /// Outbox relays: rows of a PostgreSQL table onto Kafka, exactly once (`readside`).
+    pub outboxes: BTreeMap<String, OutboxSpec>,
     pub processing: Processing,
     /// Options of named stores; a store a node names but this map omits gets the defaults.
     pub stores: BTreeMap<String, StoreSpec>,
@@ -235,6 +237,30 @@ fn default_projection_batch() -> usize {
     5_000
 }
 
+/// An outbox relay: the rows of `table` produced to Kafka in the order their transactions
+/// committed, in Kafka transactions that also hold the relay's position.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSpec {
+    /// The outbox table (`schema.table` allowed): `id bigserial, topic text, key text,
+    /// value jsonb, headers jsonb, txid xid8 default pg_current_xact_id()`; created when
+    /// missing.
+    pub table: String,
+    /// Delete rows once they are on Kafka (false: keep them).
+    #[serde(default = "default_true")]
+    pub delete_relayed: bool,
+    /// How often an idle relay looks for new rows, in milliseconds.
+    #[serde(default = "default_commit_interval")]
+    pub poll_interval_ms: u64,
+    /// Rows per Kafka transaction at most.
+    #[serde(default = "default_outbox_batch")]
+    pub max_batch_rows: usize,
+}
+
+fn default_outbox_batch() -> usize {
+    1_000
+}
+
 /// What one event type does to its row.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -367,9 +393,9 @@ pub struct Misfit {
 }
 
 /// The top-level keys, in the order the messages list them.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "version", "application_id", "topics", "aggregates", "tables", "rekeys", "joins", "global_tables",
-    "projections", "processing", "stores", "rocksdb", "dead_letter", "http",
+    "projections", "outboxes", "processing", "stores", "rocksdb", "dead_letter", "http",
 ];
 
 impl RawTopology {
@@ -412,6 +438,7 @@ impl RawTopology {
             joins: section_nodes(top, "joins", &mut misfits),
             global_tables: section_nodes(top, "global_tables", &mut misfits),
             projections: section_nodes(top, "projections", &mut misfits),
+            outboxes: section_nodes(top, "outboxes", &mut misfits),
             processing: section(top, "processing", &mut misfits),
             stores: section_nodes(top, "stores", &mut misfits),
             rocksdb: section(top, "rocksdb", &mut misfits),

@@ -140,8 +140,9 @@ impl Checker<'_> {
         }
         self.stores(raw, &stores);
         let projections = self.projections(raw, &topics);
-        if raw.aggregates.is_empty() && raw.tables.is_empty() && raw.rekeys.is_empty() && raw.joins.is_empty() && raw.global_tables.is_empty() && raw.projections.is_empty() {
-            self.at_value("aggregates", "the topology has no nodes; expected at least one aggregate, table or projection".into());
+        self.outboxes(raw);
+        if raw.aggregates.is_empty() && raw.tables.is_empty() && raw.rekeys.is_empty() && raw.joins.is_empty() && raw.global_tables.is_empty() && raw.projections.is_empty() && raw.outboxes.is_empty() {
+            self.at_value("aggregates", "the topology has no nodes; expected at least one aggregate, table, projection or outbox".into());
         }
         self.processing(raw, &inputs);
         Topology {
@@ -154,6 +155,7 @@ impl Checker<'_> {
             joins,
             global_tables,
             projections,
+            outboxes: raw.outboxes.clone(),
             processing: raw.processing.clone(),
             rocksdb: raw.rocksdb.clone(),
             dead_letter: raw.dead_letter.clone(),
@@ -208,6 +210,7 @@ impl Checker<'_> {
             ("joins", raw.joins.keys().collect()),
             ("global_tables", raw.global_tables.keys().collect()),
             ("projections", raw.projections.keys().collect()),
+            ("outboxes", raw.outboxes.keys().collect()),
         ] {
             for name in names {
                 if let Some((other, _)) = seen.iter().find(|(_, n)| *n == name) {
@@ -516,6 +519,21 @@ impl Checker<'_> {
             }
         }
         out
+    }
+
+    fn outboxes(&mut self, raw: &RawTopology) {
+        for (node, o) in self.in_file_order("outboxes", &raw.outboxes) {
+            let at = format!("outboxes.{node}");
+            if !is_topic_name(node) {
+                self.at_key(&at, format!("outbox name {node:?} must use only [A-Za-z0-9._-]: it names the group and transactional id `<application_id>-outbox-{node}`"));
+            }
+            if !is_sql_name(&o.table, true) {
+                self.at_value(&format!("{at}.table"), format!("outbox {node}: table {:?} is not a plain SQL name; expected letters, digits and _, optionally schema.table", o.table));
+            }
+            if o.max_batch_rows == 0 || o.poll_interval_ms == 0 {
+                self.at_key(&at, format!("outbox {node}: `max_batch_rows` and `poll_interval_ms` must be at least 1"));
+            }
+        }
     }
 
     /// A declarative projection: its table, columns and event actions.

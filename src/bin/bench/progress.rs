@@ -82,7 +82,9 @@ pub fn run(orders: usize) {
             let (bootstrap, topic, outcomes, done) = (bootstrap.clone(), format!("{app}-order-events"), outcomes.clone(), done.clone());
             std::thread::spawn(move || read_decisions(&bootstrap, &topic, &outcomes, &done))
         };
-        let killed_at = produce(&bootstrap, &app, orders, &outcomes, failover.then_some(b));
+        // The failover run kills `b`; the calm one stops it with `a`.
+        let (victim, kept) = if failover { (Some(b), None) } else { (None, Some(b)) };
+        let killed_at = produce(&bootstrap, &app, orders, &outcomes, victim);
         // Every outcome is decided within the wait, a failover, and some slack.
         let deadline = Instant::now() + Duration::from_secs(60);
         while outcomes.lock().unwrap().read.len() < orders && Instant::now() < deadline {
@@ -91,6 +93,9 @@ pub fn run(orders: usize) {
         done.store(true, Ordering::SeqCst);
         reader.join().unwrap();
         a.stop();
+        if let Some(b) = kept {
+            b.stop();
+        }
         let o = outcomes.lock().unwrap();
         let label = if failover { "failover" } else { "calm" };
         report(label, &o, None);
