@@ -8,6 +8,7 @@
 //!        millrace-bench join [ORDERS]         enriched orders/s, both join variants
 //!        millrace-bench crash [COMMANDS]      what a restart after SIGKILL restores
 //!        millrace-bench progress [ORDERS]     the latency of waits, calm and in a failover
+//!        millrace-bench projection [EVENTS]   events/s into PostgreSQL, next to a plain consumer
 //! (bootstrap from KAFKA_BOOTSTRAP; processing threads from MILLRACE_BENCH_THREADS,
 //! default 1; the Kafka Streams application from MILLRACE_BENCH_KSTREAMS)
 
@@ -28,6 +29,7 @@ mod crash;
 mod join;
 mod kstreams;
 mod progress;
+mod projection;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -36,6 +38,7 @@ fn main() {
         Some("join") => return join::run(count(100_000)),
         Some("crash") => return crash::run(count(200_000)),
         Some("progress") => return progress::run(count(1_500)),
+        Some("projection") => return projection::run(count(200_000)),
         _ => {}
     }
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
@@ -331,6 +334,11 @@ impl MillraceInstance {
 
     pub(crate) fn metrics(&self) -> String {
         http_get(&self.http, "/metrics")
+    }
+
+    /// CPU time and peak RSS so far.
+    pub(crate) fn usage(&self) -> ProcessUsage {
+        ProcessUsage::of(self.child.id())
     }
 
     /// Sum of a metric over its label sets.
