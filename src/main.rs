@@ -454,23 +454,27 @@ fn progress_line(tty: bool, what: &str, done: u64, total: u64, started: std::tim
     if tty { eprint!("\r{line}") } else { eprintln!("{line}") }
 }
 
+/// The topology file and the Kafka clients of a one-off command; exit code 2 (with the
+/// problem printed) when either is unusable.
+fn topology_and_clients(file: &std::path::Path, bootstrap: &str, kafka_config: Option<&std::path::Path>) -> Result<(topology::Topology, millrace::kafka::Clients), ExitCode> {
+    let t = topology::load(file).map_err(|e| {
+        report_topology_error(&e);
+        ExitCode::from(2)
+    })?;
+    let kafka = clients(bootstrap, kafka_config, vec![], vec![]).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok((t, kafka))
+}
+
 /// `millrace rebuild`: exit 0 when done (or planned, with --dry-run), 2 on a bad topology
 /// or argument, 3 when live instances refuse it, 1 when it failed.
 fn store_rebuild(topology_file: &std::path::Path, store: &str, dry_run: bool, force: bool, bootstrap: &str, kafka_config: Option<&std::path::Path>) -> ExitCode {
     use std::io::IsTerminal;
-    let t = match topology::load(topology_file) {
-        Ok(t) => t,
-        Err(e) => {
-            report_topology_error(&e);
-            return ExitCode::from(2);
-        }
-    };
-    let kafka = match clients(bootstrap, kafka_config, vec![], vec![]) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let (t, kafka) = match topology_and_clients(topology_file, bootstrap, kafka_config) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let rebuild = match millrace::runtime::refold::StoreRebuild::of(&t, store, &millrace::builtin_registry(), kafka) {
         Ok(r) => r,
@@ -538,19 +542,9 @@ fn store_rebuild(topology_file: &std::path::Path, store: &str, dry_run: bool, fo
 /// when it failed (it resumes where it stopped when run again).
 fn projection_rebuild(name: &str, topology_file: &std::path::Path, bootstrap: &str, kafka_config: Option<&std::path::Path>, postgres_url: &str, drop_old: bool) -> ExitCode {
     use std::io::IsTerminal;
-    let t = match topology::load(topology_file) {
-        Ok(t) => t,
-        Err(e) => {
-            report_topology_error(&e);
-            return ExitCode::from(2);
-        }
-    };
-    let kafka = match clients(bootstrap, kafka_config, vec![], vec![]) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let (t, kafka) = match topology_and_clients(topology_file, bootstrap, kafka_config) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let rebuild = match millrace::readside::rebuild::Rebuild::of(&t, name, &millrace::builtin_registry(), kafka, postgres_url, drop_old) {
         Ok(r) => r,
@@ -585,19 +579,9 @@ fn projection_rebuild(name: &str, topology_file: &std::path::Path, bootstrap: &s
 /// `millrace store repair|delete`: exit 0 when done, 1 when it could not be sent or no
 /// answer came, 2 on bad arguments, 3 when the owner refused it (the reason is printed).
 fn store_admin(op: &str, aggregate: &str, key: &str, topology_file: &std::path::Path, bootstrap: &str, kafka_config: Option<&std::path::Path>, timeout_s: u64) -> ExitCode {
-    let topo = match topology::load(topology_file) {
-        Ok(t) => t,
-        Err(e) => {
-            report_topology_error(&e);
-            return ExitCode::from(2);
-        }
-    };
-    let kafka = match clients(bootstrap, kafka_config, vec![], vec![]) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let (topo, kafka) = match topology_and_clients(topology_file, bootstrap, kafka_config) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let config = AppConfig {
         kafka: kafka.clone(),

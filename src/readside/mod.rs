@@ -30,7 +30,32 @@ pub mod sql;
 pub use projection::{Column, Key, ProjectedEvent, Projection, RowChange, TableDef, Version};
 
 use crate::error::Recovery;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
+
+/// Backoff between retries of a passing fault (the database away, the broker moving): from
+/// 200 ms, doubling up to 10 s.
+#[derive(Default)]
+pub(crate) struct Backoff(Option<Duration>);
+
+impl Backoff {
+    /// Sleeps the next backoff (in short steps, so `stop` is heard), logging what failed.
+    pub(crate) fn wait(&mut self, what: &str, why: &ReadSideError, stop: &AtomicBool) {
+        let d = self.0.map_or(Duration::from_millis(200), |d| (d * 2).min(Duration::from_secs(10)));
+        self.0 = Some(d);
+        tracing::warn!(error = %why, retry_in_ms = d.as_millis() as u64, "{what} fault; retrying");
+        sleep(d, stop);
+    }
+}
+
+/// Sleeps `d`, or until `stop`.
+pub(crate) fn sleep(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadSideError {

@@ -27,7 +27,7 @@
 //! refuses for good) go to the dead-letter topic in the same transaction, with the reason.
 
 use super::postgres::{OutboxDb, OutboxRow};
-use super::ReadSideError;
+use super::{sleep, Backoff, ReadSideError};
 use crate::error::Recovery;
 use crate::kafka::Clients;
 use crate::record::{header, Headers, OutRecord, TopicPartition};
@@ -79,28 +79,22 @@ struct Leader {
     topics: HashSet<String>,
 }
 
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
-
 impl OutboxRelay {
     /// Runs until `stop` (on a thread of its own). Passing faults are retried; the result
     /// is an error only for a fatal one.
     pub fn run(&self, stop: &AtomicBool) -> Result<(), ReadSideError> {
         let _span = tracing::info_span!("outbox", name = %self.name).entered();
-        let mut backoff = Duration::ZERO;
+        let mut backoff = Backoff::default();
         while !stop.load(Ordering::SeqCst) {
             match self.runtime.block_on(self.db.prepare()) {
                 Ok(()) => break,
-                Err(e) if e.recovery() == Recovery::Retry => {
-                    backoff = (backoff * 2).clamp(Duration::from_millis(200), BACKOFF_CAP);
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox fault; retrying");
-                    sleep(backoff, stop);
-                }
+                Err(e) if e.recovery() == Recovery::Retry => backoff.wait("outbox", &e, stop),
                 Err(e) => return Err(e),
             }
         }
         let consumer = self.member()?;
         let mut leader: Option<Leader> = None;
-        let mut backoff = Duration::ZERO;
+        let mut backoff = Backoff::default();
         while !stop.load(Ordering::SeqCst) {
             // Membership: the holder of partition 0 relays.
             let _ = consumer.poll(if leader.is_some() { Duration::ZERO } else { Duration::from_millis(200) });
@@ -118,7 +112,7 @@ impl OutboxRelay {
             };
             match step {
                 Ok(more) => {
-                    backoff = Duration::ZERO;
+                    backoff = Backoff::default();
                     if !more {
                         sleep(Duration::from_millis(self.spec.poll_interval_ms), stop);
                     }
@@ -127,9 +121,7 @@ impl OutboxRelay {
                     // Start over as leader: a new producer (fencing a zombie, or fenced
                     // by the new holder) and the position as Kafka has it.
                     leader = None;
-                    backoff = (backoff * 2).clamp(Duration::from_millis(200), BACKOFF_CAP);
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox fault; retrying");
-                    sleep(backoff, stop);
+                    backoff.wait("outbox", &e, stop);
                 }
                 Err(e) => return Err(e),
             }
@@ -315,12 +307,6 @@ impl OutboxRelay {
     }
 }
 
-fn sleep(d: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + d;
-    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
-    }
-}
 
 #[cfg(test)]
 mod tests {

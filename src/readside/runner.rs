@@ -22,7 +22,7 @@
 use super::batch::BatchWriter;
 use super::postgres::ProjectionDb;
 use super::projection::Projection;
-use super::ReadSideError;
+use super::{Backoff, ReadSideError};
 use crate::codec::Format;
 use crate::error::Recovery;
 use crate::kafka::Clients;
@@ -38,9 +38,6 @@ use std::time::{Duration, Instant};
 
 /// How long an assignment may wait for the positions in PostgreSQL.
 const POSITIONS_TIMEOUT: Duration = Duration::from_secs(15);
-/// Backoff between retries of a passing fault, doubling up to the cap.
-const BACKOFF_START: Duration = Duration::from_millis(200);
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// Everything one projection needs, typed and passed in.
 pub struct ProjectionRunner {
@@ -78,7 +75,7 @@ impl ProjectionRunner {
         while !stop.load(Ordering::SeqCst) {
             match self.runtime.block_on(self.db.prepare(&tables)) {
                 Ok(()) => break,
-                Err(e) if e.recovery() == Recovery::Retry => backoff.wait(&e, stop),
+                Err(e) if e.recovery() == Recovery::Retry => backoff.wait("projection", &e, stop),
                 Err(e) => return Err(e),
             }
         }
@@ -92,7 +89,7 @@ impl ProjectionRunner {
                         backoff = Backoff::default();
                     }
                     // Rejoin from the positions in PostgreSQL.
-                    backoff.wait(&e, stop);
+                    backoff.wait("projection", &e, stop);
                 }
                 Err(e) => return Err(e),
             }
@@ -196,7 +193,7 @@ impl ProjectionRunner {
                         }
                         paused = true;
                     }
-                    backoff.wait(&e, stop);
+                    backoff.wait("projection", &e, stop);
                     let _ = consumer.poll(Duration::ZERO);
                     let mut state = consumer.context().state.lock().expect("assignment lock");
                     if let Some(e) = state.failure.take() {
@@ -318,18 +315,3 @@ impl ConsumerContext for Positioner {
     }
 }
 
-#[derive(Default)]
-struct Backoff(Option<Duration>);
-
-impl Backoff {
-    /// Sleeps the next backoff (in short steps, so `stop` is heard), logging why.
-    fn wait(&mut self, why: &ReadSideError, stop: &AtomicBool) {
-        let d = self.0.map_or(BACKOFF_START, |d| (d * 2).min(BACKOFF_CAP));
-        self.0 = Some(d);
-        tracing::warn!(error = %why, retry_in_ms = d.as_millis() as u64, "projection fault; retrying");
-        let until = Instant::now() + d;
-        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
-        }
-    }
-}
