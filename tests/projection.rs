@@ -11,6 +11,7 @@
 mod common;
 
 use common::*;
+use millrace::readside::{Column, Key, ProjectedEvent, Projection, RowChange, TableDef};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -251,6 +252,73 @@ fn a_bad_event_goes_to_the_dead_letters_and_the_projection_goes_on() {
         rows = table_rows(&pg, &t);
     }
     assert_eq!(rows, vec![("a".to_string(), 2, "anna".to_string())], "only the good events, the skipped type left out");
+}
+
+/// A Rust projection: each customer's email in a lookup table, a deleted customer's row
+/// deleted. Registered by name, as a user's binary registers its own.
+struct Emails {
+    table: String,
+}
+
+impl Projection for Emails {
+    fn project(&self, e: &ProjectedEvent<'_>) -> Result<Vec<RowChange>, String> {
+        let key = Key { column: "id".into(), value: json!(e.key.ok_or("no key")?) };
+        Ok(match e.value["type"].as_str() {
+            Some("CustomerCreated" | "CustomerUpdated") => vec![RowChange::Upsert {
+                table: self.table.clone(),
+                key,
+                columns: vec![("email".into(), e.value["payload"]["email"].clone())],
+                version: None,
+            }],
+            Some("CustomerDeleted") => vec![RowChange::Delete { table: self.table.clone(), key, version: None }],
+            _ => vec![],
+        })
+    }
+
+    fn tables(&self) -> Vec<TableDef> {
+        let text = |name: &str| Column { name: name.into(), sql_type: "text".into() };
+        vec![TableDef { name: self.table.clone(), key: text("id"), columns: vec![text("email")] }]
+    }
+}
+
+#[test]
+fn a_registered_rust_projection_runs_in_the_application_that_registered_it() {
+    let pg = Pg::connect();
+    let s = Setup::new("proj-rust", 2, "json");
+    let t = unique_table("emails");
+    let mut yaml = std::fs::read_to_string(&s.topology).unwrap();
+    yaml.push_str(&format!("projections:\n  emails:\n    from: [{}]\n    projection: emails\n", s.events));
+    std::fs::write(&s.topology, yaml).unwrap();
+    let mut registry = millrace::Registry::new();
+    registry.register::<millrace::domain::customer::CustomerAggregate>("customer");
+    registry.register_projection("emails", Emails { table: t.clone() });
+    let app = InProcessApp::start(&s, &registry, Some(postgres_url()));
+    let p = producer();
+    for (i, (id, ty, payload)) in [
+        ("c1", "CreateCustomer", json!({"name": "a", "email": "a@x"})),
+        ("c2", "CreateCustomer", json!({"name": "b", "email": "b@x"})),
+        ("c3", "CreateCustomer", json!({"name": "c", "email": "c@x"})),
+        ("c2", "UpdateCustomer", json!({"name": "b", "email": "b2@x"})),
+        ("c3", "DeleteCustomer", json!({})),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        send(&p, &s.commands, id, &command_json(&format!("cmd-{i}"), id, None, ty, payload), &[]);
+    }
+    flush(&p);
+    let rows = |pg: &Pg| -> Vec<(String, String)> {
+        pg.query(&format!("SELECT id, email FROM {t} ORDER BY id")).iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let expected = vec![("c1".to_string(), "a@x".to_string()), ("c2".to_string(), "b2@x".to_string())];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The projection creates its table (`tables()`), then fills it.
+    let exists = |pg: &Pg| pg.query(&format!("SELECT to_regclass('{t}') IS NOT NULL"))[0].get::<_, bool>(0);
+    while !exists(&pg) || rows(&pg) != expected {
+        assert!(Instant::now() < deadline, "the Rust projection's table: {:?}", exists(&pg).then(|| rows(&pg)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    app.stop();
 }
 
 fn table_rows(pg: &Pg, t: &str) -> Vec<(String, i64, String)> {

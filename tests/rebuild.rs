@@ -14,11 +14,9 @@ use common::*;
 use millrace::domain::customer::{Customer, CustomerAggregate, CustomerCommand, CustomerEvent};
 use millrace::processor::{Aggregate, Rejection};
 use millrace::runtime::refold::StoreRebuild;
-use millrace::{App, AppConfig, Registry};
+use millrace::Registry;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The release with the bug: `CustomerUpdated` keeps the old email.
 struct BuggyCustomer;
@@ -44,64 +42,6 @@ impl Aggregate for BuggyCustomer {
     }
 }
 
-/// An in-process instance of the test application with `registry`.
-struct Running {
-    http: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(s: &Setup, registry: &Registry) -> Running {
-        let topology = millrace::topology::load(&s.topology).unwrap();
-        let config = AppConfig {
-            kafka: clients(),
-            state_dir: s.state_dir(),
-            instance_id: "r0".into(),
-            advertised_http: None,
-            http: Default::default(),
-            postgres_url: None,
-            run: Default::default(),
-        };
-        let app = App::new(topology, registry, config).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let http = listener.local_addr().unwrap().to_string();
-        listener.set_nonblocking(true).unwrap();
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let stopped = async move {
-                    while !flag.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                };
-                app.run(listener, None, stopped).await.unwrap();
-            });
-        });
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !matches!(http_get(&http, "/ready"), Ok((200, _))) {
-            assert!(Instant::now() < deadline, "the application did not get ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Running { http, stop, thread: Some(thread) }
-    }
-
-    fn snapshot(&self, key: &str) -> serde_json::Value {
-        let (status, body) = http_get(&self.http, &format!("/stores/customers/keys/{key}")).unwrap();
-        assert_eq!(status, 200, "{key}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// A clean shutdown (the members directory then says it left).
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap();
-    }
-}
-
 fn registry<A: Aggregate>() -> Registry {
     let mut r = Registry::new();
     r.register::<A>("customer");
@@ -122,7 +62,7 @@ fn rebuild_cli(s: &Setup, extra: &[&str]) -> (i32, String, String) {
 #[test]
 fn a_rebuild_after_a_fix_to_evolve_rewrites_exactly_the_wrong_snapshots() {
     let s = Setup::new("rebuild", 2, "json");
-    let buggy = Running::start(&s, &registry::<BuggyCustomer>());
+    let buggy = InProcessApp::start(&s, &registry::<BuggyCustomer>(), None);
     let p = producer();
     // c0..c19 created; the even ones updated with a new email (the bug loses it).
     for i in 0..20 {
@@ -165,7 +105,7 @@ fn a_rebuild_after_a_fix_to_evolve_rewrites_exactly_the_wrong_snapshots() {
 
     // The restarted application (the fixed release) serves the refolded snapshots, and
     // goes on from them.
-    let running = Running::start(&s, &fixed);
+    let running = InProcessApp::start(&s, &fixed, None);
     for i in 0..20 {
         let snap = running.snapshot(&format!("c{i}"));
         let email = if i % 2 == 0 { format!("new{i}@x") } else { format!("old{i}@x") };

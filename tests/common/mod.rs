@@ -594,14 +594,68 @@ impl Pg {
     pub fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
         self.rt.block_on(self.client.query(sql, &[])).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
-
-    /// Whether the server answers (after an outage).
-    pub fn try_query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-        self.rt.block_on(self.client.query(sql, &[]))
-    }
 }
 
 /// A table name no other test (or earlier run) uses.
 pub fn unique_table(prefix: &str) -> String {
     unique(prefix).replace('-', "_")
+}
+
+/// An in-process instance of a test application with `registry` (a release of the user's
+/// binary with its own aggregates or projections), as the `millrace` binary runs one.
+pub struct InProcessApp {
+    pub http: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcessApp {
+    pub fn start(s: &Setup, registry: &millrace::Registry, postgres_url: Option<String>) -> InProcessApp {
+        let topology = millrace::topology::load(&s.topology).unwrap();
+        let config = millrace::AppConfig {
+            kafka: clients(),
+            state_dir: s.state_dir(),
+            instance_id: "r0".into(),
+            advertised_http: None,
+            http: Default::default(),
+            postgres_url,
+            run: Default::default(),
+        };
+        let app = millrace::App::new(topology, registry, config).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let http = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let stopped = async move {
+                    while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                };
+                app.run(listener, None, stopped).await.unwrap();
+            });
+        });
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !matches!(http_get(&http, "/ready"), Ok((200, _))) {
+            assert!(Instant::now() < deadline, "the application did not get ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        InProcessApp { http, stop, thread: Some(thread) }
+    }
+
+    pub fn snapshot(&self, key: &str) -> serde_json::Value {
+        let (status, body) = http_get(&self.http, &format!("/stores/customers/keys/{key}")).unwrap();
+        assert_eq!(status, 200, "{key}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// A clean shutdown (the members directory then says it left).
+    pub fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+    }
 }
