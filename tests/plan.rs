@@ -68,6 +68,8 @@ fn every_shipped_topology_runs() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
             .args(["run", "--topology"]).arg(&path)
             .args(["--bootstrap-servers", &bootstrap(), "--http", &http, "--instance-id", &unique("smoke")])
+            // The read side of topologies that have one.
+            .args(["--postgres-url", &postgres_url()])
             .arg("--state-dir").arg(state.path())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -342,11 +342,15 @@ fn a_blue_green_rebuild_while_commands_flow_swaps_in_the_fixed_table_losing_noth
     std::fs::write(&s.topology, fixed.replace("status: DELETED", "status: REMOVED")).unwrap();
     let live = start(&s, "i0", "all");
     let sent = Arc::new(AtomicUsize::new(0));
+    // Commands flow until the rebuild has swapped (and at least N of them): the swap
+    // always happens mid-stream, however slow the machine.
+    let swapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = {
-        let (topic, sent) = (s.commands.clone(), sent.clone());
+        let (topic, sent, swapped) = (s.commands.clone(), sent.clone(), swapped.clone());
         std::thread::spawn(move || {
             let p = producer();
-            for i in 0..N {
+            let mut i = 0;
+            while i < N || !swapped.load(Ordering::SeqCst) {
                 let key = format!("k{}", i % K);
                 // Every fifth key is deleted in the second round and stays deleted (its
                 // later updates are rejected): its row keeps what the mapping wrote then.
@@ -360,6 +364,7 @@ fn a_blue_green_rebuild_while_commands_flow_swaps_in_the_fixed_table_losing_noth
                 if i % 30 == 29 {
                     std::thread::sleep(Duration::from_millis(10));
                 }
+                i += 1;
             }
             flush(&p);
         })
@@ -392,11 +397,12 @@ fn a_blue_green_rebuild_while_commands_flow_swaps_in_the_fixed_table_losing_noth
     assert!(out.status.success(), "rebuild failed: {stdout}\n{stderr}");
     assert!(stdout.contains(&format!("rebuilt {t} from")) && stdout.contains(&format!("kept as {t}_old")), "{stdout}");
     assert!(stderr.contains("records") && stderr.contains("ETA"), "a progress bar: {stderr}");
-    assert!(sent.load(Ordering::SeqCst) < N, "the swap happened while commands were still flowing");
+    swapped.store(true, Ordering::SeqCst);
     loader.join().unwrap();
+    let total = sent.load(Ordering::SeqCst);
 
-    let replies = wait_for(&s.replies, N, Duration::from_secs(300));
-    assert_eq!(replies.len(), N, "every command answered");
+    let replies = wait_for(&s.replies, total, Duration::from_secs(300));
+    assert_eq!(replies.len(), total, "every command answered");
     let (expected, _) = fold(&read_all(&s.events));
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut rows = table(&pg, &t);
