@@ -119,7 +119,10 @@ impl ProjectionDb {
     pub async fn swap_into(&self, live_projection: &str, renames: &[(String, String, String)], drop_old: bool) -> Result<(), ReadSideError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg("begin"))?;
-        tx.query("SELECT next_offset FROM millrace_offsets WHERE projection = $1 FOR UPDATE", &[&live_projection]).await.map_err(pg("lock live positions"))?;
+        // In the writers' order (see `attempt`), so the swap and a live batch never deadlock.
+        tx.query("SELECT next_offset FROM millrace_offsets WHERE projection = $1 ORDER BY topic, partition FOR UPDATE", &[&live_projection])
+            .await
+            .map_err(pg("lock live positions"))?;
         tx.execute("DELETE FROM millrace_offsets WHERE projection = $1", &[&live_projection]).await.map_err(pg("swap positions"))?;
         tx.execute(
             "INSERT INTO millrace_offsets (projection, topic, partition, next_offset) \
@@ -175,7 +178,11 @@ impl ProjectionDb {
         send_dead: SendDead<'_>,
     ) -> Result<Committed, ReadSideError> {
         let tx = client.transaction().await.map_err(pg("begin"))?;
-        for (tp, believed, _) in &batch.partitions {
+        // Locked in one order, (topic, partition), by every writer and by the blue/green
+        // swap: two transactions taking the same rows in different orders deadlock.
+        let mut locking: Vec<&(TopicPartition, Option<i64>, i64)> = batch.partitions.iter().collect();
+        locking.sort_by(|a, b| (&a.0.topic, a.0.partition).cmp(&(&b.0.topic, b.0.partition)));
+        for (tp, believed, _) in locking {
             let row = tx.query_opt(sql::LOCK_POSITION, &[&self.projection, &tp.topic, &tp.partition]).await.map_err(pg("lock position"))?;
             let stored = row.map(|r| r.get::<_, i64>(0));
             if stored != *believed {

@@ -137,7 +137,22 @@ impl Rebuild {
             dead_letters: Mutex::new(crate::sink::TransactionalSink::new(&self.clients, &format!("{}-rebuild", self.live), false)?),
         };
         let records = self.catch_up(runtime, &db, &writer, on_progress)?;
-        runtime.block_on(db.swap_into(&self.live, &renames, self.drop_old))?;
+        // A passing fault (a deadlock PostgreSQL broke, a connection lost) leaves the
+        // shadow caught up to a moment ago: catch up again and swap again, a few times.
+        let mut records = records;
+        let mut attempts = 0;
+        loop {
+            match runtime.block_on(db.swap_into(&self.live, &renames, self.drop_old)) {
+                Ok(()) => break,
+                Err(e) if e.recovery() == crate::error::Recovery::Retry && attempts < 5 => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, attempt = attempts, "the swap failed; catching up and trying again");
+                    std::thread::sleep(Duration::from_millis(200 * attempts));
+                    records += self.catch_up(runtime, &db, &writer, on_progress)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(Rebuilt { records, tables: renames.into_iter().map(|(live, _, old)| (live, old)).collect(), dropped_old: self.drop_old })
     }
 
