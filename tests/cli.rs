@@ -156,3 +156,45 @@ fn unusable_tokens_or_certificate_files_exit_2() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(missing.to_str().unwrap()), "{err}");
 }
+
+/// The read side's bad input, refused before anything connects: no database URL for a
+/// topology with projections, an unusable one, a projection the binary does not register,
+/// and the rebuild commands pointed at nodes that do not exist. Each exits 2 and says what
+/// to give instead.
+#[test]
+fn read_side_misconfiguration_exits_2_and_names_the_fix() {
+    let postgres = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/customers-postgres.yaml");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["run", "--topology", postgres, "--bootstrap-servers", "127.0.0.1:1"])
+            .args(extra)
+            .env_remove("MILLRACE_POSTGRES_URL")
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the topology has a read side (projections and outboxes: customer-rows, notifications)") && err.contains("--postgres-url"), "{err}");
+    assert!(err.contains("--run processing"), "the way to run without the read side: {err}");
+    let (code, err) = run(&["--postgres-url", "postgres://u@127.0.0.1:notaport/db"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the PostgreSQL URL is not usable"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registered.yaml");
+    let text = std::fs::read_to_string(postgres).unwrap();
+    std::fs::write(&file, text.replace("projections:\n", "projections:\n  ledger:\n    from: [customer-events]\n    projection: ledger\n")).unwrap();
+    let (code, err) = millrace(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "the file itself is valid: {err}");
+    let (code, err) = millrace(&["run", "--topology", file.to_str().unwrap(), "--bootstrap-servers", "127.0.0.1:1", "--postgres-url", "postgres://u@127.0.0.1:1/db"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("projection ledger: no projection is registered as \"ledger\""), "{err}");
+
+    let (code, err) = millrace(&["rebuild", "--topology", postgres, "--store", "nope", "--bootstrap-servers", "127.0.0.1:1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no aggregate keeps its snapshots in store \"nope\"; the aggregate stores are [\"customers\"]"), "{err}");
+    let (code, err) = millrace(&["projection", "rebuild", "nope", "--topology", postgres, "--bootstrap-servers", "127.0.0.1:1", "--postgres-url", "postgres://u@127.0.0.1:1/db"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the topology has no projection \"nope\"; it has [\"customer-rows\"]"), "{err}");
+}

@@ -124,7 +124,8 @@ impl ReadSideError {
             | ReadSideError::Positions { .. } => Recovery::Retry,
             ReadSideError::Sink(e) => e.recovery(),
             ReadSideError::Moved { .. } => Recovery::GiveUpPartitions,
-            ReadSideError::Url { .. } | ReadSideError::UnsupportedType { .. } | ReadSideError::Rebuild { .. }
+            ReadSideError::Url { .. } => Recovery::Reject,
+            ReadSideError::UnsupportedType { .. } | ReadSideError::Rebuild { .. }
             | ReadSideError::OutboxTable { .. } => Recovery::Fatal,
         }
     }

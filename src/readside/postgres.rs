@@ -18,6 +18,11 @@ use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
+/// Whether `url` is a PostgreSQL URL this driver can use (checked before anything starts).
+pub fn check_url(url: &str) -> Result<(), ReadSideError> {
+    url.parse::<tokio_postgres::Config>().map(drop).map_err(|e| ReadSideError::Url { reason: e.to_string() })
+}
+
 /// A pool of connections to the database at `url` (`postgres://user:pass@host:port/db`).
 pub fn pool(url: &str, size: usize) -> Result<Pool, ReadSideError> {
     let mut config: tokio_postgres::Config =

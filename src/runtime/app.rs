@@ -96,7 +96,10 @@ impl App {
         let projections = projections(&topology, registry)?;
         if (!projections.is_empty() || !topology.outboxes.is_empty()) && config.postgres_url.is_none() {
             let nodes: Vec<String> = projections.keys().chain(topology.outboxes.keys()).cloned().collect();
-            return Err(RuntimeError::NoPostgres { projections: nodes.join(", ") });
+            return Err(RuntimeError::NoPostgres { nodes: nodes.join(", ") });
+        }
+        if let Some(url) = config.postgres_url.as_deref().filter(|_| !projections.is_empty() || !topology.outboxes.is_empty()) {
+            crate::readside::postgres::check_url(url).map_err(|source| RuntimeError::ReadSide { node: "--postgres-url".into(), source })?;
         }
         let mut routes = BTreeMap::new();
         let catalog = Catalog::new();

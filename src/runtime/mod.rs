@@ -75,8 +75,8 @@ pub enum RuntimeError {
     MemberLost { reason: String },
     #[error("projection node {node}: no projection is registered as {name:?}; this binary registers {known:?}")]
     UnknownProjection { node: String, name: String, known: Vec<String> },
-    #[error("the topology has projections ({projections}) but no PostgreSQL to write them to: give --postgres-url or MILLRACE_POSTGRES_URL (postgres://user:password@host:port/database), or run with --run processing")]
-    NoPostgres { projections: String },
+    #[error("the topology has a read side (projections and outboxes: {nodes}) but no PostgreSQL for it: give --postgres-url or MILLRACE_POSTGRES_URL (postgres://user:password@host:port/database), or run with --run processing")]
+    NoPostgres { nodes: String },
     #[error("rebuild: {reason}")]
     Rebuild { reason: String },
     #[error("{node}: {source}")]
