@@ -15,7 +15,8 @@
 use super::partition_gauges;
 use super::progress::{self, InputClock, ProgressRecord, ProgressSettings};
 use super::catalog::Catalog;
-use super::route::{events_offsets, open_store, peer_stores, Route};
+use super::opening::{Opened, Opener};
+use super::route::{events_offsets, peer_stores, Route};
 use super::sync::InputSync;
 use super::task::{Task, TaskState};
 use super::RuntimeError;
@@ -752,19 +753,36 @@ impl Engine {
         self.open_tasks(&partitions)
     }
 
-    /// Creates and restores a task for every assigned input partition.
+    /// Creates and restores a task for every assigned input partition: their stores side
+    /// by side (`runtime::opening`), then the tasks.
     fn open_tasks(&mut self, partitions: &[TopicPartition]) -> Result<(), RuntimeError> {
         self.catalog.set_ready(self.settings.thread, false);
-        for tp in partitions {
-            if self.settings.routes.contains_key(&tp.topic) && !self.tasks.contains_key(tp) {
-                self.open_task(tp.clone())?;
-            }
+        let new: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|tp| self.settings.routes.contains_key(&tp.topic) && !self.tasks.contains_key(*tp))
+            .cloned()
+            .collect();
+        let jobs: Vec<_> = new.iter().filter_map(|tp| Some((tp.clone(), self.settings.routes[&tp.topic].state.clone()?))).collect();
+        let mut opened = self.opener().open_all(&jobs)?;
+        for tp in new {
+            let store = opened.remove(&tp);
+            self.open_task(tp, store)?;
         }
         self.catalog.set_ready(self.settings.thread, true);
         Ok(())
     }
 
-    fn open_task(&mut self, tp: TopicPartition) -> Result<(), RuntimeError> {
+    fn opener(&self) -> Opener<'_> {
+        Opener {
+            dir: &self.settings.state_dir,
+            resources: &self.resources,
+            reader: self.reader.as_ref(),
+            standbys: self.settings.standbys.as_deref(),
+        }
+    }
+
+    /// Creates the task of `tp` on its store, opened here unless `opened` already is.
+    fn open_task(&mut self, tp: TopicPartition, opened: Option<Opened>) -> Result<(), RuntimeError> {
         // Every line of the task's opening (its restore, its event history) names the task:
         // a field of JSON logs.
         let _span = tracing::info_span!("task", task = %tp).entered();
@@ -772,14 +790,10 @@ impl Engine {
         let store = match &route.state {
             None => None,
             Some(st) => {
-                if let Some(s) = &self.settings.standbys {
-                    s.release(&st.name, tp.partition);
-                }
-                let rocks = Arc::new(open_store(&self.settings.state_dir, st, tp.partition, &self.resources)?);
-                let restored = self.reader.restore(&rocks, &st.changelog, st.accept.as_ref(), st.history_ms.is_some())?;
-                if let Some(ev) = &st.events {
-                    self.reader.ensure_event_history(&rocks, ev, restored)?;
-                }
+                let Opened { rocks, restored } = match opened {
+                    Some(o) => o,
+                    None => self.opener().open(&tp, st)?,
+                };
                 self.restored += restored;
                 partition_gauges::set(partition_gauges::STORE_KEYS, &st.name, tp.partition, rocks.estimated_keys() as f64);
                 self.catalog.attach(&rocks);
@@ -822,7 +836,7 @@ impl Engine {
             self.detach(tp);
             t.close();
         }
-        self.open_task(tp.clone())?;
+        self.open_task(tp.clone(), None)?;
         if let Some(next) = next {
             self.next_of.insert(tp.clone(), next);
         }

@@ -12,6 +12,7 @@ pub mod global;
 pub mod members;
 mod registry;
 mod kafka_ports;
+mod opening;
 pub mod metrics_catalog;
 pub mod partition_gauges;
 pub(crate) mod ports;

@@ -8,13 +8,39 @@ use super::reader::PartitionReader;
 use super::RuntimeError;
 use crate::kafka::Clients;
 use crate::record::TopicPartition;
-use crate::store::RocksStore;
+use crate::store::{BulkBatch, RocksStore};
 use rdkafka::Message;
 use std::time::Instant;
 
 const BATCH: usize = 2_000;
 
-type Batch = Vec<(Vec<u8>, Option<Vec<u8>>, i64)>;
+/// Records read and not yet written.
+enum Batch {
+    /// A bulk load writes each record straight into RocksDB's batch.
+    Bulk(BulkBatch),
+    /// Otherwise the store's write sees them together (index entries, versions).
+    Records(Vec<(Vec<u8>, Option<Vec<u8>>, i64)>),
+}
+
+impl Batch {
+    fn new(bulk: bool) -> Self {
+        if bulk { Batch::Bulk(BulkBatch::default()) } else { Batch::Records(Vec::with_capacity(BATCH)) }
+    }
+
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>, ts: i64) {
+        match self {
+            Batch::Bulk(b) => b.put(key, value),
+            Batch::Records(r) => r.push((key.to_vec(), value.map(<[u8]>::to_vec), ts)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Batch::Bulk(b) => b.len(),
+            Batch::Records(r) => r.len(),
+        }
+    }
+}
 
 /// Replays `changelog`'s partition into `store`; returns the number of records read.
 /// Records `accept` refuses are skipped (an input topic used as changelog may hold records
@@ -33,16 +59,27 @@ pub fn restore(
     let checkpoint = store.checkpoint().map_err(RuntimeError::Store)?;
     let labels = [("store", store.name().to_string()), ("partition", partition.to_string())];
     let started = Instant::now();
-    let mut batch: Batch = Vec::with_capacity(BATCH);
+    // A full restore (a new instance, a lost disk) writes into an empty store: in bulk,
+    // with the index built once at the end (see `RocksStore::begin_bulk_load`).
+    let bulk = !versions && checkpoint.is_none() && store.is_empty();
+    if bulk {
+        store.begin_bulk_load().map_err(RuntimeError::Store)?;
+    }
+    let mut batch = Batch::new(bulk);
     let flush = |batch: &mut Batch, last: Option<i64>| {
-        if versions {
-            store.write_versions(batch.iter().map(|(k, v, ts)| (k.as_slice(), v.as_deref(), *ts)), last)
-        } else {
-            store.write(batch.iter().map(|(k, v, _)| (k.as_slice(), v.as_deref())), last)
-        }
-        .map_err(RuntimeError::Store)?;
-        batch.clear();
-        Ok::<_, RuntimeError>(())
+        let written = match batch {
+            Batch::Bulk(b) => store.commit_bulk(std::mem::take(b), last),
+            Batch::Records(r) => {
+                let written = if versions {
+                    store.write_versions(r.iter().map(|(k, v, ts)| (k.as_slice(), v.as_deref(), *ts)), last)
+                } else {
+                    store.write(r.iter().map(|(k, v, _)| (k.as_slice(), v.as_deref())), last)
+                };
+                r.clear();
+                written
+            }
+        };
+        written.map_err(RuntimeError::Store)
     };
     // For the remaining-records gauge only; fetched before reading, as a broker call in
     // the middle of the read could swallow its end report.
@@ -50,8 +87,7 @@ pub fn restore(
     let mut last = checkpoint;
     let read = reader.read_to_end(&tp, checkpoint.map(|o| o + 1), &mut |m| {
         if let (Some(k), true) = (m.key(), accept(m.payload())) {
-            let ts = m.timestamp().to_millis().unwrap_or(i64::MIN);
-            batch.push((k.to_vec(), m.payload().map(<[u8]>::to_vec), ts));
+            batch.push(k, m.payload(), m.timestamp().to_millis().unwrap_or(i64::MIN));
         }
         last = Some(m.offset());
         if batch.len() >= BATCH {
@@ -68,11 +104,17 @@ pub fn restore(
                 flush(&mut batch, last)?;
                 metrics::counter!("millrace_restore_stalls_total", &labels).increment(1);
             }
+            if bulk {
+                store.finish_bulk_load().map_err(RuntimeError::Store)?;
+            }
             return Err(e);
         }
     };
     if read.last_offset.is_some() {
         flush(&mut batch, read.last_offset)?;
+    }
+    if bulk {
+        store.finish_bulk_load().map_err(RuntimeError::Store)?;
     }
     partition_gauges::set(partition_gauges::RESTORE_REMAINING, store.name(), partition, 0.0);
     metrics::counter!("millrace_restore_records_total", &labels).increment(read.records);
@@ -82,6 +124,7 @@ pub fn restore(
             partition,
             from = ?checkpoint,
             restored = read.records,
+            bulk,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "restored changelog tail"
         );

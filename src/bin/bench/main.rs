@@ -9,6 +9,7 @@
 //!        millrace-bench crash [COMMANDS]      what a restart after SIGKILL restores
 //!        millrace-bench progress [ORDERS]     the latency of waits, calm and in a failover
 //!        millrace-bench projection [EVENTS]   events/s into PostgreSQL, next to a plain consumer
+//!        millrace-bench restore [KEYS]        full restore and restart times, next to a bare reader
 //! (bootstrap from KAFKA_BOOTSTRAP; processing threads from MILLRACE_BENCH_THREADS,
 //! default 1; the Kafka Streams application from MILLRACE_BENCH_KSTREAMS)
 
@@ -30,6 +31,7 @@ mod join;
 mod kstreams;
 mod progress;
 mod projection;
+mod restore;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -39,6 +41,8 @@ fn main() {
         Some("crash") => return crash::run(count(200_000)),
         Some("progress") => return progress::run(count(1_500)),
         Some("projection") => return projection::run(count(200_000)),
+        Some("restore") => return restore::run(count(1_000_000)),
+        Some("bare") => return restore::bare(&args[2]),
         _ => {}
     }
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
@@ -114,6 +118,11 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub(crate) fn load(bootstrap: &str, topic: &str, n: usize, keys: usize) {
+    load_padded(bootstrap, topic, n, keys, 900)
+}
+
+/// As `load`, with `pad` bytes of padding in each command's name (900: ~1 KB commands).
+pub(crate) fn load_padded(bootstrap: &str, topic: &str, n: usize, keys: usize, pad: usize) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("partitioner", "murmur2_random")
@@ -121,7 +130,7 @@ pub(crate) fn load(bootstrap: &str, topic: &str, n: usize, keys: usize) {
         .set("queue.buffering.max.messages", "200000")
         .create()
         .expect("producer");
-    let pad = "x".repeat(900);
+    let pad = "x".repeat(pad);
     for i in 0..n {
         let key = format!("cust-{}", i % keys);
         let ty = if i < keys { "CreateCustomer" } else { "UpdateCustomer" };
