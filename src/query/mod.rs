@@ -45,6 +45,8 @@ struct Ctx {
     gateway: Option<Arc<crate::runtime::gateway::Gateway>>,
     /// Tokens, TLS (forwarding uses its client side) and limits.
     security: Arc<HttpSecurity>,
+    /// Kept-alive connections to the other instances, for forwarding.
+    peers: Arc<forward::Peers>,
 }
 
 impl Ctx {
@@ -84,7 +86,7 @@ pub fn router(
         .route("/aggregates/{aggregate}/{id}/snapshot/repair", post(commands::repair_snapshot))
         .fallback(|| async { QueryError::NoRoute })
         .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
-        .with_state(Ctx { catalog, metrics, directory, gateway, security: Arc::new(security) })
+        .with_state(Ctx { catalog, metrics, directory, gateway, security: Arc::new(security), peers: Arc::default() })
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(admission, guard::admit))
 }
@@ -186,7 +188,7 @@ async fn local_or_forward(
     let (Some(directory), false) = (&ctx.directory, forwarded(headers)) else { return Err(not_owner) };
     let moving = || QueryError::Moving { store: store.to_string(), partition };
     let owner = directory.owner(store, partition).filter(|o| o.instance != directory.me.instance).ok_or_else(moving)?;
-    let answer = forward::get(&owner.http, path, ctx.via(headers)).await.map_err(|e| {
+    let answer = ctx.peers.get(&owner.http, path, ctx.via(headers)).await.map_err(|e| {
         tracing::debug!(owner = %owner.instance, error = %e, "forward failed");
         metrics::counter!("millrace_query_forwards_total", "result" => "unreachable").increment(1);
         moving()
@@ -401,7 +403,7 @@ async fn scatter(
     let mut covered = owned;
     for (http, wanted) in peers {
         let moving = || QueryError::Moving { store: store.to_string(), partition: wanted[0] };
-        let answer = forward::get(&http, &format!("{path}{query}"), ctx.via(headers)).await.map_err(|_| moving())?;
+        let answer = ctx.peers.get(&http, &format!("{path}{query}"), ctx.via(headers)).await.map_err(|_| moving())?;
         let body: Value = serde_json::from_slice(&answer.body).map_err(|_| moving())?;
         let theirs: Vec<i32> = body["partitions"].as_array().into_iter().flatten().filter_map(|v| v.as_i64().map(|x| x as i32)).collect();
         // The peer must still hold what the directory said it holds.

@@ -42,7 +42,6 @@ fn main() {
         Some("progress") => return progress::run(count(1_500)),
         Some("projection") => return projection::run(count(200_000)),
         Some("restore") => return restore::run(count(1_000_000)),
-        Some("bare") => return restore::bare(&args[2]),
         _ => {}
     }
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
