@@ -172,11 +172,7 @@ impl Directory {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let recent = self.predecessor.read().expect("directory lock").as_ref().is_some_and(|p| {
-            // Generous with clock skew: a record this recent may be a live twin's.
-            now_ms() - p.heartbeat_ms < (self.stale_after + Duration::from_secs(10)).as_millis() as i64
-        });
-        if recent {
+        if self.may_have_a_twin() {
             let until = Instant::now() + HEARTBEAT + Duration::from_secs(1);
             while Instant::now() < until && self.duplicate.read().expect("directory lock").is_none() {
                 std::thread::sleep(Duration::from_millis(50));
@@ -189,6 +185,20 @@ impl Directory {
                 Ok(())
             }
         }
+    }
+
+    /// Whether the last record another run left under this id could be a live twin's, so
+    /// the check must wait a heartbeat to see: it is recent, and it advertised another
+    /// address than this run's. A predecessor that advertised the address this run now
+    /// listens on cannot be serving there any more (two processes cannot hold one
+    /// listening address): a restart after a crash, with its fixed address, starts at
+    /// once. (Advertised addresses are per instance, or forwarding would not work.)
+    fn may_have_a_twin(&self) -> bool {
+        self.predecessor.read().expect("directory lock").as_ref().is_some_and(|p| {
+            // Generous with clock skew: a record this recent may be a live twin's.
+            let recent = now_ms() - p.heartbeat_ms < (self.stale_after + Duration::from_secs(10)).as_millis() as i64;
+            recent && p.http != self.me.http
+        })
     }
 
     /// Every instance with a fresh heartbeat.
@@ -371,5 +381,23 @@ mod tests {
         d.apply("b", None);
         assert_eq!(d.owner("s", 2), None, "b left");
         assert_eq!(d.live().len(), 1);
+    }
+
+    /// Only a recent record from another address could be a live twin's.
+    #[test]
+    fn a_predecessor_at_this_runs_own_address_is_no_twin() {
+        let now = now_ms();
+        let starting = |http: &str, left: Option<Vec<u8>>| {
+            let d = Directory::new(Owner { instance: "a".into(), http: http.into() }, Duration::from_secs(10));
+            if let Some(record) = left {
+                d.apply("a", Some(&record));
+            }
+            d.mark_loaded();
+            d.may_have_a_twin()
+        };
+        assert!(!starting("a:80", None), "nothing left under the id");
+        assert!(!starting("a:80", Some(member("a", &[0], now - 1_000))), "a crash a moment ago, restarted on its address");
+        assert!(starting("a:81", Some(member("a", &[0], now - 1_000))), "a recent record from elsewhere: wait and see");
+        assert!(!starting("a:81", Some(member("a", &[0], now - 600_000))), "an old record is no twin");
     }
 }

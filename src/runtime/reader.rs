@@ -87,6 +87,11 @@ impl PartitionReader {
         // (`fetch.queue.backoff.ms` = 1000), which left a full restore idle more than half
         // of the time.
         cfg.set("fetch.queue.backoff.ms", "10");
+        // Its prefetch stays small: librdkafka's default lets each consumer hold 64 MiB
+        // fetched ahead, and a restore runs several readers at once. 4 MiB kept a full
+        // restore as fast (2.8 s for 1,000,000 records either way) and its peak RSS at
+        // 260-290 MiB instead of 410-450 (deploy/bench restore).
+        cfg.set("queued.max.messages.kbytes", "4096");
         for (k, v) in tuning {
             cfg.set(*k, *v);
         }

@@ -29,7 +29,9 @@ pub fn run(n: usize) {
     let app = format!("{run}-millrace");
     let topology = customer_topology(&app, &input, false, 1);
     let dir = super::work_dir().join(&app);
-    crash_and_restart("millrace", &bootstrap, &app, &input, n, || MillraceInstance::start(&bootstrap, &dir, &topology));
+    // The restart keeps the HTTP address, as a deployed instance does.
+    let http = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    crash_and_restart("millrace", &bootstrap, &app, &input, n, || MillraceInstance::start_at(&bootstrap, &dir, &topology, "bench", http.clone()));
     let _ = std::fs::remove_dir_all(&dir);
 
     match KafkaStreamsApp::from_env() {

@@ -321,11 +321,17 @@ impl MillraceInstance {
 
     /// As `start`, with instance id `id` (several instances of one application).
     pub(crate) fn start_as(bootstrap: &str, dir: &std::path::Path, topology_text: &str, id: &str) -> MillraceInstance {
+        let http = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        Self::start_at(bootstrap, dir, topology_text, id, http)
+    }
+
+    /// As `start_as`, serving HTTP on `http` (a restart keeps its address, as a deployed
+    /// instance does).
+    pub(crate) fn start_at(bootstrap: &str, dir: &std::path::Path, topology_text: &str, id: &str, http: String) -> MillraceInstance {
         std::fs::create_dir_all(dir).unwrap();
         let topology = dir.join("topology.yaml");
         std::fs::write(&topology, topology_text).unwrap();
         let exe = std::env::current_exe().unwrap().with_file_name("millrace");
-        let http = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
         let child = Command::new(exe)
             .args(["run", "--topology"]).arg(&topology)
             .args(["--bootstrap-servers", bootstrap, "--http", &http, "--instance-id", id])

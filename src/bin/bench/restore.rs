@@ -76,17 +76,19 @@ pub fn run(keys: usize) {
     );
     println!("ratio restore/bare read  {:>8.2}", rate / bare_rate);
 
-    // A restart after SIGKILL on the same state, large store and small.
+    // A restart after SIGKILL on the same state (and HTTP address), large store and small.
+    let http = restored.http.clone();
     restored.kill9();
-    let large = restart_after_kill(&bootstrap, &app, &input, &dir, &topology, "probe-2");
+    let large = restart_after_kill(&bootstrap, &app, &input, &dir, &topology, "probe-2", http);
     let _ = std::fs::remove_dir_all(&dir);
     let small_app = format!("{run}-small");
     let small_dir = super::work_dir().join(&small_app);
     let small_topology = topology_for(&small_app, &small_input);
     let first = MillraceInstance::start(&bootstrap, &small_dir, &small_topology);
     wait_committed(&bootstrap, &small_app, &small_input, SMALL as i64);
+    let http = first.http.clone();
     first.kill9();
-    let small = restart_after_kill(&bootstrap, &small_app, &small_input, &small_dir, &small_topology, "probe-1");
+    let small = restart_after_kill(&bootstrap, &small_app, &small_input, &small_dir, &small_topology, "probe-1", http);
     let _ = std::fs::remove_dir_all(&small_dir);
     println!("millrace after SIGKILL   {large:.2} s with {keys} keys, {small:.2} s with {SMALL}: ratio {:.2}", large / small);
 
@@ -122,10 +124,10 @@ pub fn run(keys: usize) {
 
 /// Starts `app` again on its state directory after a SIGKILL and returns the seconds until
 /// a new command is committed.
-fn restart_after_kill(bootstrap: &str, app: &str, input: &str, dir: &std::path::Path, topology: &str, probe_key: &str) -> f64 {
+fn restart_after_kill(bootstrap: &str, app: &str, input: &str, dir: &std::path::Path, topology: &str, probe_key: &str, http: String) -> f64 {
     let before = committed_sum(bootstrap, app, input);
     let started = Instant::now();
-    let again = MillraceInstance::start(bootstrap, dir, topology);
+    let again = MillraceInstance::start_at(bootstrap, dir, topology, "bench", http);
     probe(bootstrap, input, probe_key);
     wait_committed(bootstrap, app, input, before + 1);
     let secs = started.elapsed().as_secs_f64();
