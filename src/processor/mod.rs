@@ -7,6 +7,7 @@
 pub mod aggregate;
 mod aggregate_processor;
 mod dead_letter;
+pub mod index_fields;
 mod join;
 pub mod refold;
 mod rekey;
@@ -16,6 +17,7 @@ pub mod wire;
 pub use aggregate::{Aggregate, Await, Rejection};
 pub use aggregate_processor::{AggregateProcessor, AggregateSettings, AwaitSettings, SnapshotRenderer, AWAITING_INDEX};
 pub use dead_letter::{dead_letter, dead_letter_as};
+pub use index_fields::IndexFields;
 pub use join::{field_key, JoinKind, JoinProcessor, Lookup, TableSource};
 pub use rekey::RekeyProcessor;
 pub use table::{TableProcessor, TableRenderer};
@@ -116,4 +118,11 @@ impl ProcessError {
 /// domain type.
 pub trait ValueRenderer: Send + Sync {
     fn render(&self, value: &[u8]) -> Result<serde_json::Value, String>;
+
+    /// What the store's secondary indexes read from `value`: the `fields` of its body and
+    /// whether it waits. The default renders the whole document; a renderer that reaches
+    /// the body more cheaply says so (a full restore indexes every value).
+    fn index_fields(&self, value: &[u8], fields: &[String]) -> Result<IndexFields, String> {
+        Ok(index_fields::from_document(&self.render(value)?, fields))
+    }
 }

@@ -600,20 +600,11 @@ fn indexer(fields: &[String], renderer: Arc<dyn ValueRenderer>, awaiting: bool) 
     Some(Indexer {
         names,
         extract: Arc::new(move |bytes| {
-            let Ok(doc) = renderer.render(bytes) else { return Vec::new() };
-            let mut keys = Vec::new();
-            if awaiting && doc.get("awaiting_until").is_some() {
+            let Ok(found) = renderer.index_fields(bytes, &wanted) else { return Vec::new() };
+            let mut keys = found.fields;
+            if awaiting && found.awaiting {
                 keys.push((AWAITING_INDEX.to_string(), "yes".to_string()));
             }
-            let Some(body) = doc.get("state").or_else(|| doc.get("value")) else { return keys };
-            keys.extend(wanted.iter().filter_map(|f| {
-                let v = match body.get(f)? {
-                    serde_json::Value::Null => return None,
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                Some((f.clone(), v))
-            }));
             keys
         }),
     })

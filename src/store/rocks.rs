@@ -156,7 +156,11 @@ impl RocksStore {
         batch.delete_range_cf(&idx, &[][..], &[0xff; 64][..]);
         let mut rebuilt = 0u64;
         if let Some(indexer) = &self.indexer {
-            for item in self.db.iterator(IteratorMode::Start) {
+            // One pass over every value: read ahead, and keep the block cache for lookups.
+            let mut scan = ReadOptions::default();
+            scan.fill_cache(false);
+            scan.set_readahead_size(2 << 20);
+            for item in self.db.iterator_opt(IteratorMode::Start, scan) {
                 let (k, v) = item.map_err(self.io("scan for index rebuild"))?;
                 for key in indexer.keys(&k, &v) {
                     batch.put_cf(&idx, key, []);

@@ -10,6 +10,7 @@
 //!        millrace-bench progress [ORDERS]     the latency of waits, calm and in a failover
 //!        millrace-bench projection [EVENTS]   events/s into PostgreSQL, next to a plain consumer
 //!        millrace-bench restore [KEYS]        full restore and restart times, next to a bare reader
+//!        millrace-bench latency [RATE]        command→reply percentiles at a fixed offered rate
 //! (bootstrap from KAFKA_BOOTSTRAP; processing threads from MILLRACE_BENCH_THREADS,
 //! default 1; the Kafka Streams application from MILLRACE_BENCH_KSTREAMS)
 
@@ -29,6 +30,7 @@ const COMMIT_MS: u64 = 100;
 mod crash;
 mod join;
 mod kstreams;
+mod latency;
 mod progress;
 mod projection;
 mod restore;
@@ -42,6 +44,7 @@ fn main() {
         Some("progress") => return progress::run(count(1_500)),
         Some("projection") => return projection::run(count(200_000)),
         Some("restore") => return restore::run(count(1_000_000)),
+        Some("latency") => return latency::run(count(2_000)),
         _ => {}
     }
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
