@@ -35,13 +35,22 @@ pub fn run(rate: usize) {
     topics::ensure(&millrace::kafka::Clients::plain(&bootstrap), &[TopicNeed::plain(input.clone(), PARTITIONS)]).expect("create bench topics");
     let dir = super::work_dir().join(&app);
     let instance = MillraceInstance::start(&bootstrap, &dir, &customer_topology(&app, &input, false, 1));
-    let before = commit_histogram(&instance);
+    // A histogram appears on /metrics with its first observation.
+    let before = commit_histogram(&instance).unwrap_or((0.0, 0.0));
     measure("millrace", &bootstrap, &input, &format!("{app}-replies"), rate);
-    let after = commit_histogram(&instance);
-    if let (Some(b), Some(a)) = (before, after) {
-        let (n, secs) = (a.0 - b.0, a.1 - b.1);
+    if let Some(after) = commit_histogram(&instance) {
+        let (n, secs) = (after.0 - before.0, after.1 - before.1);
         if n > 0.0 {
-            println!("millrace commits          {n:.0} in the run, {:.1} ms each on average (millrace_commit_seconds)", secs * 1000.0 / n);
+            let page = instance.metrics();
+            let p99 = page
+                .lines()
+                .find(|l| l.starts_with("millrace_commit_seconds{") && l.contains("quantile=\"0.99\""))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+            println!(
+                "millrace commits          {n:.0} in the run, {:.1} ms on average, p99 {:.1} ms (millrace_commit_seconds)",
+                secs * 1000.0 / n,
+                p99.map_or(f64::NAN, |s| s * 1000.0)
+            );
         }
     }
     instance.stop();
