@@ -825,11 +825,8 @@ mod tests {
     }
 }
 
-
-/// The global table node `node`, made and given a catalog view the first time a node
-/// refers to it: aggregates and joins hold the resolved table, so none can miss it.
 /// Wall-clock milliseconds since the epoch.
-fn wall_clock_ms() -> i64 {
+pub(crate) fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -232,6 +232,7 @@ impl Engine {
             // A record fetched before its partition was revoked: its new owner handles it.
             return Ok(());
         };
+        let created = record.timestamp;
         // Event time never goes back within an input whose time matters: a record older
         // than one before it counts at the running maximum.
         if let (Some(clock), Some(ts)) = (self.clocks.get(&tp), record.timestamp) {
@@ -247,6 +248,13 @@ impl Engine {
             }
             self.txn_started = Instant::now();
             self.txn_records = 0;
+            // Where latency goes, sampled once per transaction (no clock read per
+            // record): how long the transaction's first record took from its timestamp
+            // (for a command: when its producer sent it) to being processed.
+            if let Some(ts) = created {
+                let age_ms = super::app::wall_clock_ms().saturating_sub(ts).max(0);
+                metrics::histogram!("millrace_input_delay_seconds").record(age_ms as f64 / 1000.0);
+            }
         }
         self.sink.set_origin(Some((&tp, record.offset)));
         let poisoned = if self.poisoned.is_empty() { None } else { self.poisoned.get(&(tp.clone(), record.offset)) };
@@ -569,6 +577,9 @@ impl Engine {
         if !self.sink.is_open() {
             return Ok(());
         }
+        // How long outputs waited for this commit: from the first record of the
+        // transaction (half a commit interval on average, under a steady load).
+        metrics::histogram!("millrace_transaction_open_seconds").record(self.txn_started.elapsed().as_secs_f64());
         if self.settings.progress.is_some() {
             self.check_ends(input);
             if let Err(e) = self.publish_progress(input) {

@@ -4,7 +4,9 @@
 //! that differ only in `fetch.wait.max.ms` (librdkafka's default 500 ms, and 10 ms):
 //! under read_committed, a long-polling fetch is not answered when a transaction marker
 //! makes records readable, so the reader's own wait shows up in the tail. Prints
-//! p50/p99/p99.9 for each, and millrace's commit durations from its own histogram.
+//! p50/p99/p99.9 for each, and for millrace the stages the time went to, from the
+//! histograms it exports (sampled once per transaction): command sent → processed,
+//! processed → commit start, and the commit.
 
 use super::{customer_topology, MillraceInstance, COMMIT_MS, PARTITIONS};
 use crate::kstreams::KafkaStreamsApp;
@@ -35,29 +37,21 @@ pub fn run(rate: usize) {
     topics::ensure(&millrace::kafka::Clients::plain(&bootstrap), &[TopicNeed::plain(input.clone(), PARTITIONS)]).expect("create bench topics");
     let dir = super::work_dir().join(&app);
     let instance = MillraceInstance::start(&bootstrap, &dir, &customer_topology(&app, &input, false, 1));
-    // A histogram appears on /metrics with its first observation.
-    let before = commit_histogram(&instance).unwrap_or((0.0, 0.0));
     measure("millrace", &bootstrap, &input, &format!("{app}-replies"), rate);
-    if let Some(after) = commit_histogram(&instance) {
-        let (n, secs) = (after.0 - before.0, after.1 - before.1);
-        if n > 0.0 {
-            // The bucket bound 99% of all commits so far stay within.
-            let page = instance.metrics();
-            let buckets: Vec<(f64, f64)> = page
-                .lines()
-                .filter(|l| l.starts_with("millrace_commit_seconds_bucket{"))
-                .filter_map(|l| {
-                    let le = l.split("le=\"").nth(1)?.split('"').next()?;
-                    let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
-                    Some((le, l.rsplit(' ').next()?.parse().ok()?))
-                })
-                .collect();
-            let total = buckets.iter().map(|b| b.1).fold(0.0, f64::max);
-            let p99 = buckets.iter().find(|(_, count)| *count >= total * 0.99).map(|b| b.0);
+    // Where the time goes, from millrace's own histograms (warm-up included; sampled
+    // once per transaction): the stages before the reply is readable.
+    let page = instance.metrics();
+    for (name, stage) in [
+        ("millrace_input_delay_seconds", "command sent → processed"),
+        ("millrace_transaction_open_seconds", "processed → commit starts"),
+        ("millrace_commit_seconds", "commit"),
+    ] {
+        if let Some(h) = histogram(&page, name) {
             println!(
-                "millrace commits          {n:.0} in the run, {:.1} ms on average, 99% within {:.1} ms (millrace_commit_seconds buckets)",
-                secs * 1000.0 / n,
-                p99.map_or(f64::NAN, |s| s * 1000.0)
+                "millrace stage  {stage:<26} mean {:>6.1} ms, 99% within {:>6.1} ms  ({} transactions; {name})",
+                h.sum * 1000.0 / h.count.max(1.0),
+                h.p99_bound * 1000.0,
+                h.count
             );
         }
     }
@@ -77,11 +71,28 @@ pub fn run(rate: usize) {
     }
 }
 
-/// (count, sum) of `millrace_commit_seconds`.
-fn commit_histogram(instance: &MillraceInstance) -> Option<(f64, f64)> {
-    let page = instance.metrics();
-    let value = |name: &str| page.lines().find(|l| l.starts_with(name))?.rsplit(' ').next()?.parse::<f64>().ok();
-    Some((value("millrace_commit_seconds_count")?, value("millrace_commit_seconds_sum")?))
+/// A histogram of a /metrics page: observations, their sum, and the bucket bound 99% of
+/// them stay within.
+struct Histogram {
+    count: f64,
+    sum: f64,
+    p99_bound: f64,
+}
+
+fn histogram(page: &str, name: &str) -> Option<Histogram> {
+    let value = |suffix: &str| page.lines().find(|l| l.starts_with(&format!("{name}{suffix}")))?.rsplit(' ').next()?.parse::<f64>().ok();
+    let buckets: Vec<(f64, f64)> = page
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let count = value("_count")?;
+    let p99_bound = buckets.iter().find(|(_, n)| *n >= count * 0.99).map_or(f64::NAN, |b| b.0);
+    Some(Histogram { count, sum: value("_sum")?, p99_bound })
 }
 
 /// Offers `rate` commands a second to `input` for the warm-up and the measured time,
