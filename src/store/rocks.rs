@@ -177,7 +177,7 @@ impl RocksStore {
         Ok(rebuilt)
     }
 
-    /// Starts a bulk load into an empty store (a full restore): `write_bulk` writes values
+    /// Starts a bulk load into an empty store (a full restore): `commit_bulk` writes values
     /// without the WAL and without their index entries, and `finish_bulk_load` builds the
     /// index in one scan. Per value that saves a read of the value it replaces and the
     /// WAL write; the changelog is the durable copy meanwhile. Until it finishes, the
@@ -187,22 +187,10 @@ impl RocksStore {
         self.db.delete_cf(&meta, DEFINITION_KEY).map_err(self.io("begin bulk load"))
     }
 
-    /// As `write` during a bulk load. Safe without the WAL because the column families
-    /// flush atomically: after a crash the store holds the values and the checkpoint of
-    /// the last flush, which agree, and a restore goes on from that checkpoint.
-    pub fn write_bulk<'a>(
-        &self,
-        entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
-        checkpoint: Option<i64>,
-    ) -> Result<(), StoreError> {
-        let mut batch = BulkBatch::default();
-        for (k, v) in entries {
-            batch.put(k, v);
-        }
-        self.commit_bulk(batch, checkpoint)
-    }
-
-    /// Writes a bulk load's batch with the checkpoint it reaches (see `write_bulk`).
+    /// Writes a bulk load's batch with the checkpoint it reaches, without the WAL. Safe
+    /// because the column families flush atomically: after a crash the store holds the
+    /// values and the checkpoint of the last flush, which agree, and a restore goes on
+    /// from that checkpoint.
     pub fn commit_bulk(&self, BulkBatch(mut batch): BulkBatch, checkpoint: Option<i64>) -> Result<(), StoreError> {
         if let Some(offset) = checkpoint {
             let cf = self.db.cf_handle(META_CF).expect("meta column family is created at open");
@@ -736,6 +724,14 @@ mod index_tests {
         assert!(page.is_empty(), "pagination continues after the given key");
     }
 
+    fn load(s: &RocksStore, entries: &[(&[u8], Option<&[u8]>)], checkpoint: i64) {
+        let mut batch = BulkBatch::default();
+        for (k, v) in entries {
+            batch.put(k, *v);
+        }
+        s.commit_bulk(batch, Some(checkpoint)).unwrap();
+    }
+
     fn keys(s: &RocksStore, f: &str) -> Vec<Vec<u8>> {
         s.index_scan("first", f, None, 10).unwrap().into_iter().map(|(k, _)| k).collect()
     }
@@ -748,8 +744,8 @@ mod index_tests {
         let res = StoreResources::new(&StoreTuning::default());
         let s = RocksStore::open(dir.path(), "s", 0, &res, Some(by_first_byte())).unwrap();
         s.begin_bulk_load().unwrap();
-        s.write_bulk([(&b"k1"[..], Some(&b"apple"[..])), (&b"k2"[..], Some(&b"avocado"[..]))], Some(1)).unwrap();
-        s.write_bulk([(&b"k1"[..], Some(&b"banana"[..])), (&b"k2"[..], None), (&b"k3"[..], Some(&b"apricot"[..]))], Some(4)).unwrap();
+        load(&s, &[(b"k1", Some(b"apple")), (b"k2", Some(b"avocado"))], 1);
+        load(&s, &[(b"k1", Some(b"banana")), (b"k2", None), (b"k3", Some(b"apricot"))], 4);
         s.finish_bulk_load().unwrap();
         assert_eq!(keys(&s, "a"), vec![b"k3".to_vec()], "k1 moved on, k2 is gone");
         assert_eq!(keys(&s, "b"), vec![b"k1".to_vec()]);
@@ -769,7 +765,7 @@ mod index_tests {
         {
             let s = RocksStore::open(dir.path(), "s", 0, &res, Some(by_first_byte())).unwrap();
             s.begin_bulk_load().unwrap();
-            s.write_bulk([(&b"k1"[..], Some(&b"apple"[..])), (&b"k2"[..], Some(&b"banana"[..]))], Some(1)).unwrap();
+            load(&s, &[(b"k1", Some(b"apple")), (b"k2", Some(b"banana"))], 1);
             assert!(keys(&s, "a").is_empty(), "not indexed while loading");
         }
         let s = RocksStore::open(dir.path(), "s", 0, &res, Some(by_first_byte())).unwrap();
