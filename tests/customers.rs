@@ -433,6 +433,42 @@ fn two_processing_threads_share_the_partitions_of_one_instance() {
     assert!(page["entries"].as_array().unwrap().iter().all(|e| e["version"] == 10));
 }
 
+/// With `min_commit_interval_ms`, a transaction whose input ran dry commits without
+/// waiting out the (here one-minute) commit interval, and a burst is still cut into
+/// batches: no transaction commits before it has been open the minimum.
+#[test]
+fn a_drained_input_commits_before_the_interval_and_a_burst_still_batches() {
+    let s = Setup::new("drained", 2, "json");
+    let text = std::fs::read_to_string(&s.topology).unwrap().replace("commit_interval_ms: 100\n", "commit_interval_ms: 60000\n  min_commit_interval_ms: 20\n");
+    std::fs::write(&s.topology, text).unwrap();
+    let inst = s.start();
+    let p = producer();
+    // One command at a time: each reply comes long before the interval could end.
+    for i in 0..3 {
+        let k = format!("d{i}");
+        send(&p, &s.commands, &k, &command_json(&format!("dr-{i}"), &k, None, "CreateCustomer", create("n")), &[]);
+        flush(&p);
+        let replies = replies_by_id(&wait_for(&s.replies, i + 1, Duration::from_secs(20)));
+        assert_eq!(replies[&format!("dr-{i}")][0]["outcome"], "accepted");
+    }
+    let before = inst.metric_sum("millrace_transactions_total");
+    assert!(before >= 3.0, "one transaction per drained command at least, found {before}");
+
+    let started = std::time::Instant::now();
+    for i in 0..2_000 {
+        let k = format!("b{}", i % 50);
+        let ty = if i < 50 { "CreateCustomer" } else { "UpdateCustomer" };
+        send(&p, &s.commands, &k, &command_json(&format!("bu-{i}"), &k, None, ty, create(&format!("n{i}"))), &[]);
+    }
+    flush(&p);
+    assert_eq!(replies_by_id(&wait_for(&s.replies, 2_003, Duration::from_secs(60))).len(), 2_003);
+    let elapsed_ms = started.elapsed().as_millis() as f64;
+    let burst = inst.metric_sum("millrace_transactions_total") - before;
+    // Each transaction was open 20 ms at least, and they never overlap.
+    assert!(burst <= elapsed_ms / 20.0 + 1.0, "{burst} transactions in {elapsed_ms} ms: some committed before the minimum");
+    assert!(burst < 2_000.0 / 4.0, "{burst} transactions for 2,000 commands: the burst was not batched");
+}
+
 #[test]
 fn at_least_once_mode_processes_and_commits_offsets_without_transactions() {
     let s = Setup::new("alos", 2, "json");

@@ -120,6 +120,22 @@ fn zero_commit_interval() {
 }
 
 #[test]
+fn min_commit_interval_longer_than_the_interval() {
+    expect(
+        "commit_interval_ms: 100",
+        "commit_interval_ms: 100\n  min_commit_interval_ms: 250",
+        17,
+        27,
+        "min_commit_interval_ms (250) must not exceed commit_interval_ms (100)",
+    );
+}
+
+#[test]
+fn zero_min_commit_interval() {
+    expect("commit_interval_ms: 100", "commit_interval_ms: 100\n  min_commit_interval_ms: 0", 17, 27, "a commit per record is what batching avoids");
+}
+
+#[test]
 fn bad_listen_address() {
     expect("listen: 127.0.0.1:8080", "listen: localhost", 18, 11, "is not a socket address");
 }

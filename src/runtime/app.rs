@@ -329,6 +329,9 @@ impl App {
         EngineSettings {
             state_dir: self.config.state_dir.join(&self.topology.application_id),
             commit_interval: Duration::from_millis(self.topology.processing.commit_interval_ms),
+            min_commit_interval: Duration::from_millis(
+                self.topology.processing.min_commit_interval_ms.unwrap_or(self.topology.processing.commit_interval_ms),
+            ),
             max_batch_records: self.topology.processing.max_batch_records.max(1),
             routes: self.routes.clone(),
             known_topics: self.topic_needs().into_iter().map(|t| t.name).collect(),
@@ -694,6 +697,8 @@ fn poll_loop(
                 resync = false;
                 continue;
             }
+            // A poll that came back empty (not failed) found the input drained.
+            let drained = record.is_none() && !poll_failed;
             let mut g = shared.lock().expect("engine lock");
             let engine = g.as_mut().expect("engine is set before subscribe");
             let step = if resync {
@@ -709,7 +714,7 @@ fn poll_loop(
                     let input = KafkaInput(&consumer, &offsets);
                     engine.drain(&input)?;
                     engine.maybe_punctuate(&input)?;
-                    engine.maybe_commit(&input)
+                    engine.maybe_commit(&input, drained)
                 })()
             };
             let commits = engine.commits();

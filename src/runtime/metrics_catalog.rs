@@ -25,7 +25,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("millrace_transient_errors_total", Kind::Counter, "transient failures retried with backoff (e.g. metadata: no answer on whether an output topic exists)"),
     ("millrace_out_of_order_records_total", Kind::Counter, "records older than one before them in their input partition, counted at the partition's running maximum (inputs whose event time a table or join relies on)"),
     ("millrace_transactions_total", Kind::Counter, "committed or aborted transactions"),
-    ("millrace_commit_seconds", Kind::Histogram, "time of commit_transaction (histogram: _bucket, _sum, _count)"),
+    ("millrace_commit_seconds", Kind::Histogram, "time of a commit: offsets sent, outputs flushed, commit_transaction (histogram: _bucket, _sum, _count)"),
     ("millrace_input_delay_seconds", Kind::Histogram, "from the timestamp of a transaction's first input record (for a command: when it was sent) until it is processed; once per transaction (histogram)"),
     ("millrace_transaction_open_seconds", Kind::Histogram, "from a transaction's first record until its commit starts: how long outputs wait for the commit interval (histogram)"),
     ("millrace_fenced_total", Kind::Counter, "times this instance's producer was fenced (a zombie, or a newer instance with its id)"),

@@ -216,7 +216,13 @@ impl TransactionalSink {
             // Java-compatible partitioning for every keyed record (invariant 3).
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
-            .set("compression.type", "lz4");
+            .set("compression.type", "lz4")
+            // The first back-off of a refused request, doubling to retry.backoff.max.ms. A
+            // transaction that begins while the coordinator still completes the one before
+            // is refused (CONCURRENT_TRANSACTIONS) until the markers are written, a few
+            // milliseconds; at the default 100 ms, that wait was the latency tail of
+            // frequent commits. Java's producer retries that case after 20 ms as well.
+            .set("retry.backoff.ms", "20");
         clients.apply_producer(&mut cfg);
         let failed = |op, source| SinkError::Failed { transactional_id: transactional_id.into(), op, source };
         let producer: ThreadedProducer<SinkContext> =
@@ -403,6 +409,8 @@ impl TransactionalSink {
         if !self.exactly_once {
             return self.flush_batch();
         }
+        // Timed from here: sending the offsets (two round trips) is part of every commit.
+        let started = Instant::now();
         // A refused record fails the transaction; the refusal, not the failure it causes
         // downstream, is what the engine needs to hear, so it is looked for first.
         if let (true, Some(group)) = (offsets.count() > 0, group) {
@@ -411,7 +419,6 @@ impl TransactionalSink {
                 return Err(self.poisoned().unwrap_or_else(|| self.classify("send_offsets_to_transaction", e)));
             }
         }
-        let started = Instant::now();
         self.drain();
         if let Some(p) = self.poisoned() {
             return Err(p);
@@ -457,16 +464,8 @@ impl TransactionalSink {
         self.exactly_once
     }
 
-    /// Waits until every queued record is delivered and its report served. rdkafka's
-    /// `commit_transaction` flushes first, but its flush polls in 100 ms slices, so any
-    /// record still in flight costs a whole slice; at a 100 ms commit interval that halves
-    /// throughput. Waiting here in short steps leaves that flush nothing to do. Past the
-    /// deadline, commit_transaction's own flush takes over (and reports the timeout).
     fn drain(&self) {
-        let deadline = Instant::now() + self.timeout;
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        drain(&self.producer, self.timeout);
     }
 
     /// Aborts the open transaction, if any. Its records are never visible to
@@ -485,6 +484,24 @@ impl TransactionalSink {
         self.open = false;
         Ok(())
     }
+}
+
+/// Waits until every queued record is delivered and its report served, sending what
+/// `linger.ms` still holds back at once.
+///
+/// librdkafka's own `rd_kafka_flush`, called directly: it marks the producer as
+/// flushing (linger counts as expired) and, with delivery reports as events (rdkafka's
+/// producers), waits on the message count until the poll thread has served the last
+/// report. Not rdkafka's `flush`, which calls it with no wait and then polls the
+/// event queue in 100 ms slices that the poll thread drains first; and not a wait on
+/// the queue alone, which sits out the linger (5 ms) on every commit. Past the
+/// timeout records are still in flight, which the callers check.
+#[allow(unsafe_code)] // the one FFI call of the crate; rdkafka offers no safe form of it
+fn drain(producer: &ThreadedProducer<SinkContext>, timeout: Duration) {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the client pointer is valid for as long as `producer` lives, and
+    // rd_kafka_flush is thread-safe (the poll thread serves reports meanwhile).
+    unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms) };
 }
 
 fn is_retriable(e: &KafkaError) -> bool {

@@ -285,6 +285,14 @@ pub struct Processing {
     /// ... or as soon as it holds this many input records.
     #[serde(default = "default_max_batch")]
     pub max_batch_records: usize,
+    /// At light load, a transaction commits as soon as the input has nothing more
+    /// fetched, once it has been open this long, in milliseconds: replies come sooner
+    /// than the commit interval, for more (and smaller) transactions. Under load nothing
+    /// changes, because the input is never drained and batches close at
+    /// `commit_interval_ms` or `max_batch_records`. Unset: commit on the interval only,
+    /// as Kafka Streams does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_commit_interval_ms: Option<u64>,
     /// Processing threads per instance. Each is a member of the group with its own
     /// consumer and transactional producer, and owns the tasks of its partitions.
     #[serde(default = "default_threads")]
@@ -338,7 +346,7 @@ fn default_max_batch() -> usize {
 
 impl Default for Processing {
     fn default() -> Self {
-        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), threads: default_threads(), exactly_once: true, max_task_idle_ms: default_max_task_idle(), standby_replicas: 0, task_timeout_ms: default_task_timeout() }
+        Self { commit_interval_ms: default_commit_interval(), max_batch_records: default_max_batch(), min_commit_interval_ms: None, threads: default_threads(), exactly_once: true, max_task_idle_ms: default_max_task_idle(), standby_replicas: 0, task_timeout_ms: default_task_timeout() }
     }
 }
 

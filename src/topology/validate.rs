@@ -454,6 +454,14 @@ impl Checker<'_> {
         if p.commit_interval_ms == 0 {
             self.at_value("processing.commit_interval_ms", "commit_interval_ms must be at least 1: a commit per record is what batching avoids".into());
         }
+        match p.min_commit_interval_ms {
+            Some(0) => self.at_value("processing.min_commit_interval_ms", "min_commit_interval_ms must be at least 1: a commit per record is what batching avoids".into()),
+            Some(min) if min > p.commit_interval_ms => self.at_value(
+                "processing.min_commit_interval_ms",
+                format!("min_commit_interval_ms ({min}) must not exceed commit_interval_ms ({})", p.commit_interval_ms),
+            ),
+            _ => {}
+        }
         if p.threads == 0 || p.threads > 64 {
             self.at_value("processing.threads", format!("threads must be between 1 and 64, found {}", p.threads));
         }

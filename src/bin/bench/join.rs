@@ -1,8 +1,10 @@
 //! The joins benchmark: enriched orders per second for the co-partitioned variant (re-key
 //! through a repartition topic, then join) and the global-table variant, next to a raw
-//! transactional consume→produce copy of the same orders, on the same broker, in one run.
+//! transactional consume→produce copy of the same orders and to the same join written with
+//! the Kafka Streams DSL (deploy/kstreams `OrderJoinStreams`), on the same broker, in one run.
 
 use super::{raw_copy, run_topology, wait_committed, COMMIT_MS, PARTITIONS};
+use crate::kstreams::KafkaStreamsApp;
 use millrace::runtime::topics::{self, TopicNeed};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const CUSTOMERS: usize = 10_000;
+const CUSTOMERS: usize = 20_000;
 
 pub fn run(n: usize) {
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into());
@@ -87,6 +89,13 @@ processing:
   commit_interval_ms: {COMMIT_MS}
 ");
     let (gl_secs, gl_rss) = run_topology(&bootstrap, &gl_app, &gl, &orders, n);
+    let kstreams = match KafkaStreamsApp::from_env() {
+        Ok(ks) => Some(ks.run_join(&bootstrap, &format!("{run}-kstreams"), &customers, &orders, n)),
+        Err(why) => {
+            eprintln!("Kafka Streams not measured: {why}");
+            None
+        }
+    };
 
     let rate = |secs: f64| n as f64 / secs;
     println!("orders                   {n} ({CUSTOMERS} customers, {PARTITIONS} partitions, commit every {COMMIT_MS} ms)");
@@ -95,4 +104,9 @@ processing:
         rate(co_secs), copy_secs / co_secs, co_rss.peak_mib());
     println!("global-table join        {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB",
         rate(gl_secs), copy_secs / gl_secs, gl_rss.peak_mib());
+    if let Some((ks_secs, ks_rss)) = kstreams {
+        println!("kafka streams DSL join   {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB  (selectKey + repartition + leftJoin with a KTable)",
+            rate(ks_secs), copy_secs / ks_secs, ks_rss.peak_mib());
+        println!("co-partitioned / kafka streams  {:.2} throughput, {:.2} peak RSS", ks_secs / co_secs, co_rss.peak_mib() / ks_rss.peak_mib());
+    }
 }

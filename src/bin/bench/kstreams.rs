@@ -1,6 +1,7 @@
-//! The Kafka Streams contender: deploy/kstreams, the same customer aggregate written as a
+//! The Kafka Streams contenders: deploy/kstreams, the same customer aggregate written as a
 //! Kafka Streams application (exactly_once_v2, a persistent RocksDB store, the same commit
-//! interval and producer settings), run as a JVM process on the same broker. deploy/bench
+//! interval and producer settings), and the orders-customers join written with its DSL,
+//! each run as a JVM process on the same broker. deploy/bench
 //! builds it and says where with MILLRACE_BENCH_KSTREAMS; without it, or without `java`,
 //! the benchmark says so and measures millrace and the copy alone.
 
@@ -48,13 +49,20 @@ impl KafkaStreamsApp {
     pub fn start(&self, bootstrap: &str, app: &str, input: &str, state_dir: PathBuf) -> Running {
         // Kafka Streams creates its changelog but not its sinks.
         let sinks = [format!("{app}-events"), format!("{app}-replies")];
-        topics::ensure(&millrace::kafka::Clients::plain(bootstrap), &sinks.map(|t| TopicNeed::plain(t, PARTITIONS))).expect("create the Kafka Streams sink topics");
+        topics::ensure(&millrace::kafka::Clients::plain(bootstrap), &sinks.clone().map(|t| TopicNeed::plain(t, PARTITIONS))).expect("create the Kafka Streams sink topics");
+        let args = [bootstrap.to_string(), app.to_string(), input.to_string(), sinks[0].clone(), sinks[1].clone()];
+        self.start_class("millrace.bench.CustomerStreams", &args, state_dir)
+    }
+
+    /// Runs `class` with `args`, then the state directory and the commit interval, and
+    /// waits until it prints RUNNING.
+    fn start_class(&self, class: &str, args: &[String], state_dir: PathBuf) -> Running {
         let classpath = format!("{}:{}/*", self.dir.join("target/classes").display(), self.dir.join("target/lib").display());
         let mut child = Command::new("java")
             .args(&self.java_opts)
             .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
-            .args(["-cp", &classpath, "millrace.bench.CustomerStreams", bootstrap, app, input])
-            .args([&format!("{app}-events"), &format!("{app}-replies")])
+            .args(["-cp", &classpath, class])
+            .args(args)
             .arg(&state_dir)
             .arg(COMMIT_MS.to_string())
             .stdout(Stdio::piped())
@@ -79,6 +87,21 @@ impl KafkaStreamsApp {
             }
         }
         running
+    }
+
+    /// The joins contender (`OrderJoinStreams`): `n` orders of `orders` re-keyed by customer
+    /// and left-joined with the table on `customers`, counted by the offsets committed on
+    /// its repartition topic, as millrace's join is. Returns the seconds and the usage.
+    pub fn run_join(&self, bootstrap: &str, app: &str, customers: &str, orders: &str, n: usize) -> (f64, ProcessUsage) {
+        let output = format!("{app}-enriched");
+        topics::ensure(&millrace::kafka::Clients::plain(bootstrap), &[TopicNeed::plain(output.clone(), PARTITIONS)]).expect("create the join's output topic");
+        let state_dir = super::work_dir().join(format!("{app}-kstreams"));
+        let spawned = Instant::now();
+        let args = [bootstrap.to_string(), app.to_string(), customers.to_string(), orders.to_string(), output];
+        let running = self.start_class("millrace.bench.OrderJoinStreams", &args, state_dir);
+        let (secs, usage) = measure("kafka streams join", spawned, running.pid(), bootstrap, app, &format!("{app}-by-customer-repartition"), n);
+        running.stop();
+        (secs, usage)
     }
 
     /// One throughput run over `n` commands of `input`, counting from RUNNING. Returns the

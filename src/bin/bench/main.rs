@@ -11,6 +11,8 @@
 //!        millrace-bench projection [EVENTS]   events/s into PostgreSQL, next to a plain consumer
 //!        millrace-bench restore [KEYS]        full restore and restart times, next to a bare reader
 //!        millrace-bench latency [RATE]        command→reply percentiles at a fixed offered rate
+//!        millrace-bench queries [KEYS]        key lookups at a fixed rate (MILLRACE_BENCH_RATE,
+//!                                             default 20000), local and forwarded
 //! (bootstrap from KAFKA_BOOTSTRAP; processing threads from MILLRACE_BENCH_THREADS,
 //! default 1; the Kafka Streams application from MILLRACE_BENCH_KSTREAMS)
 
@@ -33,18 +35,20 @@ mod kstreams;
 mod latency;
 mod progress;
 mod projection;
+mod queries;
 mod restore;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let count = |default| args.get(2).and_then(|s| s.parse().ok()).unwrap_or(default);
     match args.get(1).map(String::as_str) {
-        Some("join") => return join::run(count(100_000)),
+        Some("join") => return join::run(count(200_000)),
         Some("crash") => return crash::run(count(200_000)),
         Some("progress") => return progress::run(count(1_500)),
         Some("projection") => return projection::run(count(200_000)),
         Some("restore") => return restore::run(count(1_000_000)),
         Some("latency") => return latency::run(count(2_000)),
+        Some("queries") => return queries::run(count(1_000_000)),
         _ => {}
     }
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
