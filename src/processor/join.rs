@@ -6,6 +6,7 @@
 use super::{dead_letter, Context, ProcessError, Processor};
 use crate::record::{header, InRecord, OutRecord};
 use crate::store::StoreError;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// A table held whole on every instance (a global table), looked up by key.
@@ -62,7 +63,8 @@ impl Processor for JoinProcessor {
             ctx.out.send(dead_letter(record, "join input needs a key and a value", &self.dead_letter_topic));
             return Ok(());
         };
-        let stream: serde_json::Value = match serde_json::from_slice(value) {
+        // Checked, not parsed into a tree: the record goes out as it came (`Joined`).
+        let stream: &RawValue = match serde_json::from_slice(value) {
             Ok(v) => v,
             Err(e) => {
                 ctx.out.send(dead_letter(record, &format!("invalid JSON: {e}"), &self.dead_letter_topic));
@@ -86,7 +88,8 @@ impl Processor for JoinProcessor {
                 (key.to_vec(), found)
             }
             TableSource::Global { table, key_field } => {
-                let Some(k) = field_key(&stream, key_field) else {
+                let parsed: serde_json::Value = serde_json::from_str(stream.get()).expect("checked above");
+                let Some(k) = field_key(&parsed, key_field) else {
                     let reason = format!("field {key_field:?} is missing or not a string or number");
                     ctx.out.send(dead_letter(record, &reason, &self.dead_letter_topic));
                     return Ok(());
@@ -100,18 +103,14 @@ impl Processor for JoinProcessor {
                 (k.into_bytes(), found)
             }
         };
-        let table = found.and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok());
+        let table: Option<&RawValue> = found.as_deref().and_then(|v| serde_json::from_slice(v).ok());
         if table.is_none() && self.kind == JoinKind::Inner {
             metrics::counter!("millrace_join_unmatched_total").increment(1);
             return Ok(());
         }
         let out_key = record.headers.get(header::ORIGINAL_KEY).map(<[u8]>::to_vec).unwrap_or_else(|| key.to_vec());
         let key = join_key.as_slice();
-        let joined = serde_json::json!({
-            "key": String::from_utf8_lossy(key),
-            "stream": stream,
-            "table": table,
-        });
+        let joined = Joined { key: String::from_utf8_lossy(key), stream, table };
         ctx.out.send(OutRecord {
             topic: self.output_topic.clone(),
             partition: None,
@@ -122,6 +121,16 @@ impl Processor for JoinProcessor {
         });
         Ok(())
     }
+}
+
+/// What a join writes: `{"key", "stream", "table"}`, the two values copied as they were
+/// stored (checked JSON, never parsed into a tree and written again: that was most of a
+/// join's work).
+#[derive(serde::Serialize)]
+struct Joined<'a> {
+    key: std::borrow::Cow<'a, str>,
+    stream: &'a RawValue,
+    table: Option<&'a RawValue>,
 }
 
 /// A join or re-key key from a field, `customer_id` or a dotted path into nested objects

@@ -100,13 +100,13 @@ processing:
     let rate = |secs: f64| n as f64 / secs;
     println!("orders                   {n} ({CUSTOMERS} customers, {PARTITIONS} partitions, commit every {COMMIT_MS} ms)");
     println!("raw transactional copy   {:>10.0} records/s", rate(copy_secs));
-    println!("co-partitioned join      {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB",
-        rate(co_secs), copy_secs / co_secs, co_rss.peak_mib());
-    println!("global-table join        {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB",
-        rate(gl_secs), copy_secs / gl_secs, gl_rss.peak_mib());
+    println!("co-partitioned join      {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB  CPU {:.2} s",
+        rate(co_secs), copy_secs / co_secs, co_rss.peak_mib(), co_rss.cpu_secs);
+    println!("global-table join        {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB  CPU {:.2} s",
+        rate(gl_secs), copy_secs / gl_secs, gl_rss.peak_mib(), gl_rss.cpu_secs);
     if let Some((ks_secs, ks_rss)) = kstreams {
-        println!("kafka streams DSL join   {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB  (selectKey + repartition + leftJoin with a KTable)",
-            rate(ks_secs), copy_secs / ks_secs, ks_rss.peak_mib());
+        println!("kafka streams DSL join   {:>10.0} enriched orders/s  ratio {:.2}  peak RSS {:.1} MiB  CPU {:.2} s  (selectKey + repartition + leftJoin with a KTable)",
+            rate(ks_secs), copy_secs / ks_secs, ks_rss.peak_mib(), ks_rss.cpu_secs);
         println!("co-partitioned / kafka streams  {:.2} throughput, {:.2} peak RSS", ks_secs / co_secs, co_rss.peak_mib() / ks_rss.peak_mib());
     }
 }
