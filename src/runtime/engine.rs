@@ -14,7 +14,8 @@
 //!   before the partitions go.
 
 use super::partition_gauges;
-use super::progress::{self, InputClock, ProgressRecord, ProgressSettings};
+use super::clocks::Clocks;
+use super::progress::ProgressSettings;
 use super::catalog::Catalog;
 use super::opening::{Opened, Opener};
 use super::route::{events_offsets, peer_stores, Route};
@@ -42,7 +43,7 @@ pub(crate) struct EngineSettings {
     pub max_batch_records: usize,
     pub routes: BTreeMap<String, Route>,
     /// Topics known to exist: the topology's own, its internal ones, and any seen since.
-    pub known_topics: std::collections::HashSet<String>,
+    pub known_topics: HashSet<String>,
     pub dead_letter_topic: String,
     /// Which of the instance's processing threads this engine is.
     pub thread: usize,
@@ -119,19 +120,7 @@ pub(crate) struct Engine {
     commits: u64,
     /// Event time of the inputs it matters for: those whose tasks publish progress, and
     /// co-partitioned tables' inputs (a join's stream waits on them).
-    clocks: HashMap<TopicPartition, InputClock>,
-    /// Topics whose partitions get a clock.
-    clocked: HashSet<String>,
-    /// Highest offset written per output partition that progress claims cover: what this
-    /// engine wrote, and what was there when a task that publishes opened.
-    written: HashMap<TopicPartition, i64>,
-    /// Tasks that publish progress and have not learned their output's end offsets yet.
-    unseeded: HashSet<TopicPartition>,
-    /// The next offset of each clocked input as the engine knows it: where it was assigned
-    /// or rewound to, and past every record polled. The consumer knows its position only
-    /// once it has fetched something; None: nothing committed, the first offset is asked.
-    next_of: HashMap<TopicPartition, Option<i64>>,
-    ends_checked: Instant,
+    clocks: Clocks,
 }
 
 impl Engine {
@@ -146,9 +135,13 @@ impl Engine {
     ) -> Result<Self, RuntimeError> {
         let sink = new_sink()?;
         let sync = InputSync::new(settings.sync_groups.clone(), settings.gates.clone(), settings.max_task_idle);
-        let clocked = settings.sync_groups.iter().filter_map(|g| g.first().cloned())
-            .chain(settings.progress.iter().flat_map(|p| p.writers.keys().cloned()))
-            .collect();
+        let clocks = Clocks::new(
+            settings.sync_groups.iter().filter_map(|g| g.first().cloned()),
+            settings.progress.clone(),
+            settings.end_check,
+            settings.max_task_idle,
+            settings.clock,
+        );
         Ok(Self {
             settings,
             sink,
@@ -169,12 +162,7 @@ impl Engine {
             failure: None,
             poisoned: HashMap::new(),
             commits: 0,
-            clocks: HashMap::new(),
-            clocked,
-            written: HashMap::new(),
-            unseeded: HashSet::new(),
-            next_of: HashMap::new(),
-            ends_checked: Instant::now(),
+            clocks,
         })
     }
 
@@ -372,13 +360,11 @@ impl Engine {
     /// moved a commit interval past the last one published, a transaction opens to carry
     /// it (tables that wait on it learn that nothing older is coming).
     fn open_for_progress(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
-        if self.settings.progress.is_none() || self.sink.is_open() {
+        if !self.clocks.publishes() || self.sink.is_open() {
             return Ok(());
         }
         self.check_ends(input);
-        let step = self.settings.commit_interval.as_millis() as i64;
-        let due = self.publishers().any(|(_, c)| c.final_through() > c.published().saturating_add(step));
-        if due {
+        if self.clocks.claim_due(self.settings.commit_interval.as_millis() as i64) {
             if let Err(e) = self.sink.begin() {
                 return self.recover(input, e);
             }
@@ -388,115 +374,10 @@ impl Engine {
         Ok(())
     }
 
-    /// The clocks of tasks that publish progress.
-    fn publishers(&self) -> impl Iterator<Item = (&TopicPartition, &InputClock)> {
-        let writers = self.settings.progress.as_ref().map(|p| &p.writers);
-        self.clocks.iter().filter(move |(tp, _)| writers.is_some_and(|w| w.contains_key(&tp.topic)))
-    }
-
-    /// Where the clocked inputs of a new assignment start: their committed offsets.
-    fn assigned_at(&mut self, committed: &[(TopicPartition, Option<i64>)]) {
-        for (tp, offset) in committed.iter().filter(|(tp, _)| self.clocked.contains(&tp.topic)) {
-            self.next_of.insert(tp.clone(), *offset);
-        }
-    }
-
-    /// Asks the broker for the end offsets of the clocked inputs with nothing waiting here,
-    /// at most every `end_check`: one read to its end is final through the time asked,
-    /// minus `max_task_idle`.
+    /// Asks for the end offsets of the clocked inputs with nothing buffered (`Clocks`).
     fn check_ends(&mut self, input: &dyn Input) {
-        if self.clocks.is_empty() || self.ends_checked.elapsed() < self.settings.end_check {
-            return;
-        }
-        self.ends_checked = Instant::now();
-        let candidates: Vec<TopicPartition> = self.clocks.keys().filter(|tp| !self.sync.holds(tp)).cloned().collect();
-        if candidates.is_empty() {
-            return;
-        }
-        // The time is taken before asking: whatever the broker had then is below its answer.
-        let asked = (self.settings.clock)();
-        let ends = match input.end_offsets(&candidates) {
-            Ok(ends) => ends,
-            Err(e) => {
-                tracing::debug!(error = %e, "end offsets unknown; event time waits");
-                return;
-            }
-        };
-        // Nothing committed and nothing polled yet: the input starts at its first offset.
-        let unknown: Vec<TopicPartition> = candidates.iter().filter(|tp| matches!(self.next_of.get(*tp), Some(None))).cloned().collect();
-        if !unknown.is_empty() {
-            if let Ok(starts) = input.start_offsets(&unknown) {
-                for (tp, o) in starts {
-                    if let Some(next @ None) = self.next_of.get_mut(&tp) {
-                        *next = Some(o);
-                    }
-                }
-            }
-        }
-        let positions = input.positions();
-        tracing::trace!(?ends, ?positions, next_of = ?self.next_of, "end offsets of clocked inputs");
-        let lateness = self.settings.max_task_idle.as_millis() as i64;
-        for (tp, end) in ends {
-            let known = self.next_of.get(&tp).copied().flatten();
-            let at = match (known, positions.get(&tp)) {
-                (Some(a), Some(b)) => a.max(*b),
-                (a, b) => a.or(b.copied()).unwrap_or(i64::MIN),
-            };
-            if let Some(clock) = self.clocks.get_mut(&tp) {
-                if at >= end {
-                    clock.caught_up(asked, lateness);
-                }
-            }
-        }
-    }
-
-    /// Sends, into the open transaction, a progress record for each task whose claim moved
-    /// since the last commit: how far it is final, and which offsets hold what it covers.
-    fn publish_progress(&mut self, input: &dyn Input) -> Result<(), SinkError> {
-        let Some(settings) = self.settings.progress.clone() else { return Ok(()) };
-        let due: Vec<(TopicPartition, i64)> =
-            self.publishers().filter(|(_, c)| c.final_through() > c.published()).map(|(tp, c)| (tp.clone(), c.final_through())).collect();
-        if due.is_empty() {
-            return Ok(());
-        }
-        // What earlier owners wrote: the committed end of every output partition.
-        let unseeded: Vec<TopicPartition> = self.unseeded.iter().cloned().collect();
-        for tp in unseeded {
-            let (out, partitions) = &settings.writers[&tp.topic];
-            let outputs: Vec<TopicPartition> = (0..*partitions).map(|p| TopicPartition::new(out.as_str(), p)).collect();
-            match input.end_offsets(&outputs) {
-                Ok(ends) if ends.len() == outputs.len() => {
-                    for (o, end) in ends {
-                        let w = self.written.entry(o).or_insert(-1);
-                        *w = (*w).max(end - 1);
-                    }
-                    self.unseeded.remove(&tp);
-                }
-                Ok(_) | Err(_) => tracing::debug!(task = %tp, "end offsets of its output unknown; its progress waits"),
-            }
-        }
-        for (tp, o) in self.sink.settle()? {
-            if settings.writers.values().any(|(out, _)| *out == tp.topic) {
-                let w = self.written.entry(tp).or_insert(-1);
-                *w = (*w).max(o);
-            }
-        }
-        let now_ms = (self.settings.clock)();
-        self.sink.set_origin(None);
-        for (tp, final_through) in due.into_iter().filter(|(tp, _)| !self.unseeded.contains(tp)) {
-            let out = &settings.writers[&tp.topic].0;
-            let written = self.written.iter().filter(|(w, _)| w.topic == *out).map(|(w, o)| (w.partition, *o)).collect();
-            let claim = ProgressRecord { final_through, written: BTreeMap::from([(out.clone(), written)]) };
-            self.sink.send(&OutRecord {
-                topic: settings.topic.clone(),
-                partition: Some(0),
-                key: Some(progress::key(&tp.topic, tp.partition).into_bytes()),
-                value: Some(serde_json::to_vec(&claim).expect("a progress record serializes")),
-                headers: Default::default(),
-                timestamp: Some(now_ms),
-            })?;
-        }
-        Ok(())
+        let sync = &self.sync;
+        self.clocks.check_ends(input, &|tp| sync.holds(tp));
     }
 
     /// Punctuates every task at `now_ms` (the driver's clock, or the wall clock).
@@ -590,9 +471,9 @@ impl Engine {
         // How long outputs waited for this commit: from the first record of the
         // transaction (half a commit interval on average, under a steady load).
         metrics::histogram!("millrace_transaction_open_seconds").record(self.txn_started.elapsed().as_secs_f64());
-        if self.settings.progress.is_some() {
+        if self.clocks.publishes() {
             self.check_ends(input);
-            if let Err(e) = self.publish_progress(input) {
+            if let Err(e) = self.clocks.publish(input, self.sink.as_mut()) {
                 return self.recover(input, e);
             }
         }
@@ -607,9 +488,7 @@ impl Engine {
         match self.sink.commit(&offsets, group.as_ref()) {
             Ok(delivered) => {
                 self.commits += 1;
-                for clock in self.clocks.values_mut() {
-                    clock.committed();
-                }
+                self.clocks.committed();
                 // Committed in Kafka, not yet in RocksDB: the store must catch up from the
                 // changelog tail on restart.
                 #[cfg(feature = "test-util")]
@@ -684,9 +563,7 @@ impl Engine {
         // aborted transaction processed, or else the first one still buffered.
         let mut targets = self.sync.first_offsets();
         self.sync.clear();
-        for clock in self.clocks.values_mut() {
-            clock.aborted();
-        }
+        self.clocks.aborted();
         for (tp, task) in self.tasks.iter_mut() {
             if let Some(o) = task.aborted() {
                 targets.insert(tp.clone(), o);
@@ -694,20 +571,14 @@ impl Engine {
         }
         for (tp, o) in targets.into_iter().filter(|(tp, _)| self.tasks.contains_key(tp)) {
             input.seek(&tp, Some(o))?;
-            if let Some(next) = self.next_of.get_mut(&tp) {
-                *next = Some(o);
-            }
+            self.clocks.seeked(&tp, o);
         }
         Ok(())
     }
 
     /// Takes a polled record; `drain` decides when it is processed.
     pub fn buffer(&mut self, record: InRecord) {
-        if !self.clocks.is_empty() {
-            if let Some(next) = self.next_of.get_mut(&TopicPartition::new(record.topic.as_str(), record.partition)) {
-                *next = Some(next.map_or(record.offset + 1, |n| n.max(record.offset + 1)));
-            }
-        }
+        self.clocks.polled(&record);
         self.sync.push(record);
     }
 
@@ -722,7 +593,7 @@ impl Engine {
         loop {
             let next = {
                 let clocks = &self.clocks;
-                self.sync.next(now, &|tp| clocks.get(tp).map_or(i64::MIN, InputClock::final_through))
+                self.sync.next(now, &|tp| clocks.final_through(tp))
             };
             let Some(r) = next else { return Ok(()) };
             self.process(input, r)?;
@@ -769,7 +640,7 @@ impl Engine {
         for (tp, offset) in &committed {
             input.seek(tp, *offset)?;
         }
-        self.assigned_at(&committed);
+        self.clocks.assigned_at(&committed);
         let partitions: Vec<TopicPartition> = committed.into_iter().map(|(tp, _)| tp).collect();
         self.open_tasks(&partitions)
     }
@@ -821,12 +692,7 @@ impl Engine {
                 Some(st.wrap(rocks, &tp.topic))
             }
         };
-        if self.clocked.contains(&tp.topic) {
-            self.clocks.insert(tp.clone(), InputClock::default());
-            if self.settings.progress.as_ref().is_some_and(|p| p.writers.contains_key(&tp.topic)) {
-                self.unseeded.insert(tp.clone());
-            }
-        }
+        self.clocks.opened(&tp);
         let mut task = Task::new(tp.clone(), (route.processor)(), store);
         // Restore ran above, before the task exists to take input.
         task.transition(TaskState::Restoring);
@@ -837,9 +703,7 @@ impl Engine {
 
     /// The task of `tp` closes: its store leaves the catalog and its gauges leave /metrics.
     fn detach(&mut self, tp: &TopicPartition) {
-        self.clocks.remove(tp);
-        self.next_of.remove(tp);
-        self.unseeded.remove(tp);
+        self.clocks.closed(tp);
         partition_gauges::remove(&[partition_gauges::CONSUMER_LAG], &tp.topic, tp.partition);
         if let Some(st) = self.settings.routes.get(&tp.topic).and_then(|r| r.state.as_ref()) {
             self.catalog.detach(&st.name, tp.partition);
@@ -852,14 +716,14 @@ impl Engine {
 
     fn reopen(&mut self, tp: &TopicPartition) -> Result<(), RuntimeError> {
         // The input stays where it is: only the task and its store start again.
-        let next = self.next_of.get(tp).copied();
+        let next = self.clocks.next_of(tp);
         if let Some(mut t) = self.tasks.remove(tp) {
             self.detach(tp);
             t.close();
         }
         self.open_task(tp.clone(), None)?;
         if let Some(next) = next {
-            self.next_of.insert(tp.clone(), next);
+            self.clocks.set_next_of(tp, next);
         }
         Ok(())
     }
@@ -919,7 +783,7 @@ impl Engine {
                 if started.elapsed() > Duration::from_secs(1) {
                     tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "waited for a previous owner's transaction to end before restoring");
                 }
-                self.assigned_at(&committed);
+                self.clocks.assigned_at(&committed);
             }
             Err(source) => {
                 self.catalog.set_ready(self.settings.thread, false);

@@ -6,6 +6,7 @@
 
 mod app;
 mod catalog;
+mod clocks;
 pub(crate) mod engine;
 pub mod gateway;
 pub mod global;
