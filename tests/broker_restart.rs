@@ -58,6 +58,19 @@ fn processors_recover_from_a_broker_restart_by_themselves() {
     for i in instances.iter_mut() {
         assert!(i.child.try_wait().unwrap().is_none(), "an instance exited instead of recovering:\n{}", i.log_text());
     }
+    // Stuck short of the end: what each instance said is the diagnosis.
+    let answered = replies_by_id(&wait_for(&s.replies, COMMANDS, Duration::from_secs(300))).len();
+    if answered < COMMANDS {
+        for i in &instances {
+            let log = i.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(150).collect();
+            eprintln!("--- the last lines of an instance's log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        panic!("{answered} of {COMMANDS} commands answered after the broker came back");
+    }
     let refs: Vec<&Instance> = instances.iter().collect();
     check_exactly_once(&s, COMMANDS, KEYS, &refs);
     for i in instances {
