@@ -37,25 +37,12 @@ public final class CustomerStreams {
 
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0], app = args[1], commands = args[2], events = args[3], replies = args[4];
-        Properties props = new Properties();
-        props.put(StreamsConfig.APPLICATION_ID_CONFIG, app);
-        props.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
-        props.put(StreamsConfig.STATE_DIR_CONFIG, args[5]);
-        props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.EXACTLY_ONCE_V2);
-        props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, Integer.parseInt(args[6]));
-        props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, 1);
+        Properties props = Lifecycle.baseProperties(bootstrap, app, args[5], args[6]);
         props.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.StringSerde.class);
         props.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.ByteArraySerde.class);
-        // The same producer settings as millrace's sink, so neither side wins on compression.
-        props.put(StreamsConfig.producerPrefix("compression.type"), "lz4");
-        props.put(StreamsConfig.producerPrefix("linger.ms"), 5);
-        props.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
-        // Static membership and the session timeout millrace uses: a restarted instance
-        // takes its partitions back at once instead of waiting out its old session.
+        // Static membership: a restarted instance takes its partitions back at once
+        // instead of waiting out its old session.
         props.put(StreamsConfig.consumerPrefix("group.instance.id"), app + "-bench");
-        props.put(StreamsConfig.consumerPrefix("session.timeout.ms"), 10000);
-        // Kafka 5.0's default, set now to keep the start-up log quiet.
-        props.put("processing.exception.handler.global.enabled", true);
 
         Topology topology = new Topology();
         topology.addSource("commands", commands);

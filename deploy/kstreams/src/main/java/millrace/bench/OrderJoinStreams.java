@@ -21,7 +21,6 @@ import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.common.utils.Bytes;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsBuilder;
-import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.kstream.Consumed;
 import org.apache.kafka.streams.kstream.Joined;
 import org.apache.kafka.streams.kstream.KStream;
@@ -36,19 +35,7 @@ public final class OrderJoinStreams {
 
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0], app = args[1], customersTopic = args[2], ordersTopic = args[3], output = args[4];
-        Properties props = new Properties();
-        props.put(StreamsConfig.APPLICATION_ID_CONFIG, app);
-        props.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
-        props.put(StreamsConfig.STATE_DIR_CONFIG, args[5]);
-        props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.EXACTLY_ONCE_V2);
-        props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, Integer.parseInt(args[6]));
-        props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, 1);
-        // The same producer settings as millrace's sink.
-        props.put(StreamsConfig.producerPrefix("compression.type"), "lz4");
-        props.put(StreamsConfig.producerPrefix("linger.ms"), 5);
-        props.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
-        props.put(StreamsConfig.consumerPrefix("session.timeout.ms"), 10000);
-        props.put("processing.exception.handler.global.enabled", true);
+        Properties props = Lifecycle.baseProperties(bootstrap, app, args[5], args[6]);
 
         StreamsBuilder builder = new StreamsBuilder();
         KTable<String, byte[]> customers = builder.table(
