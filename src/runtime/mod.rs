@@ -14,6 +14,7 @@ pub mod members;
 mod registry;
 mod kafka_ports;
 mod opening;
+mod poll_loop;
 pub mod metrics_catalog;
 pub mod partition_gauges;
 pub(crate) mod ports;
