@@ -616,6 +616,7 @@ impl Engine {
     /// until every one is open, the instance is not ready and processes nothing.
     pub fn resync(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         self.catalog.set_ready(self.settings.thread, false);
+        tracing::info!(tasks = self.tasks.len(), "resync: every task closes and reopens from the committed offsets");
         self.sync.clear();
         let aborted = self.sink.abort();
         self.close_all();
@@ -642,6 +643,7 @@ impl Engine {
         }
         self.clocks.assigned_at(&committed);
         let partitions: Vec<TopicPartition> = committed.into_iter().map(|(tp, _)| tp).collect();
+        tracing::info!(partitions = %list(&partitions), "reopening the assignment");
         self.open_tasks(&partitions)
     }
 
@@ -741,6 +743,10 @@ impl Engine {
     /// Partitions are going away: finish the transaction first, then close the tasks.
     pub fn on_revoke(&mut self, input: &dyn Input) {
         self.catalog.set_ready(self.settings.thread, false);
+        let tasks: Vec<TopicPartition> = self.tasks.keys().cloned().collect();
+        // Lost: the group gave them away already (a session that timed out); there is
+        // nothing left to commit, only to abort.
+        tracing::info!(tasks = %list(&tasks), lost = input.assignment_lost(), "partitions revoked");
         let result = if input.assignment_lost() {
             self.abort_and_rewind(input)
         } else {
@@ -769,6 +775,7 @@ impl Engine {
     }
 
     pub fn on_assign(&mut self, input: &dyn Input, assigned: &[TopicPartition]) {
+        tracing::info!(partitions = %list(assigned), "partitions assigned");
         // A previous owner (a zombie, a member that lost the partitions while stalled) may
         // still have a transaction open over these partitions. Until it ends, the committed
         // offsets are unstable and its changelog records undecided; a restore now could
@@ -787,8 +794,7 @@ impl Engine {
             }
             Err(source) => {
                 self.catalog.set_ready(self.settings.thread, false);
-                let partitions = assigned.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-                self.failure = Some(RuntimeError::UnstableOffsets { partitions, source: Box::new(source) });
+                self.failure = Some(RuntimeError::UnstableOffsets { partitions: list(assigned), source: Box::new(source) });
                 return;
             }
         }
@@ -826,4 +832,9 @@ fn valid_topic_name(topic: &str) -> Option<String> {
         && topic != ".."
         && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     (!ok).then(|| format!("destination topic name {:?} is not a valid Kafka topic name", topic.chars().take(80).collect::<String>()))
+}
+
+/// Partitions for a log line: `topic-0,topic-1`.
+fn list(partitions: &[TopicPartition]) -> String {
+    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
