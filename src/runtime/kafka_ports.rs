@@ -80,7 +80,7 @@ impl<C: ConsumerContext> Input for KafkaInput<'_, C> {
     }
 
     fn group(&self) -> Option<GroupToken> {
-        self.0.group_metadata().map(|g| GroupToken(Box::new(g)))
+        self.0.group_metadata().map(|g| GroupToken(std::sync::Arc::new(g)))
     }
 
     fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), RuntimeError> {
@@ -156,13 +156,18 @@ impl Sink for TransactionalSink {
 
     fn commit(&mut self, offsets: &[(TopicPartition, i64)], group: Option<&GroupToken>) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         let list = tpl(offsets.iter().map(|(tp, o)| (tp.clone(), Offset::Offset(*o))));
-        let group = group.and_then(|g| g.0.downcast_ref::<ConsumerGroupMetadata>());
-        TransactionalSink::commit(self, &list, group)
+        TransactionalSink::commit(self, &list, group.and_then(metadata))
     }
 
     fn abort(&mut self) -> Result<(), SinkError> {
         TransactionalSink::abort(self)
     }
+
+}
+
+/// The consumer's group metadata a token carries (tokens come from `KafkaInput::group`).
+fn metadata(group: &GroupToken) -> Option<std::sync::Arc<ConsumerGroupMetadata>> {
+    group.0.clone().downcast::<ConsumerGroupMetadata>().ok()
 }
 
 /// The restore readers, each a consumer outside the group made by the client factory.

@@ -25,7 +25,7 @@ use std::time::Duration;
 /// What a transaction commits its input offsets under: the consumer group's generation
 /// and member (KIP-447), so a zombie from an older generation is fenced. Opaque to the
 /// engine; the sink of the same adapter reads it.
-pub struct GroupToken(pub Box<dyn std::any::Any + Send>);
+pub struct GroupToken(pub std::sync::Arc<dyn std::any::Any + Send + Sync>);
 
 /// What the broker says about an output topic.
 pub enum Destination {

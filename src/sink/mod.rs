@@ -20,7 +20,7 @@ use crate::kafka::Clients;
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,12 @@ pub enum SinkError {
     Poisoned { transactional_id: String, poisoned: Vec<Poisoned> },
     #[error("producer {transactional_id}: a record for {topic} that no input record wrote (a punctuation's) was refused for good: {source}")]
     Unattributable { transactional_id: String, topic: String, source: KafkaError },
+    /// A call that did not return within its timeout and a margin. librdkafka 2.12's
+    /// `send_offsets_to_transaction` can wait for ever after a broker restart (its
+    /// coordinator lookup waits on a broker it has decommissioned: librdkafka #5456,
+    /// #5511). The producer is left to its call and a new one takes over.
+    #[error("producer {transactional_id}: {op} did not return within {waited_s} s; the producer is abandoned and a new one takes over")]
+    Hung { transactional_id: String, op: &'static str, waited_s: u64 },
 }
 
 /// The input record whose output a topic refused, and why.
@@ -52,6 +58,10 @@ pub struct Poisoned {
 /// back to. None for work no record triggered (punctuation).
 type OriginIndex = usize;
 const NO_ORIGIN: OriginIndex = usize::MAX;
+
+/// How much longer than its own timeout a call to librdkafka may take before it counts as
+/// hung (`SinkError::Hung`).
+const HUNG_MARGIN: Duration = Duration::from_secs(15);
 
 /// One record refused for good, as its delivery report told.
 struct Refused {
@@ -116,6 +126,7 @@ impl SinkError {
             SinkError::Failed { .. } => Recovery::Retry,
             SinkError::Poisoned { .. } => Recovery::AbortAndRewind,
             SinkError::Unattributable { .. } => Recovery::Fatal,
+            SinkError::Hung { .. } => Recovery::Retry,
         }
     }
 }
@@ -186,7 +197,10 @@ impl ProducerContext for SinkContext {
 }
 
 pub struct TransactionalSink {
-    producer: ThreadedProducer<SinkContext>,
+    /// Shared with a call that may not return (see `send_offsets`).
+    producer: Arc<ThreadedProducer<SinkContext>>,
+    /// A call hung: nothing more is asked of this producer, and the engine makes a new one.
+    hung: bool,
     transactional_id: String,
     /// False for `processing.exactly_once: false`: an idempotent producer whose batches are
     /// flushed, not committed, and whose input offsets the consumer commits afterwards.
@@ -229,7 +243,8 @@ impl TransactionalSink {
             cfg.create_with_context(SinkContext::default()).map_err(|e| failed("create", e))?;
         let timeout = Duration::from_secs(30);
         let sink = Self {
-            producer,
+            producer: Arc::new(producer),
+            hung: false,
             transactional_id: transactional_id.into(),
             exactly_once,
             open: false,
@@ -399,12 +414,50 @@ impl TransactionalSink {
         Ok(self.producer.context().delivered_so_far())
     }
 
+    /// `send_offsets_to_transaction`, on a thread of its own, waited for up to its timeout
+    /// and a margin (`SinkError::Hung` past that). librdkafka's own timeout does not bound
+    /// the call when the group coordinator's broker was decommissioned by a restart
+    /// (librdkafka #5456, #5511, open in 2.12 and 2.14), and a processing thread blocked in
+    /// it would hold its partitions for ever. A thread per commit costs tens of
+    /// microseconds, a few commits a second.
+    fn send_offsets(&mut self, offsets: &TopicPartitionList, group: Arc<ConsumerGroupMetadata>) -> Result<(), SinkError> {
+        if self.hung {
+            return Err(self.hung_error("send_offsets_to_transaction"));
+        }
+        let (producer, offsets, timeout) = (self.producer.clone(), offsets.clone(), self.timeout);
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("millrace-offsets".into())
+            .spawn(move || {
+                let _ = done.send(producer.send_offsets_to_transaction(&offsets, &group, timeout));
+            })
+            .map_err(|e| SinkError::Failed {
+                transactional_id: self.transactional_id.clone(),
+                op: "send_offsets_to_transaction",
+                source: KafkaError::ClientCreation(format!("cannot start the thread that sends the offsets: {e}")),
+            })?;
+        match answer.recv_timeout(timeout + HUNG_MARGIN) {
+            Ok(sent) => sent.map_err(|e| self.classify("send_offsets_to_transaction", e)),
+            Err(_) => {
+                self.hung = true;
+                metrics::counter!("millrace_producer_hangs_total").increment(1);
+                let e = self.hung_error("send_offsets_to_transaction");
+                tracing::error!(error = %e, "a Kafka call hung");
+                Err(e)
+            }
+        }
+    }
+
+    fn hung_error(&self, op: &'static str) -> SinkError {
+        SinkError::Hung { transactional_id: self.transactional_id.clone(), op, waited_s: (self.timeout + HUNG_MARGIN).as_secs() }
+    }
+
     /// Sends the input offsets with the group metadata and commits. Returns the highest
     /// offset delivered per partition in this transaction.
     pub fn commit(
         &mut self,
         offsets: &TopicPartitionList,
-        group: Option<&ConsumerGroupMetadata>,
+        group: Option<Arc<ConsumerGroupMetadata>>,
     ) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         if !self.exactly_once {
             return self.flush_batch();
@@ -414,9 +467,12 @@ impl TransactionalSink {
         // A refused record fails the transaction; the refusal, not the failure it causes
         // downstream, is what the engine needs to hear, so it is looked for first.
         if let (true, Some(group)) = (offsets.count() > 0, group) {
-            if let Err(e) = self.producer.send_offsets_to_transaction(offsets, group, self.timeout) {
+            if let Err(e) = self.send_offsets(offsets, group) {
+                if self.hung {
+                    return Err(e);
+                }
                 self.drain();
-                return Err(self.poisoned().unwrap_or_else(|| self.classify("send_offsets_to_transaction", e)));
+                return Err(self.poisoned().unwrap_or(e));
             }
         }
         self.drain();
@@ -478,6 +534,11 @@ impl TransactionalSink {
             // Nothing to take back: at-least-once outputs may be repeated on reprocessing.
             self.open = false;
             return Ok(());
+        }
+        if self.hung {
+            // Asked to abort, a hung producer could hang again; the new producer's
+            // init_transactions aborts what this one left open.
+            return Err(self.hung_error("abort_transaction"));
         }
         metrics::counter!("millrace_transactions_total", "result" => "aborted").increment(1);
         self.producer.abort_transaction(self.timeout).map_err(|e| self.classify("abort_transaction", e))?;

@@ -321,7 +321,7 @@ impl Input for MemoryInput {
     }
 
     fn group(&self) -> Option<GroupToken> {
-        Some(GroupToken(Box::new(())))
+        Some(GroupToken(std::sync::Arc::new(())))
     }
 
     fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), RuntimeError> {
