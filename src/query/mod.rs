@@ -181,6 +181,11 @@ async fn local_or_forward(
     headers: &HeaderMap,
 ) -> Result<Result<Arc<crate::store::RocksStore>, Response>, QueryError> {
     if let Some(local) = ctx.catalog.local(store, partition) {
+        // Unready: restoring, or recovering from a failed transaction while the group may
+        // be giving this partition to another instance. What is here could be stale.
+        if !ctx.catalog.is_ready() {
+            return Err(QueryError::Moving { store: store.to_string(), partition });
+        }
         return Ok(Ok(local));
     }
     let not_owner = QueryError::NotOwner { store: store.to_string(), key: key.to_string(), partition };

@@ -540,14 +540,23 @@ impl Engine {
                 self.poisoned.entry((p.input.clone(), p.offset)).or_insert_with(|| (p.reason.clone(), 0)).1 += 1;
             }
         }
-        match e.recovery() {
+        // Until the failure is dealt with, the group may give these partitions to another
+        // instance (a broker restart ends sessions, and an abort can block for its whole
+        // timeout meanwhile): reads of them here could be stale, so the thread is unready,
+        // which makes the query server answer 503 for them, until it has recovered.
+        self.catalog.set_ready(self.settings.thread, false);
+        let recovered = match e.recovery() {
             Recovery::GiveUpPartitions => self.give_up(input),
             Recovery::Fatal => {
                 let _ = self.sink.abort();
                 Err(e.into())
             }
             _ => self.abort_and_rewind(input),
+        };
+        if recovered.is_ok() {
+            self.catalog.set_ready(self.settings.thread, true);
         }
+        recovered
     }
 
     /// Aborts the open transaction and rewinds every task's input to its first record in
