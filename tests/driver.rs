@@ -202,6 +202,31 @@ fn a_stalled_restore_stays_unready_and_the_retry_goes_on_from_its_checkpoint() {
     assert_eq!(r.len(), 3 * keys.len(), "each command answered once");
 }
 
+/// A commit whose Kafka call hangs (librdkafka after a broker restart): the transaction
+/// fails as transient, the instance is unready meanwhile (its reads could be stale), and the
+/// retry replaces the producer, which cannot even abort, then redoes the batch once.
+#[test]
+fn a_hung_commit_leaves_the_instance_unready_and_a_new_producer_redoes_the_batch() {
+    let mut d = driver();
+    for k in ["ada", "bob"] {
+        d.pipe("customer-commands", k, &cmd(&format!("c-{k}"), k, "CreateCustomer", k)).unwrap();
+    }
+    d.log().hang_commits(1);
+    let e = d.commit().unwrap_err();
+    assert_eq!(e.recovery(), millrace::error::Recovery::Retry, "{e}");
+    assert!(e.to_string().contains("did not return"), "{e}");
+    assert!(!d.is_ready(), "unready until it has recovered");
+    assert!(replies(&d).is_empty(), "nothing of the hung transaction is visible");
+
+    d.retry().unwrap();
+    d.commit().unwrap();
+    assert!(d.is_ready());
+    let mut r = replies(&d);
+    r.sort();
+    assert_eq!(r, vec![("c-ada".into(), "accepted".into(), 1), ("c-bob".into(), "accepted".into(), 1)], "each command answered once");
+    assert_eq!(event_versions(&d, "ada"), vec![1]);
+}
+
 #[test]
 fn fenced_producer_drops_its_writes_and_the_new_owner_finishes_the_work() {
     let mut d = driver();

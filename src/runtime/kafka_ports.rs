@@ -162,7 +162,6 @@ impl Sink for TransactionalSink {
     fn abort(&mut self) -> Result<(), SinkError> {
         TransactionalSink::abort(self)
     }
-
 }
 
 /// The consumer's group metadata a token carries (tokens come from `KafkaInput::group`).

@@ -42,6 +42,8 @@ struct LogState {
     fenced: u64,
     /// Restores still to stall half-way (a test's fault).
     stalls: u32,
+    /// Commits still to hang (a test's fault).
+    hangs: u32,
 }
 
 /// The shared log; cheap to clone.
@@ -112,6 +114,20 @@ impl MemoryLog {
         self.state().stalls = n;
     }
 
+    /// Fault: the next `n` commits hang, as librdkafka's `send_offsets_to_transaction` can
+    /// after a broker restart. The sink answers `SinkError::Hung`, as the real one does once
+    /// it gave up waiting, and that producer answers nothing more: its abort fails too.
+    pub fn hang_commits(&self, n: u32) {
+        self.state().hangs = n;
+    }
+
+    fn take_hang(&self) -> bool {
+        let mut st = self.state();
+        let hang = st.hangs > 0;
+        st.hangs = st.hangs.saturating_sub(1);
+        hang
+    }
+
     fn take_stall(&self) -> bool {
         let mut st = self.state();
         let stall = st.stalls > 0;
@@ -138,13 +154,15 @@ pub struct MemorySink {
     open: bool,
     pending: Vec<(OutRecord, Option<(TopicPartition, i64)>)>,
     origin: Option<(TopicPartition, i64)>,
+    /// A commit hung (`MemoryLog::hang_commits`): nothing more is answered.
+    hung: bool,
 }
 
 impl MemorySink {
     /// Initializes `transactional_id` anew: older sinks with it are fenced.
     pub fn new(log: &MemoryLog, transactional_id: &str, exactly_once: bool) -> Self {
         let epoch = log.bump_epoch(transactional_id);
-        Self { log: log.clone(), transactional_id: transactional_id.into(), epoch, exactly_once, open: false, pending: Vec::new(), origin: None }
+        Self { log: log.clone(), transactional_id: transactional_id.into(), epoch, exactly_once, open: false, pending: Vec::new(), origin: None, hung: false }
     }
 
     fn fenced(&self) -> SinkError {
@@ -152,6 +170,10 @@ impl MemorySink {
             transactional_id: self.transactional_id.clone(),
             source: KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced),
         }
+    }
+
+    fn hung(&self) -> SinkError {
+        SinkError::Hung { transactional_id: self.transactional_id.clone(), op: "send_offsets_to_transaction", waited_s: 45 }
     }
 
     fn is_current(&self) -> bool {
@@ -197,6 +219,10 @@ impl Sink for MemorySink {
 
     fn commit(&mut self, offsets: &[(TopicPartition, i64)], group: Option<&GroupToken>) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         let _ = group;
+        if self.hung || (self.exactly_once && self.log.take_hang()) {
+            self.hung = true;
+            return Err(self.hung());
+        }
         let mut st = self.log.state();
         if self.exactly_once && st.epochs.get(&self.transactional_id) != Some(&self.epoch) {
             st.fenced += 1;
@@ -256,6 +282,9 @@ impl Sink for MemorySink {
     }
 
     fn abort(&mut self) -> Result<(), SinkError> {
+        if self.hung {
+            return Err(self.hung());
+        }
         self.pending.clear();
         self.open = false;
         Ok(())
