@@ -90,7 +90,7 @@ pub fn run(keys: usize) {
     first.kill9();
     let small = restarts_after_kill(&bootstrap, &small_app, &small_input, &small_dir, &small_topology, "probe-1", http);
     let _ = std::fs::remove_dir_all(&small_dir);
-    let (large_median, small_median) = (median(&large), median(&small));
+    let (large_median, small_median) = (super::median(&mut large.clone()), super::median(&mut small.clone()));
     println!(
         "millrace after SIGKILL   median {large_median:.2} s with {keys} keys {}, {small_median:.2} s with {SMALL} {}: ratio {:.2}",
         rounds(&large),
@@ -148,12 +148,6 @@ fn restarts_after_kill(bootstrap: &str, app: &str, input: &str, dir: &std::path:
         if round + 1 < RESTARTS { again.kill9() } else { again.stop() }
     }
     secs
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut sorted = xs.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 fn rounds(xs: &[f64]) -> String {
