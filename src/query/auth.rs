@@ -112,6 +112,9 @@ pub fn required(method: &Method, path: &str, metrics_auth: bool) -> Option<Scope
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["health"] | ["ready"] | ["openapi.json"] => None,
+        // The console's sign-in form and its two files.
+        ["ui", "login"] | ["ui", "console.css"] | ["ui", "console.js"] => None,
+        ["ui", "commands"] if method == Method::POST => Some(Scope::Write),
         ["metrics"] => metrics_auth.then_some(Scope::Read),
         ["aggregates", _, _, "commands", ..] => Some(Scope::Write),
         ["aggregates", _, _, "snapshot", ..] => Some(Scope::Admin),
@@ -163,6 +166,10 @@ mod tests {
         assert_eq!(need(&get, "/aggregates/customer/a/commands/c1"), Some(Scope::Write));
         assert_eq!(need(&Method::POST, "/aggregates/customer/a/snapshot/repair"), Some(Scope::Admin));
         assert_eq!(need(&Method::DELETE, "/aggregates/customer/a/snapshot"), Some(Scope::Admin));
+        assert_eq!(need(&get, "/ui"), Some(Scope::Read));
+        assert_eq!(need(&get, "/ui/stores/customers/keys/a"), Some(Scope::Read));
+        assert_eq!(need(&get, "/ui/login"), None);
+        assert_eq!(need(&Method::POST, "/ui/commands"), Some(Scope::Write));
         let status = |auth: Option<&str>, needed| match check(&t, auth, &get, "/x", needed) {
             Ok(()) => 200,
             Err(r) => r.status().as_u16(),

@@ -74,9 +74,20 @@ pub(super) async fn admit(State(a): State<Arc<Admission>>, request: Request, nex
     let s = &a.security;
     if let Some(tokens) = &s.tokens {
         if let Some(needed) = auth::required(request.method(), request.uri().path(), s.metrics_auth) {
-            let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-            if let Err(refused) = auth::check(tokens, authorization, request.method(), request.uri().path(), needed) {
+            let path = request.uri().path();
+            // The console's pages also take the token from the cookie its sign-in form sets.
+            let console = path == "/ui" || path.starts_with("/ui/");
+            let authorization = if console {
+                super::console::authorization(request.headers())
+            } else {
+                request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string)
+            };
+            if let Err(refused) = auth::check(tokens, authorization.as_deref(), request.method(), path, needed) {
                 metrics::counter!("millrace_http_refused_total", "status" => refused.status().as_str().to_string()).increment(1);
+                // A person opening a page without a token is shown the sign-in form.
+                if console && refused.status() == StatusCode::UNAUTHORIZED && super::console::is_page(request.method(), path) {
+                    return (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui/login")]).into_response();
+                }
                 return refused;
             }
         }

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 mod commands;
+pub mod console;
 mod error;
 mod events;
 pub mod forward;
@@ -66,29 +67,40 @@ pub fn router(
     directory: Option<Arc<Directory>>,
     gateway: Option<Arc<crate::runtime::gateway::Gateway>>,
     security: HttpSecurity,
+    console: Option<console::Console>,
 ) -> Router {
     let admission = Arc::new(guard::Admission::new(security.clone()));
     let max_body = security.limits.max_body_bytes;
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi_json))
-        .route("/stores", get(stores))
-        .route("/cluster", get(cluster))
-        .route("/stores/{store}", get(list))
-        .route("/stores/{store}/keys/{key}", get(get_key))
-        .route("/stores/{store}/index/{field}/{value}", get(by_index))
-        .route("/aggregates/{aggregate}/{id}/commands", post(commands::submit))
-        .route("/aggregates/{aggregate}/{id}/events", get(events::history))
-        .route("/aggregates/{aggregate}/{id}/commands/{command_id}", get(commands::status))
-        .route("/aggregates/{aggregate}/{id}/snapshot", axum::routing::delete(commands::delete_snapshot))
-        .route("/aggregates/{aggregate}/{id}/snapshot/repair", post(commands::repair_snapshot))
-        .fallback(|| async { QueryError::NoRoute })
-        .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
-        .with_state(Ctx { catalog, metrics, directory, gateway, security: Arc::new(security), peers: Arc::default() })
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(admission, guard::admit))
+    let ctx = Ctx { catalog, metrics, directory, gateway, security: Arc::new(security), peers: Arc::default() };
+    let guarded = |r: Router| {
+        r.layer(axum::extract::DefaultBodyLimit::max(max_body))
+            .layer(axum::middleware::from_fn_with_state(admission.clone(), guard::admit))
+    };
+    let api = guarded(
+        Router::new()
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics_text))
+            .route("/openapi.json", get(openapi_json))
+            .route("/stores", get(stores))
+            .route("/cluster", get(cluster))
+            .route("/stores/{store}", get(list))
+            .route("/stores/{store}/keys/{key}", get(get_key))
+            .route("/stores/{store}/index/{field}/{value}", get(by_index))
+            .route("/aggregates/{aggregate}/{id}/commands", post(commands::submit))
+            .route("/aggregates/{aggregate}/{id}/events", get(events::history))
+            .route("/aggregates/{aggregate}/{id}/commands/{command_id}", get(commands::status))
+            .route("/aggregates/{aggregate}/{id}/snapshot", axum::routing::delete(commands::delete_snapshot))
+            .route("/aggregates/{aggregate}/{id}/snapshot/repair", post(commands::repair_snapshot))
+            .fallback(|| async { QueryError::NoRoute })
+            .method_not_allowed_fallback(|| async { QueryError::MethodNotAllowed })
+            .with_state(ctx.clone()),
+    );
+    match console {
+        // The console calls the API in process, through the same admission as any caller.
+        Some(c) => api.clone().merge(guarded(console::routes(ctx, api, Arc::new(c)))),
+        None => api,
+    }
 }
 
 /// Liveness: 503 once a processing thread died (the process is about to exit with code 1;

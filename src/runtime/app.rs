@@ -519,7 +519,8 @@ impl App {
             );
             Some(g)
         };
-        let router = crate::query::router(self.catalog.clone(), metrics, Some(directory), gateway, self.config.http.clone());
+        let console = crate::query::console::Console { topology: Arc::new(self.topology.clone()), clients: Some(self.config.kafka.clone()) };
+        let router = crate::query::router(self.catalog.clone(), metrics, Some(directory), gateway, self.config.http.clone(), Some(console));
         let stop_http = stop.clone();
         let shutdown = async move {
             shutdown.await;

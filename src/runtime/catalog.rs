@@ -31,6 +31,8 @@ pub struct Catalog {
     ready: Mutex<BTreeMap<usize, bool>>,
     /// Set when a processing thread died: /health answers 503 with it.
     failed: Mutex<Option<String>>,
+    /// Recent rates, commits and rebalances, for the console.
+    activity: super::activity::Activity,
 }
 
 impl Catalog {
@@ -120,6 +122,10 @@ impl Catalog {
     /// Why the instance is failing, if it is.
     pub fn failure(&self) -> Option<String> {
         self.failed.lock().expect("catalog lock").clone()
+    }
+
+    pub fn activity(&self) -> &super::activity::Activity {
+        &self.activity
     }
 
     pub fn is_ready(&self) -> bool {

@@ -106,6 +106,9 @@ pub(crate) struct Engine {
     out: Vec<OutRecord>,
     sync: InputSync,
     txn_records: usize,
+    /// Input records of the open transaction per topic, for the console's rates: a few
+    /// topics at most, so a list beats a map.
+    txn_topics: Vec<(String, u64)>,
     txn_started: Instant,
     gauges_updated: Instant,
     punctuated: Instant,
@@ -156,6 +159,7 @@ impl Engine {
             out: Vec::with_capacity(16),
             sync,
             txn_records: 0,
+            txn_topics: Vec::new(),
             txn_started: Instant::now(),
             gauges_updated: Instant::now(),
             punctuated: Instant::now(),
@@ -241,6 +245,7 @@ impl Engine {
             }
             self.txn_started = Instant::now();
             self.txn_records = 0;
+            self.txn_topics.clear();
             // Where latency goes, sampled once per transaction (no clock read per
             // record): how long the transaction's first record took from its timestamp
             // (for a command: when its producer sent it) to being processed.
@@ -293,6 +298,10 @@ impl Engine {
             return done;
         }
         self.txn_records += 1;
+        match self.txn_topics.iter_mut().find(|(t, _)| *t == tp.topic) {
+            Some((_, n)) => *n += 1,
+            None => self.txn_topics.push((tp.topic.clone(), 1)),
+        }
         if self.txn_records >= self.settings.max_batch_records {
             self.commit(input)?;
         }
@@ -485,9 +494,13 @@ impl Engine {
         }
         #[cfg(feature = "test-util")]
         self.crash_point(CrashPoint::BeforeCommit)?;
+        let committing = Instant::now();
         match self.sink.commit(&offsets, group.as_ref()) {
             Ok(delivered) => {
                 self.commits += 1;
+                let now_s = u64::try_from(super::app::wall_clock_ms() / 1000).unwrap_or(0);
+                self.catalog.activity().committed(now_s, &self.txn_topics, committing.elapsed());
+                self.txn_topics.clear();
                 self.clocks.committed();
                 // Committed in Kafka, not yet in RocksDB: the store must catch up from the
                 // changelog tail on restart.
@@ -756,6 +769,8 @@ impl Engine {
         // Lost: the group gave them away already (a session that timed out); there is
         // nothing left to commit, only to abort.
         tracing::info!(tasks = %list(&tasks), lost = input.assignment_lost(), "partitions revoked");
+        let step = if input.assignment_lost() { "lost" } else { "revoked" };
+        self.catalog.activity().rebalanced(super::app::wall_clock_ms(), self.settings.thread, step, list(&tasks));
         let result = if input.assignment_lost() {
             self.abort_and_rewind(input)
         } else {
@@ -785,6 +800,7 @@ impl Engine {
 
     pub fn on_assign(&mut self, input: &dyn Input, assigned: &[TopicPartition]) {
         tracing::info!(partitions = %list(assigned), "partitions assigned");
+        self.catalog.activity().rebalanced(super::app::wall_clock_ms(), self.settings.thread, "assigned", list(assigned));
         // A previous owner (a zombie, a member that lost the partitions while stalled) may
         // still have a transaction open over these partitions. Until it ends, the committed
         // offsets are unstable and its changelog records undecided; a restore now could

@@ -4,6 +4,7 @@
 //!
 //! May use: every module above it (record, codec, store, processor, topology, sink).
 
+pub mod activity;
 mod app;
 mod catalog;
 mod clocks;

@@ -6,21 +6,22 @@
 use super::{TopicRole, Topology};
 use std::fmt::Write;
 
-/// One node's sub-topology, as the three renderings need it.
-struct Sub {
-    index: usize,
-    node: String,
+/// One node's sub-topology, as the renderings need it (these three, and the console's
+/// graph).
+pub struct Sub {
+    pub index: usize,
+    pub node: String,
     /// `aggregate: <name>`, `table`, `rekey by <field>`, `inner join with table <t>`.
-    kind: String,
-    source: String,
-    sinks: Vec<String>,
+    pub kind: String,
+    pub source: String,
+    pub sinks: Vec<String>,
     /// The node's own store and its changelog; stateless nodes have none.
-    store: Option<(String, String)>,
+    pub store: Option<(String, String)>,
     /// Stores of other nodes it reads (a join's table).
-    reads: Vec<String>,
+    pub reads: Vec<String>,
 }
 
-fn subs(t: &Topology) -> Vec<Sub> {
+pub fn subs(t: &Topology) -> Vec<Sub> {
     let dlq = t.dead_letter_topic();
     let mut all = Vec::new();
     for (node, a) in &t.aggregates {
@@ -150,7 +151,7 @@ pub fn text(t: &Topology) -> String {
 
 /// Topics whose partition p must live on one instance: an input and its store's
 /// changelog; a join's stream, its table's input and that table's changelog.
-fn co_partitioned(t: &Topology) -> Vec<Vec<String>> {
+pub fn co_partitioned(t: &Topology) -> Vec<Vec<String>> {
     let mut groups = Vec::new();
     for a in t.aggregates.values() {
         groups.push(vec![a.commands.name.clone(), a.store.changelog.clone()]);

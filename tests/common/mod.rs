@@ -515,9 +515,15 @@ pub fn history(i: &Instance, id: &str) -> Vec<serde_json::Value> {
 
 /// HTTP/1.0 POST of a body: status, response headers (lower-case names), body.
 pub fn http_post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, BTreeMap<String, String>, String)> {
+    http_post_with(addr, path, &[("Content-Type", "application/json")], body)
+}
+
+/// HTTP/1.0 POST with request headers (the content type among them).
+pub fn http_post_with(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, BTreeMap<String, String>, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(90)))?;
-    write!(s, "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(s, "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\n\r\n{body}", body.len())?;
     read_response(s)
 }
 
