@@ -549,6 +549,15 @@ fn an_unreadable_snapshot_quarantines_one_key_until_an_operator_repairs_it() {
     assert!(replies["q3"][0]["reason"].as_str().unwrap().contains("stored snapshot for key q"), "{:?}", replies["q3"]);
     assert_eq!(replies["k1"][0]["outcome"], "accepted", "the rest of the partition goes on");
     assert_eq!(inst.metric_sum("millrace_quarantined_keys"), 1.0);
+    // The console names the key, with the decoder's reason.
+    let (_, feed) = inst.get("/ui/instance.json");
+    let listed = feed["quarantined"].as_array().expect("the feed lists quarantined keys").clone();
+    assert_eq!(listed.len(), 1, "{feed}");
+    assert_eq!((listed[0]["store"].as_str(), listed[0]["key"].as_str()), (Some("customers"), Some("q")));
+    assert!(listed[0]["reason"].as_str().unwrap().contains("stored snapshot for key q"), "{feed}");
+    let (status, page) = http_get(&inst.http, "/ui/dead-letters").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"<a href="/ui/stores/customers/keys/q">q</a>"#), "{page}");
     // HTTP: a readable snapshot is not deleted (409).
     let (status, _, body) = http_delete(&inst.http, "/aggregates/customer/ok/snapshot");
     assert_eq!(status, 409, "{body}");
@@ -569,5 +578,6 @@ fn an_unreadable_snapshot_quarantines_one_key_until_an_operator_repairs_it() {
     assert!(replies.contains_key("q4"), "{:?}", replies.keys());
     assert_eq!((replies["q4"][0]["outcome"].as_str(), replies["q4"][0]["version"].as_u64()), (Some("accepted"), Some(3)));
     assert_eq!(inst.metric_sum("millrace_quarantined_keys"), 0.0);
+    assert_eq!(inst.get("/ui/instance.json").1["quarantined"], serde_json::json!([]), "repaired: out of the console's list");
     assert_eq!(inst.get("/stores/customers/keys/q?min_version=3").1["state"]["name"], "Q4");
 }

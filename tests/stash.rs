@@ -123,6 +123,7 @@ fn decide_with(table: AppearsAt, clock: i64) -> (Vec<OutRecord>, Value) {
         reply_topic: "replies".into(),
         dead_letter_topic: "dlq".into(),
         dedup_window: 8,
+        quarantine: Default::default(),
         event_history: false,
         awaits: Some(AwaitSettings {
             table_name: "catalog".into(),

@@ -39,6 +39,8 @@ pub struct AggregateSettings {
     pub awaits: Option<AwaitSettings>,
     /// Keep each aggregate's events in the store (`GET /aggregates/{type}/{id}/events`).
     pub event_history: bool,
+    /// The instance's list of keys whose snapshot cannot be read.
+    pub quarantine: Arc<super::quarantine::Quarantine>,
 }
 
 /// The table an aggregate's waits look in, and how long they last.
@@ -101,7 +103,7 @@ pub struct AggregateProcessor<A> {
     /// Largest record time seen by this task.
     stream_time: i64,
     /// Keys whose snapshot could not be read, as far as this task has seen: each command
-    /// for one is answered `failed` (gauge `millrace_quarantined_keys`).
+    /// for one is answered `failed`. Mirrored in the instance's `settings.quarantine`.
     quarantined: std::collections::HashSet<String>,
     _aggregate: PhantomData<fn() -> A>,
 }
@@ -109,8 +111,8 @@ pub struct AggregateProcessor<A> {
 impl<A> Drop for AggregateProcessor<A> {
     fn drop(&mut self) {
         // The task closes: its keys are no longer this instance's to count.
-        if !self.quarantined.is_empty() {
-            metrics::gauge!("millrace_quarantined_keys", "store" => self.settings.store.clone()).decrement(self.quarantined.len() as f64);
+        for key in &self.quarantined {
+            self.settings.quarantine.remove(&self.settings.store, key);
         }
     }
 }
@@ -167,7 +169,8 @@ impl<A: Aggregate> AggregateProcessor<A> {
         if self.quarantined.insert(env.aggregate_id.clone()) {
             tracing::error!(store = %self.settings.store, key = %env.aggregate_id, %reason,
                 "snapshot cannot be read; key quarantined until its snapshot is deleted or repaired (docs/operations.md)");
-            metrics::gauge!("millrace_quarantined_keys", "store" => self.settings.store.clone()).increment(1.0);
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            self.settings.quarantine.add(&self.settings.store, &env.aggregate_id, &reason, now_ms);
         }
         self.refuse(ctx, record, env, Outcome::Failed, 0, reason, "failed");
     }
@@ -308,7 +311,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
         ctx.put(id.as_bytes(), Some(bytes));
         if self.quarantined.remove(id) {
             // Its snapshot was deleted or repaired: readable again.
-            metrics::gauge!("millrace_quarantined_keys", "store" => self.settings.store.clone()).decrement(1.0);
+            self.settings.quarantine.remove(&self.settings.store, id);
         }
         self.reply(ctx, source, cmd.into(), reply);
         Ok(Ok(()))
@@ -385,7 +388,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
             Ok((version, event_count, reason)) => {
                 tracing::warn!(store = %self.settings.store, key = id, %reason, "admin request carried out");
                 if self.quarantined.remove(id) {
-                    metrics::gauge!("millrace_quarantined_keys", "store" => self.settings.store.clone()).decrement(1.0);
+                    self.settings.quarantine.remove(&self.settings.store, id);
                 }
                 if let Some(pending) = &mut self.pending {
                     pending.remove(id);

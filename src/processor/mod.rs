@@ -9,6 +9,7 @@ mod aggregate_processor;
 mod dead_letter;
 pub mod index_fields;
 mod join;
+pub mod quarantine;
 pub mod refold;
 mod rekey;
 mod table;

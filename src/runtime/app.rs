@@ -142,6 +142,7 @@ impl App {
                 dead_letter_topic: topology.dead_letter_topic(),
                 dedup_window: a.dedup_window,
                 event_history: a.event_history,
+                quarantine: catalog.quarantine(),
                 awaits: a.awaits.as_ref().map(|aw| AwaitSettings {
                     table_name: aw.table.clone(),
                     table: globals[&aw.table].clone() as Arc<dyn Lookup>,

@@ -33,6 +33,8 @@ pub struct Catalog {
     failed: Mutex<Option<String>>,
     /// Recent rates, commits and rebalances, for the console.
     activity: super::activity::Activity,
+    /// Keys whose snapshot cannot be read, shared by this instance's aggregate processors.
+    quarantine: Arc<crate::processor::quarantine::Quarantine>,
 }
 
 impl Catalog {
@@ -122,6 +124,10 @@ impl Catalog {
     /// Why the instance is failing, if it is.
     pub fn failure(&self) -> Option<String> {
         self.failed.lock().expect("catalog lock").clone()
+    }
+
+    pub fn quarantine(&self) -> Arc<crate::processor::quarantine::Quarantine> {
+        self.quarantine.clone()
     }
 
     pub fn activity(&self) -> &super::activity::Activity {

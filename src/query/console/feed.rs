@@ -38,6 +38,16 @@ pub struct InstanceFeed {
     pub rates: BTreeMap<String, f64>,
     pub commits: Vec<CommitPoint>,
     pub rebalances: Vec<RebalancePoint>,
+    /// Keys whose snapshot cannot be read, as this instance's tasks have met them.
+    pub quarantined: Vec<QuarantinedKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuarantinedKey {
+    pub store: String,
+    pub key: String,
+    pub reason: String,
+    pub since_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +102,13 @@ pub(super) fn local(ui: &Ui) -> InstanceFeed {
         rebalances: rebalances
             .into_iter()
             .map(|r| RebalancePoint { at_ms: r.at_ms, thread: r.thread, step: r.step.to_string(), partitions: r.partitions })
+            .collect(),
+        quarantined: ctx
+            .catalog
+            .quarantine()
+            .list()
+            .into_iter()
+            .map(|q| QuarantinedKey { store: q.store, key: q.key, reason: q.reason, since_ms: q.since_ms })
             .collect(),
     }
 }

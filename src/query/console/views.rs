@@ -417,9 +417,11 @@ pub(super) async fn send_command(State(ui): State<Ui>, headers: HeaderMap, Form(
     ui.page("Command", Tab::Commands, &body)
 }
 
-pub(super) async fn dead_letters(State(ui): State<Ui>) -> Response {
+pub(super) async fn dead_letters(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     let topic = ui.console.topology.dead_letter_topic();
-    let mut body = format!("<h1>Dead letters</h1><p>The newest records of <code>{}</code>.</p>", esc(&topic));
+    let mut body = String::from("<h1>Quarantined keys</h1>");
+    body.push_str(&quarantined_html(&gather(&ui, &headers).await));
+    let _ = write!(body, "<h1>Dead letters</h1><p>The newest records of <code>{}</code>.</p>", esc(&topic));
     let Some(clients) = ui.console.clients.clone() else {
         body.push_str(&notice("warn", "this instance does not read the dead-letter topic"));
         return ui.page("Dead letters", Tab::DeadLetters, &body);
@@ -447,6 +449,33 @@ pub(super) async fn dead_letters(State(ui): State<Ui>) -> Response {
         Err(e) => body.push_str(&notice("bad", &format!("cannot read {topic}: {e}"))),
     }
     ui.page("Dead letters", Tab::DeadLetters, &body)
+}
+
+/// Every instance's quarantined keys, with a link to each key's page (where the history
+/// shows whether a repair can refold it).
+fn quarantined_html(seen: &[Seen]) -> String {
+    let mut rows = Vec::new();
+    for s in seen {
+        match &s.feed {
+            Ok(f) => rows.extend(f.quarantined.iter().map(|q| {
+                vec![
+                    esc(&q.store),
+                    format!(r#"<a href="/ui/stores/{}/keys/{}">{}</a>"#, url(&q.store), url(&q.key), esc(&q.key)),
+                    esc(&f.instance),
+                    html::clock(q.since_ms),
+                    esc(&q.reason),
+                ]
+            })),
+            Err(why) => rows.push(vec![String::new(), String::new(), esc(&s.instance), String::new(), badge("bad", &format!("unreachable: {why}"))]),
+        }
+    }
+    if rows.is_empty() {
+        return notice("ok", "none: every snapshot met so far could be read");
+    }
+    let mut out = table("quarantined", &["store", "key", "owner", "since (UTC)", "why"], &rows);
+    out.push_str("<p>Each command for a quarantined key is answered <code>failed</code> until its snapshot is repaired \
+(<code>POST /aggregates/{aggregate}/{id}/snapshot/repair</code>) or deleted (docs/operations.md).</p>");
+    out
 }
 
 pub(super) async fn login_form(State(ui): State<Ui>) -> Response {
