@@ -1,10 +1,18 @@
-//! The last dead letters, read from the dead-letter topic itself when the page asks: the
-//! topic is the record of what failed, whichever instance wrote it and across restarts.
+//! The dead-letters page: the quarantined keys of every instance, then the last dead
+//! letters, read from the dead-letter topic itself when the page asks: the topic is the
+//! record of what failed, whichever instance wrote it and across restarts.
 //! A short-lived read_committed reader starts each partition `n` records before its end
 //! and stops at every partition's end (or at a deadline, so a slow broker slows the page
 //! down, never hangs it).
 
+use super::feed::{gather, Seen};
+use super::html::{self, badge, esc, notice, table, truncate, url, Tab};
+use super::Ui;
 use crate::kafka::Clients;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use std::fmt::Write;
 use crate::record::header;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -68,4 +76,65 @@ pub fn last(clients: &Clients, topic: &str, n: usize, deadline: Duration) -> Res
     out.sort_by_key(|d| std::cmp::Reverse((d.timestamp, d.offset)));
     out.truncate(n);
     Ok(out)
+}
+
+pub(super) async fn page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
+    let topic = ui.console.topology.dead_letter_topic();
+    let mut body = String::from("<h1>Quarantined keys</h1>");
+    body.push_str(&quarantined_html(&gather(&ui, &headers).await));
+    let _ = write!(body, "<h1>Dead letters</h1><p>The newest records of <code>{}</code>.</p>", esc(&topic));
+    let Some(clients) = ui.console.clients.clone() else {
+        body.push_str(&notice("warn", "this instance does not read the dead-letter topic"));
+        return ui.page("Dead letters", Tab::DeadLetters, &body);
+    };
+    let t = topic.clone();
+    let read = tokio::task::spawn_blocking(move || last(&clients, &t, 50, Duration::from_secs(3))).await;
+    match read {
+        Ok(Ok(letters)) if letters.is_empty() => body.push_str(&notice("ok", "none")),
+        Ok(Ok(letters)) => {
+            let rows: Vec<Vec<String>> = letters
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.timestamp.map_or(String::new(), html::clock),
+                        esc(&d.key),
+                        esc(&d.reason),
+                        esc(&d.origin),
+                        format!("<code>{}</code>", esc(&truncate(&d.value, 120))),
+                    ]
+                })
+                .collect();
+            body.push_str(&table("dead-letters", &["time (UTC)", "key", "reason", "from", "record"], &rows));
+        }
+        Ok(Err(e)) => body.push_str(&notice("bad", &format!("cannot read {topic}: {e}"))),
+        Err(e) => body.push_str(&notice("bad", &format!("cannot read {topic}: {e}"))),
+    }
+    ui.page("Dead letters", Tab::DeadLetters, &body)
+}
+
+/// Every instance's quarantined keys, with a link to each key's page (where the history
+/// shows whether a repair can refold it).
+fn quarantined_html(seen: &[Seen]) -> String {
+    let mut rows = Vec::new();
+    for s in seen {
+        match &s.feed {
+            Ok(f) => rows.extend(f.quarantined.iter().map(|q| {
+                vec![
+                    esc(&q.store),
+                    format!(r#"<a href="/ui/stores/{}/keys/{}">{}</a>"#, url(&q.store), url(&q.key), esc(&q.key)),
+                    esc(&f.instance),
+                    html::clock(q.since_ms),
+                    esc(&q.reason),
+                ]
+            })),
+            Err(why) => rows.push(vec![String::new(), String::new(), esc(&s.instance), String::new(), badge("bad", &format!("unreachable: {why}"))]),
+        }
+    }
+    if rows.is_empty() {
+        return notice("ok", "none: every snapshot met so far could be read");
+    }
+    let mut out = table("quarantined", &["store", "key", "owner", "since (UTC)", "why"], &rows);
+    out.push_str("<p>Each command for a quarantined key is answered <code>failed</code> until its snapshot is repaired \
+(<code>POST /aggregates/{aggregate}/{id}/snapshot/repair</code>) or deleted (docs/operations.md).</p>");
+    out
 }

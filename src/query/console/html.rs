@@ -91,6 +91,24 @@ pub fn clock(ms: i64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// A state shown as a coloured word: `ok`, `warn`, `bad`.
+pub fn badge(kind: &str, text: &str) -> String {
+    format!(r#"<span class="badge {kind}">{}</span>"#, esc(text))
+}
+
+/// At most `max` characters, with an ellipsis when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+pub fn with_status(status: axum::http::StatusCode, mut r: axum::response::Response) -> axum::response::Response {
+    *r.status_mut() = status;
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +125,12 @@ mod tests {
         assert!(p.contains("instance <b id=\"me\">i&lt;0&gt;</b>"));
         assert!(p.contains("/ui/stores/s%221"));
         assert!(p.contains("<p>body</p>"));
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate("ab€cd", 3), "ab€…");
+        assert_eq!(truncate("abc", 3), "abc");
     }
 
     #[test]

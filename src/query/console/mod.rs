@@ -8,15 +8,18 @@
 //! come from each live instance's `/ui/instance.json`, fetched over the same keep-alive
 //! connections key lookups are forwarded on.
 //!
-//! Views: the topology graph with live rates and the cluster (overview, refreshed by the
+//! Views (one file each): the topology graph with live rates and the cluster (overview, refreshed by the
 //! script), a store (pages, an index query, a key lookup), a key (snapshot, version, event
 //! history, a command form), commands, and the last dead letters.
 
-pub(super) mod dead_letters;
+mod commands;
+mod dead_letters;
 mod feed;
 mod graph;
-pub(super) mod html;
-mod views;
+mod html;
+mod overview;
+mod sign_in;
+mod stores;
 
 use super::Ctx;
 use crate::kafka::Clients;
@@ -50,15 +53,15 @@ pub(super) const TOKEN_COOKIE: &str = "millrace_token";
 
 pub(super) fn routes(ctx: Ctx, api: Router, console: Arc<Console>) -> Router {
     Router::new()
-        .route("/ui", get(views::overview))
-        .route("/ui/live", get(views::live))
+        .route("/ui", get(overview::overview))
+        .route("/ui/live", get(overview::live))
         .route("/ui/instance.json", get(feed::instance_json))
-        .route("/ui/stores/{store}", get(views::store))
-        .route("/ui/stores/{store}/lookup", get(views::lookup))
-        .route("/ui/stores/{store}/keys/{key}", get(views::key))
-        .route("/ui/commands", get(views::commands_form).post(views::send_command))
-        .route("/ui/dead-letters", get(views::dead_letters))
-        .route("/ui/login", get(views::login_form).post(views::login))
+        .route("/ui/stores/{store}", get(stores::store))
+        .route("/ui/stores/{store}/lookup", get(stores::lookup))
+        .route("/ui/stores/{store}/keys/{key}", get(stores::key))
+        .route("/ui/commands", get(commands::commands_form).post(commands::send_command))
+        .route("/ui/dead-letters", get(dead_letters::page))
+        .route("/ui/login", get(sign_in::login_form).post(sign_in::login))
         .route("/ui/console.css", get(|| async { asset("text/css; charset=utf-8", include_str!("console.css")) }))
         .route("/ui/console.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("console.js")) }))
         .with_state(Ui { ctx, api, console })
@@ -132,6 +135,10 @@ impl Ui {
 
     fn me(&self) -> String {
         self.ctx.directory.as_ref().map_or_else(|| "this instance".to_string(), |d| d.me.instance.clone())
+    }
+
+    fn not_found(&self, why: &str) -> Response {
+        html::with_status(StatusCode::NOT_FOUND, self.page("Not found", html::Tab::Overview, &html::notice("bad", why)))
     }
 
     /// A whole page in the console's frame.
