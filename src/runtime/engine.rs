@@ -17,10 +17,9 @@ use super::partition_gauges;
 use super::clocks::Clocks;
 use super::progress::ProgressSettings;
 use super::catalog::Catalog;
-use super::opening::{Opened, Opener};
 use super::route::{events_offsets, peer_stores, Route};
 use super::sync::InputSync;
-use super::task::{Task, TaskState};
+use super::task::Task;
 use super::RuntimeError;
 use crate::error::Recovery;
 use crate::processor::dead_letter_as;
@@ -32,6 +31,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod lifecycle;
 
 /// What the engine needs to build and commit tasks.
 pub(crate) struct EngineSettings {
@@ -620,223 +621,6 @@ impl Engine {
             let Some(r) = next else { return Ok(()) };
             self.process(input, r)?;
         }
-    }
-
-    /// Fenced: another instance owns our partitions. Drop every task without retrying its
-    /// writes, start a new producer, and take up whatever the group still gives us, from
-    /// the committed offsets.
-    fn give_up(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
-        metrics::counter!("millrace_fenced_total").increment(1);
-        self.sync.clear();
-        self.close_all();
-        self.new_sink()?;
-        self.reopen_assignment(input)
-    }
-
-    /// After a transient failure: abort whatever is open, drop every task, and take the
-    /// assignment up again from the committed offsets. Each task restores only its tail;
-    /// until every one is open, the instance is not ready and processes nothing.
-    pub fn resync(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
-        self.catalog.set_ready(self.settings.thread, false);
-        tracing::info!(tasks = self.tasks.len(), "resync: every task closes and reopens from the committed offsets");
-        self.sync.clear();
-        let aborted = self.sink.abort();
-        self.close_all();
-        if let Err(e) = aborted {
-            // A producer that cannot abort cannot be trusted with the next transaction; a
-            // new one (init_transactions) aborts what the old one left open.
-            tracing::warn!(error = %e, "abort failed; starting a new producer");
-            self.new_sink()?;
-        }
-        self.reopen_assignment(input)
-    }
-
-    fn new_sink(&mut self) -> Result<(), RuntimeError> {
-        self.sink = (self.new_sink)()?;
-        Ok(())
-    }
-
-    /// Opens a task for every assigned partition, each positioned at its committed offset.
-    fn reopen_assignment(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
-        let assignment = input.assignment()?;
-        let committed = input.committed(&assignment, Duration::from_secs(30))?;
-        for (tp, offset) in &committed {
-            input.seek(tp, *offset)?;
-        }
-        self.clocks.assigned_at(&committed);
-        let partitions: Vec<TopicPartition> = committed.into_iter().map(|(tp, _)| tp).collect();
-        tracing::info!(partitions = %list(&partitions), "reopening the assignment");
-        self.open_tasks(&partitions)
-    }
-
-    /// Creates and restores a task for every assigned input partition: their stores side
-    /// by side (`runtime::opening`), then the tasks.
-    fn open_tasks(&mut self, partitions: &[TopicPartition]) -> Result<(), RuntimeError> {
-        self.catalog.set_ready(self.settings.thread, false);
-        let new: Vec<TopicPartition> = partitions
-            .iter()
-            .filter(|tp| self.settings.routes.contains_key(&tp.topic) && !self.tasks.contains_key(*tp))
-            .cloned()
-            .collect();
-        let jobs: Vec<_> = new.iter().filter_map(|tp| Some((tp.clone(), self.settings.routes[&tp.topic].state.clone()?))).collect();
-        let mut opened = self.opener().open_all(&jobs)?;
-        for tp in new {
-            let store = opened.remove(&tp);
-            self.open_task(tp, store)?;
-        }
-        self.catalog.set_ready(self.settings.thread, true);
-        Ok(())
-    }
-
-    fn opener(&self) -> Opener<'_> {
-        Opener {
-            dir: &self.settings.state_dir,
-            resources: &self.resources,
-            reader: self.reader.as_ref(),
-            standbys: self.settings.standbys.as_deref(),
-        }
-    }
-
-    /// Creates the task of `tp` on its store, opened here unless `opened` already is.
-    fn open_task(&mut self, tp: TopicPartition, opened: Option<Opened>) -> Result<(), RuntimeError> {
-        // Every line of the task's opening (its restore, its event history) names the task:
-        // a field of JSON logs.
-        let _span = tracing::info_span!("task", task = %tp).entered();
-        let route = self.settings.routes[&tp.topic].clone();
-        let store = match &route.state {
-            None => None,
-            Some(st) => {
-                let Opened { rocks, restored } = match opened {
-                    Some(o) => o,
-                    None => self.opener().open(&tp, st)?,
-                };
-                self.restored += restored;
-                partition_gauges::set(partition_gauges::STORE_KEYS, &st.name, tp.partition, rocks.estimated_keys() as f64);
-                self.catalog.attach(&rocks);
-                Some(st.wrap(rocks, &tp.topic))
-            }
-        };
-        self.clocks.opened(&tp);
-        let mut task = Task::new(tp.clone(), (route.processor)(), store);
-        // Restore ran above, before the task exists to take input.
-        task.transition(TaskState::Restoring);
-        task.transition(TaskState::Running);
-        self.tasks.insert(tp, task);
-        Ok(())
-    }
-
-    /// The task of `tp` closes: its store leaves the catalog and its gauges leave /metrics.
-    fn detach(&mut self, tp: &TopicPartition) {
-        self.clocks.closed(tp);
-        partition_gauges::remove(&[partition_gauges::CONSUMER_LAG], &tp.topic, tp.partition);
-        if let Some(st) = self.settings.routes.get(&tp.topic).and_then(|r| r.state.as_ref()) {
-            self.catalog.detach(&st.name, tp.partition);
-            if let Some(s) = &self.settings.standbys {
-                s.unclaim(&st.name, tp.partition);
-            }
-            partition_gauges::remove(&[partition_gauges::STORE_KEYS, partition_gauges::RESTORE_REMAINING], &st.name, tp.partition);
-        }
-    }
-
-    fn reopen(&mut self, tp: &TopicPartition) -> Result<(), RuntimeError> {
-        // The input stays where it is: only the task and its store start again.
-        let next = self.clocks.next_of(tp);
-        if let Some(mut t) = self.tasks.remove(tp) {
-            self.detach(tp);
-            t.close();
-        }
-        self.open_task(tp.clone(), None)?;
-        if let Some(next) = next {
-            self.clocks.set_next_of(tp, next);
-        }
-        Ok(())
-    }
-
-    fn close_all(&mut self) {
-        // Refused records of partitions that go are their next owner's to meet.
-        self.poisoned.clear();
-        for (tp, mut task) in std::mem::take(&mut self.tasks) {
-            task.aborted();
-            self.detach(&tp);
-            task.close();
-        }
-    }
-
-    /// Partitions are going away: finish the transaction first, then close the tasks.
-    pub fn on_revoke(&mut self, input: &dyn Input) {
-        self.catalog.set_ready(self.settings.thread, false);
-        let tasks: Vec<TopicPartition> = self.tasks.keys().cloned().collect();
-        // Lost: the group gave them away already (a session that timed out); there is
-        // nothing left to commit, only to abort.
-        tracing::info!(tasks = %list(&tasks), lost = input.assignment_lost(), "partitions revoked");
-        let step = if input.assignment_lost() { "lost" } else { "revoked" };
-        self.catalog.activity().rebalanced(super::app::wall_clock_ms(), self.settings.thread, step, list(&tasks));
-        let result = if input.assignment_lost() {
-            self.abort_and_rewind(input)
-        } else {
-            self.commit(input)
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not finish the transaction on revoke");
-            let _ = self.sink.abort();
-        }
-        // Buffered records of revoked partitions are the new owner's, from the committed offsets.
-        self.sync.clear();
-        self.close_all();
-    }
-
-    /// The group member is gone for good (its consumer raised a fatal error, such as a
-    /// static member fenced by a newer join with its `group.instance.id`): whatever is
-    /// open is aborted and every task closed; a new member starts from the committed
-    /// offsets, so nothing needs rewinding.
-    pub fn on_member_lost(&mut self) {
-        self.catalog.set_ready(self.settings.thread, false);
-        if let Err(e) = self.sink.abort() {
-            tracing::warn!(error = %e, "could not abort the open transaction of a lost member");
-        }
-        self.sync.clear();
-        self.close_all();
-    }
-
-    pub fn on_assign(&mut self, input: &dyn Input, assigned: &[TopicPartition]) {
-        tracing::info!(partitions = %list(assigned), "partitions assigned");
-        self.catalog.activity().rebalanced(super::app::wall_clock_ms(), self.settings.thread, "assigned", list(assigned));
-        // A previous owner (a zombie, a member that lost the partitions while stalled) may
-        // still have a transaction open over these partitions. Until it ends, the committed
-        // offsets are unstable and its changelog records undecided; a restore now could
-        // miss records that commit a moment later, and the task would then decide commands
-        // on a stale snapshot. A read_committed consumer's offset fetch requires stable
-        // offsets (KIP-447), so it waits here until that transaction has ended.
-        // If it does not end in time, nothing is restored: the poll loop retries (with
-        // backoff, the instance unready) rather than let a task decide on a stale snapshot.
-        let started = Instant::now();
-        match input.committed(assigned, Duration::from_secs(120)) {
-            Ok(committed) => {
-                if started.elapsed() > Duration::from_secs(1) {
-                    tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "waited for a previous owner's transaction to end before restoring");
-                }
-                self.clocks.assigned_at(&committed);
-            }
-            Err(source) => {
-                self.catalog.set_ready(self.settings.thread, false);
-                self.failure = Some(RuntimeError::UnstableOffsets { partitions: list(assigned), source: Box::new(source) });
-                return;
-            }
-        }
-        if let Err(e) = self.open_tasks(assigned) {
-            tracing::error!(error = %e, "cannot open assigned tasks");
-            self.failure = Some(e);
-        }
-    }
-
-    /// Clean shutdown: commit what is open, flush and close every store.
-    pub fn shutdown(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
-        let result = self.commit(input);
-        if result.is_err() {
-            let _ = self.sink.abort();
-        }
-        self.close_all();
-        result
     }
 }
 

@@ -136,6 +136,26 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_topology_is_drawn_whole() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("topology");
+        let mut drawn = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let t = crate::topology::load(&path).unwrap();
+            let svg = svg(&t, &BTreeMap::new());
+            for s in subs(&t) {
+                assert!(svg.contains(&format!(r#"data-node="{}""#, esc(&s.node))), "{}: node {}", path.display(), s.node);
+            }
+            assert_eq!(svg.matches("<g ").count(), svg.matches("</g>").count(), "{}", path.display());
+            drawn += 1;
+        }
+        assert!(drawn >= 8, "the shipped topologies were found ({drawn})");
+    }
+
+    #[test]
     fn long_names_keep_their_start_and_end() {
         assert_eq!(fit("short", 10), "short");
         let cut = fit("console-29123-78681498-0-customers-changelog", 20);
