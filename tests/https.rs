@@ -3,6 +3,7 @@
 //!   serves with a large enough one; probes stay open, /metrics too unless
 //!   `--http-metrics-auth`;
 //! - a key held by the other instance is forwarded over TLS with the caller's token;
+//! - the console gathers the other instance's figures and forwards key pages the same way;
 //! - plain HTTP on the TLS port reaches no handler;
 //! - a body over the limit is 413, a request over the concurrency limit 503 with
 //!   Retry-After, a command over the pending limit 429 with Retry-After: all as JSON.
@@ -220,6 +221,22 @@ fn tokens_scope_every_route_family_and_forwarding_carries_them_over_tls() {
     assert_eq!(page["entries"].as_array().unwrap().len(), keys.len(), "a page gathers every partition over TLS: {page}");
 
     // Plain HTTP on the TLS port reaches no handler.
+    // The console over TLS with a read token: the overview gathers the other instance's
+    // feed over HTTPS with the caller's token, and a key page of any key (some forwarded
+    // to b) shows its snapshot and history.
+    let (status, page) = call(&a, "GET", "/ui", Some(READ), None);
+    assert_eq!(status, 200, "{page}");
+    for id in ["a", "b"] {
+        assert!(page.contains(&format!(r#"<tr><td>{id}</td>"#)), "instance {id} listed: {page}");
+    }
+    assert!(!page.contains("unreachable"), "b's feed came over TLS: {page}");
+    assert_eq!(page.matches(r#"<span class="badge ok">ready</span>"#).count(), 2, "{page}");
+    for k in &keys {
+        let (status, page) = call(&a, "GET", &format!("/ui/stores/customers/keys/{k}"), Some(READ), None);
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains(r#"<b id="version">1</b>"#) && page.contains("CustomerCreated"), "key {k}: {page}");
+    }
+    assert_eq!(call(&a, "GET", "/ui", None, None).0, 303, "no token: to the sign-in form");
     assert!(!matches!(http_get(&a.http, "/health"), Ok((200, _))), "plain HTTP answered on the TLS port");
 
     // A body over the limit (2,000 bytes on instance a): 413, as JSON.
