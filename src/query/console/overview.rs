@@ -42,12 +42,15 @@ async fn live_html(ui: &Ui, headers: &HeaderMap) -> String {
         }
     }
     let sub_topologies = subs(t);
-    // With no instance answering, no rate is known: the graph shows none rather than 0.
-    let node_rates: BTreeMap<String, f64> = if feeds.is_empty() {
-        BTreeMap::new()
-    } else {
-        sub_topologies.iter().map(|s| (s.node.clone(), topic_rates.get(s.source.as_str()).copied().unwrap_or(0.0))).collect()
-    };
+    // Rates are counted by the processing threads' commits. Global tables and projections
+    // read outside them, and with no instance answering nothing is known: such nodes show
+    // no rate rather than a false 0.
+    let counted = |node: &str| !feeds.is_empty() && !t.global_tables.contains_key(node) && !t.projections.contains_key(node);
+    let node_rates: BTreeMap<String, f64> = sub_topologies
+        .iter()
+        .filter(|s| counted(&s.node))
+        .map(|s| (s.node.clone(), topic_rates.get(s.source.as_str()).copied().unwrap_or(0.0)))
+        .collect();
     let store_source: BTreeMap<String, String> =
         sub_topologies.iter().filter_map(|s| Some((s.store.as_ref()?.0.clone(), s.source.clone()))).collect();
 
