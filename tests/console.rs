@@ -138,3 +138,42 @@ fn console_pages_need_the_api_tokens_and_send_people_to_sign_in() {
     assert_eq!(status, 400);
     assert!(page.contains("the payload is not JSON"), "{page}");
 }
+
+/// Fault: an instance that stops answering (SIGSTOP) while the members directory still
+/// counts it live. The overview waits for it at most its deadline, shows it unreachable
+/// with the reason, and shows everything else.
+#[test]
+fn an_instance_that_does_not_answer_is_shown_unreachable_without_stalling_the_page() {
+    let s = Setup::new("console-stopped", 4, "json");
+    let mut a = Instance::spawn(&s, "console-a", &s.dir.path().join("state-a"));
+    let mut b = Instance::spawn(&s, "console-b", &s.dir.path().join("state-b"));
+    a.wait_ready();
+    b.wait_ready();
+    // Both listed before the fault (a learns of b from the members topic, a moment later).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, page) = http_get(&a.http, "/ui/live").unwrap();
+        assert_eq!(status, 200);
+        if page.matches(r#"<span class="badge ok">ready</span>"#).count() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "both instances ready on the overview: {page}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGSTOP) };
+    let asked = std::time::Instant::now();
+    let answer = http_get(&a.http, "/ui/live");
+    let took = asked.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGCONT) };
+    let (status, page) = answer.unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(took < Duration::from_secs(3), "the page waited {took:?} for a stopped instance");
+    assert!(
+        page.contains(r#"<tr><td>console-b</td>"#) && page.contains("unreachable") && page.contains("no answer within 800 ms"),
+        "the stopped instance is shown unreachable, with why: {page}"
+    );
+    assert!(page.contains(r#"<tr><td>console-a</td>"#) && page.contains(r#"data-node="customers""#), "the rest is shown: {page}");
+}

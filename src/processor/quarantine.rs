@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// One quarantined key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Quarantined {
     pub store: String,
     pub key: String,
@@ -25,12 +25,12 @@ impl Quarantine {
     /// Puts `key` of `store` in quarantine; false if it was already.
     pub fn add(&self, store: &str, key: &str, reason: &str, now_ms: i64) -> bool {
         let mut keys = self.keys.lock().expect("quarantine lock");
-        let added = !keys.contains_key(&(store.to_string(), key.to_string()));
-        if added {
-            keys.insert((store.to_string(), key.to_string()), (reason.to_string(), now_ms));
-            metrics::gauge!("millrace_quarantined_keys", "store" => store.to_string()).increment(1.0);
-        }
-        added
+        let std::collections::btree_map::Entry::Vacant(entry) = keys.entry((store.to_string(), key.to_string())) else {
+            return false;
+        };
+        entry.insert((reason.to_string(), now_ms));
+        metrics::gauge!("millrace_quarantined_keys", "store" => store.to_string()).increment(1.0);
+        true
     }
 
     /// Takes `key` of `store` out (its snapshot was repaired, deleted or written anew, or

@@ -77,12 +77,12 @@ pub(super) async fn admit(State(a): State<Arc<Admission>>, request: Request, nex
             let path = request.uri().path();
             // The console's pages also take the token from the cookie its sign-in form sets.
             let console = path == "/ui" || path.starts_with("/ui/");
-            let authorization = if console {
-                super::console::authorization(request.headers())
-            } else {
-                request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string)
+            let console_authorization = if console { super::console::authorization(request.headers()) } else { None };
+            let authorization = match &console_authorization {
+                Some(a) => Some(a.as_str()),
+                None => request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
             };
-            if let Err(refused) = auth::check(tokens, authorization.as_deref(), request.method(), path, needed) {
+            if let Err(refused) = auth::check(tokens, authorization, request.method(), path, needed) {
                 metrics::counter!("millrace_http_refused_total", "status" => refused.status().as_str().to_string()).increment(1);
                 // A person opening a page without a token is shown the sign-in form.
                 if console && refused.status() == StatusCode::UNAUTHORIZED && super::console::is_page(request.method(), path) {

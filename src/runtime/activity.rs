@@ -6,7 +6,7 @@
 //! Prometheus has the same facts as counters and histograms; this keeps a short history
 //! of them so that a page can draw rates and a latency chart without a Prometheus server.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -40,18 +40,18 @@ struct Second {
 }
 
 /// One step of a rebalance on one processing thread.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rebalance {
     /// Unix time, in milliseconds.
     pub at_ms: i64,
     pub thread: usize,
     /// `assigned`, `revoked`, `lost`.
-    pub step: &'static str,
+    pub step: String,
     pub partitions: String,
 }
 
 /// Commits of one second.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommitSecond {
     pub at: u64,
     pub commits: u32,
@@ -60,7 +60,7 @@ pub struct CommitSecond {
 }
 
 /// What the console shows of an instance's recent activity.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recent {
     /// Input records committed per second, per topic, over the last whole seconds.
     pub rates: BTreeMap<String, f64>,
@@ -71,8 +71,8 @@ pub struct Recent {
 }
 
 impl Activity {
-    /// A transaction committed at unix second `now_s`, taking `took`, with `records` input
-    /// records per topic.
+    /// A transaction committed at unix second `now_s`, taking `took`, having consumed
+    /// `records` input offsets per topic.
     pub fn committed(&self, now_s: u64, records: &[(String, u64)], took: Duration) {
         let mut inner = self.inner.lock().expect("activity lock");
         let second = inner.second(now_s);
@@ -90,7 +90,12 @@ impl Activity {
         if inner.rebalances.len() == KEEP_REBALANCES {
             inner.rebalances.pop_front();
         }
-        inner.rebalances.push_back(Rebalance { at_ms, thread, step, partitions });
+        inner.rebalances.push_back(Rebalance { at_ms, thread, step: step.to_string(), partitions });
+    }
+
+    /// The recent activity as of now.
+    pub fn recent_now(&self) -> Recent {
+        self.recent(u64::try_from(super::app::wall_clock_ms() / 1000).unwrap_or(0))
     }
 
     /// The recent activity as of unix second `now_s`: the current second, still filling,

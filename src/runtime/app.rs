@@ -520,7 +520,7 @@ impl App {
             );
             Some(g)
         };
-        let console = crate::query::console::Console { topology: Arc::new(self.topology.clone()), clients: Some(self.config.kafka.clone()) };
+        let console = crate::query::console::Console { topology: Arc::new(self.topology.clone()), clients: self.config.kafka.clone() };
         let router = crate::query::router(self.catalog.clone(), metrics, Some(directory), gateway, self.config.http.clone(), Some(console));
         let stop_http = stop.clone();
         let shutdown = async move {

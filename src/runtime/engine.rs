@@ -107,9 +107,6 @@ pub(crate) struct Engine {
     out: Vec<OutRecord>,
     sync: InputSync,
     txn_records: usize,
-    /// Input records of the open transaction per topic, for the console's rates: a few
-    /// topics at most, so a list beats a map.
-    txn_topics: Vec<(String, u64)>,
     txn_started: Instant,
     gauges_updated: Instant,
     punctuated: Instant,
@@ -160,7 +157,6 @@ impl Engine {
             out: Vec::with_capacity(16),
             sync,
             txn_records: 0,
-            txn_topics: Vec::new(),
             txn_started: Instant::now(),
             gauges_updated: Instant::now(),
             punctuated: Instant::now(),
@@ -246,7 +242,6 @@ impl Engine {
             }
             self.txn_started = Instant::now();
             self.txn_records = 0;
-            self.txn_topics.clear();
             // Where latency goes, sampled once per transaction (no clock read per
             // record): how long the transaction's first record took from its timestamp
             // (for a command: when its producer sent it) to being processed.
@@ -299,10 +294,6 @@ impl Engine {
             return done;
         }
         self.txn_records += 1;
-        match self.txn_topics.iter_mut().find(|(t, _)| *t == tp.topic) {
-            Some((_, n)) => *n += 1,
-            None => self.txn_topics.push((tp.topic.clone(), 1)),
-        }
         if self.txn_records >= self.settings.max_batch_records {
             self.commit(input)?;
         }
@@ -495,13 +486,21 @@ impl Engine {
         }
         #[cfg(feature = "test-util")]
         self.crash_point(CrashPoint::BeforeCommit)?;
+        // The console's rates, per input topic: what each task consumed, read off its
+        // offsets once per commit rather than counted per record.
+        let mut consumed: Vec<(String, u64)> = Vec::new();
+        for (tp, task) in &self.tasks {
+            match consumed.iter_mut().find(|(t, _)| *t == tp.topic) {
+                Some((_, n)) => *n += task.consumed_in_transaction(),
+                None => consumed.push((tp.topic.clone(), task.consumed_in_transaction())),
+            }
+        }
         let committing = Instant::now();
         match self.sink.commit(&offsets, group.as_ref()) {
             Ok(delivered) => {
                 self.commits += 1;
                 let now_s = u64::try_from(super::app::wall_clock_ms() / 1000).unwrap_or(0);
-                self.catalog.activity().committed(now_s, &self.txn_topics, committing.elapsed());
-                self.txn_topics.clear();
+                self.catalog.activity().committed(now_s, &consumed, committing.elapsed());
                 self.clocks.committed();
                 // Committed in Kafka, not yet in RocksDB: the store must catch up from the
                 // changelog tail on restart.

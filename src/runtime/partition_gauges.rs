@@ -47,12 +47,12 @@ pub fn remove(names: &[&'static str], scope: &str, partition: i32) {
     }
 }
 
-/// The current series, in the Prometheus text format.
 /// Every series, as `(gauge name, topic or store, partition, value)`, in render order.
 pub fn all() -> Vec<(&'static str, String, i32, f64)> {
     series().lock().expect("partition gauges lock").iter().map(|((n, s, p), v)| (*n, s.clone(), *p, *v)).collect()
 }
 
+/// The current series, in the Prometheus text format.
 pub fn render() -> String {
     let s = series().lock().expect("partition gauges lock");
     let mut out = String::new();

@@ -113,6 +113,15 @@ impl Task {
         self.txn_first_offset.and(self.next_offset)
     }
 
+    /// Input offsets the open transaction consumed in this partition (records, plus the
+    /// transaction markers between them on a transactionally written input).
+    pub fn consumed_in_transaction(&self) -> u64 {
+        match (self.txn_first_offset, self.next_offset) {
+            (Some(first), Some(next)) => u64::try_from(next - first).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// The transaction committed: its writes and the changelog offset go to RocksDB.
     pub fn committed(&mut self, changelog_offset: Option<i64>, events_offsets: &[(i32, i64)]) -> Result<(), StoreError> {
         self.txn_first_offset = None;

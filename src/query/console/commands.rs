@@ -9,7 +9,8 @@ use axum::response::Response;
 use serde_json::{json, Value};
 use std::fmt::Write;
 
-pub(super) fn command_form(aggregate: &str, id: &str, expected: u64, ty: &str, payload: &str) -> String {
+/// The form, filled in; `expected` is the expected version as the field shows it.
+pub(super) fn command_form(aggregate: &str, id: &str, expected: &str, ty: &str, payload: &str) -> String {
     format!(
         r#"<h2>Send a command</h2><form class="command" method="post" action="/ui/commands">
 <label>Aggregate <input name="aggregate" value="{a}" required></label>
@@ -21,7 +22,7 @@ pub(super) fn command_form(aggregate: &str, id: &str, expected: u64, ty: &str, p
         a = esc(aggregate),
         i = esc(id),
         t = esc(ty),
-        e = expected,
+        e = esc(expected),
         p = esc(payload),
     )
 }
@@ -32,7 +33,7 @@ pub(super) async fn commands_form(State(ui): State<Ui>) -> Response {
     if ui.ctx.gateway.is_none() {
         body.push_str(&notice("warn", "this instance sends no commands (it runs no aggregate)"));
     }
-    body.push_str(&command_form(&first, "", 0, "", "{}").replace("expected_version\" value=\"0\"", "expected_version\" value=\"\""));
+    body.push_str(&command_form(&first, "", "", "", "{}"));
     ui.page("Commands", Tab::Commands, &body)
 }
 
@@ -48,17 +49,17 @@ pub(super) struct CommandForm {
 }
 
 pub(super) async fn send_command(State(ui): State<Ui>, headers: HeaderMap, Form(f): Form<CommandForm>) -> Response {
-    let mut body = String::from("<h1>Command sent</h1>");
+    // A form that cannot become a command is answered on the page, filled in as sent.
+    let not_sent = |why: String| {
+        let body = format!("<h1>Command not sent</h1>{}{}", notice("bad", &why),
+            command_form(&f.aggregate, &f.id, &f.expected_version, &f.r#type, &f.payload));
+        with_status(StatusCode::BAD_REQUEST, ui.page("Command", Tab::Commands, &body))
+    };
     let payload = match f.payload.trim() {
         "" => Value::Object(Default::default()),
         text => match serde_json::from_str::<Value>(text) {
             Ok(v) => v,
-            Err(e) => {
-                body = String::from("<h1>Command not sent</h1>");
-                body.push_str(&notice("bad", &format!("the payload is not JSON: {e}")));
-                body.push_str(&command_form(&f.aggregate, &f.id, 0, &f.r#type, &f.payload));
-                return with_status(StatusCode::BAD_REQUEST, ui.page("Command", Tab::Commands, &body));
-            }
+            Err(e) => return not_sent(format!("the payload is not JSON: {e}")),
         },
     };
     let mut request = json!({"type": f.r#type, "payload": payload});
@@ -66,14 +67,10 @@ pub(super) async fn send_command(State(ui): State<Ui>, headers: HeaderMap, Form(
         "" => {}
         v => match v.parse::<u64>() {
             Ok(v) => request["expected_version"] = json!(v),
-            Err(_) => {
-                body = String::from("<h1>Command not sent</h1>");
-                body.push_str(&notice("bad", &format!("expected version {v:?} is not a whole number")));
-                body.push_str(&command_form(&f.aggregate, &f.id, 0, &f.r#type, &f.payload));
-                return with_status(StatusCode::BAD_REQUEST, ui.page("Command", Tab::Commands, &body));
-            }
+            Err(_) => return not_sent(format!("expected version {v:?} is not a whole number")),
         },
     }
+    let mut body = String::from("<h1>Command sent</h1>");
     let path = format!("/aggregates/{}/{}/commands", url(&f.aggregate), url(&f.id));
     let answer = ui.call(Method::POST, &path, &headers, Some(request.to_string().into_bytes())).await;
     let outcome = answer.body["outcome"].as_str().unwrap_or("");
@@ -88,6 +85,6 @@ pub(super) async fn send_command(State(ui): State<Ui>, headers: HeaderMap, Form(
         let _ = write!(body, r#"<p><a href="/ui/stores/{}/keys/{}">Look up {}</a></p>"#, url(&store), url(&f.id), esc(&f.id));
     }
     let next = answer.body["version"].as_u64().unwrap_or(0);
-    body.push_str(&command_form(&f.aggregate, &f.id, next, &f.r#type, &f.payload));
+    body.push_str(&command_form(&f.aggregate, &f.id, &next.to_string(), &f.r#type, &f.payload));
     ui.page("Command", Tab::Commands, &body)
 }

@@ -83,15 +83,14 @@ pub(super) async fn page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     let mut body = String::from("<h1>Quarantined keys</h1>");
     body.push_str(&quarantined_html(&gather(&ui, &headers).await));
     let _ = write!(body, "<h1>Dead letters</h1><p>The newest records of <code>{}</code>.</p>", esc(&topic));
-    let Some(clients) = ui.console.clients.clone() else {
-        body.push_str(&notice("warn", "this instance does not read the dead-letter topic"));
-        return ui.page("Dead letters", Tab::DeadLetters, &body);
+    let (clients, t) = (ui.console.clients.clone(), topic.clone());
+    let read = match tokio::task::spawn_blocking(move || last(&clients, &t, 50, Duration::from_secs(3))).await {
+        Ok(letters) => letters.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     };
-    let t = topic.clone();
-    let read = tokio::task::spawn_blocking(move || last(&clients, &t, 50, Duration::from_secs(3))).await;
     match read {
-        Ok(Ok(letters)) if letters.is_empty() => body.push_str(&notice("ok", "none")),
-        Ok(Ok(letters)) => {
+        Ok(letters) if letters.is_empty() => body.push_str(&notice("ok", "none")),
+        Ok(letters) => {
             let rows: Vec<Vec<String>> = letters
                 .iter()
                 .map(|d| {
@@ -106,7 +105,6 @@ pub(super) async fn page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
                 .collect();
             body.push_str(&table("dead-letters", &["time (UTC)", "key", "reason", "from", "record"], &rows));
         }
-        Ok(Err(e)) => body.push_str(&notice("bad", &format!("cannot read {topic}: {e}"))),
         Err(e) => body.push_str(&notice("bad", &format!("cannot read {topic}: {e}"))),
     }
     ui.page("Dead letters", Tab::DeadLetters, &body)

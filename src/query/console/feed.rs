@@ -4,7 +4,8 @@
 //! this from every live instance; one that does not answer in time is shown as such.
 
 use super::{authorization, Ui};
-use crate::runtime::activity::Recent;
+use crate::processor::quarantine::Quarantined;
+use crate::runtime::activity::{CommitSecond, Rebalance, Recent};
 use crate::runtime::partition_gauges;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -36,34 +37,10 @@ pub struct InstanceFeed {
     pub owned: BTreeMap<String, Vec<i32>>,
     pub gauges: Vec<Gauge>,
     pub rates: BTreeMap<String, f64>,
-    pub commits: Vec<CommitPoint>,
-    pub rebalances: Vec<RebalancePoint>,
+    pub commits: Vec<CommitSecond>,
+    pub rebalances: Vec<Rebalance>,
     /// Keys whose snapshot cannot be read, as this instance's tasks have met them.
-    pub quarantined: Vec<QuarantinedKey>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QuarantinedKey {
-    pub store: String,
-    pub key: String,
-    pub reason: String,
-    pub since_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommitPoint {
-    pub at: u64,
-    pub commits: u32,
-    pub mean_ms: f64,
-    pub max_ms: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RebalancePoint {
-    pub at_ms: i64,
-    pub thread: usize,
-    pub step: String,
-    pub partitions: String,
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// One instance as the overview sees it: its feed, or why there is none.
@@ -79,13 +56,9 @@ impl InstanceFeed {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 pub(super) fn local(ui: &Ui) -> InstanceFeed {
     let ctx = &ui.ctx;
-    let Recent { rates, commits, rebalances } = ctx.catalog.activity().recent((now_ms() / 1000) as u64);
+    let Recent { rates, commits, rebalances } = ctx.catalog.activity().recent_now();
     let (instance, http) = ctx.directory.as_ref().map_or_else(|| (ui.me(), String::new()), |d| (d.me.instance.clone(), d.me.http.clone()));
     InstanceFeed {
         instance,
@@ -98,18 +71,9 @@ pub(super) fn local(ui: &Ui) -> InstanceFeed {
             .map(|(name, scope, partition, value)| Gauge { name: name.to_string(), scope, partition, value })
             .collect(),
         rates,
-        commits: commits.into_iter().map(|c| CommitPoint { at: c.at, commits: c.commits, mean_ms: c.mean_ms, max_ms: c.max_ms }).collect(),
-        rebalances: rebalances
-            .into_iter()
-            .map(|r| RebalancePoint { at_ms: r.at_ms, thread: r.thread, step: r.step.to_string(), partitions: r.partitions })
-            .collect(),
-        quarantined: ctx
-            .catalog
-            .quarantine()
-            .list()
-            .into_iter()
-            .map(|q| QuarantinedKey { store: q.store, key: q.key, reason: q.reason, since_ms: q.since_ms })
-            .collect(),
+        commits,
+        rebalances,
+        quarantined: ctx.catalog.quarantine().list(),
     }
 }
 

@@ -57,6 +57,13 @@ pub fn page(title: &str, tab: Tab, instance: &str, stores: &[String], body: &str
     )
 }
 
+/// HTML as an answer, never cached (the figures in it are live).
+pub fn response(html: String) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html).into_response()
+}
+
 /// A table with a header row; cells are HTML already.
 pub fn table(class: &str, head: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = format!(r#"<table class="{class}"><thead><tr>"#);

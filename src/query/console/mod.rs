@@ -36,8 +36,8 @@ use tower::ServiceExt;
 /// What the console needs beyond the query server's context.
 pub struct Console {
     pub topology: Arc<Topology>,
-    /// For reading the dead-letter topic; None: dead letters are not shown.
-    pub clients: Option<Clients>,
+    /// For reading the dead-letter topic.
+    pub clients: Clients,
 }
 
 /// The console's state: the query context, the API it calls in process, itself.
@@ -143,7 +143,6 @@ impl Ui {
 
     /// A whole page in the console's frame.
     fn page(&self, title: &str, tab: html::Tab, body: &str) -> Response {
-        let page = html::page(title, tab, &self.me(), &self.ctx.catalog.store_names(), body);
-        ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], page).into_response()
+        html::response(html::page(title, tab, &self.me(), &self.ctx.catalog.store_names(), body))
     }
 }

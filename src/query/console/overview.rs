@@ -8,8 +8,8 @@ use super::{graph, Ui};
 use crate::runtime::partition_gauges::{CONSUMER_LAG, RESTORE_REMAINING, STANDBY_LAG, STORE_KEYS};
 use crate::topology::describe::subs;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -25,8 +25,7 @@ pub(super) async fn overview(State(ui): State<Ui>, headers: HeaderMap) -> Respon
 }
 
 pub(super) async fn live(State(ui): State<Ui>, headers: HeaderMap) -> Response {
-    let live = live_html(&ui, &headers).await;
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], live).into_response()
+    html::response(live_html(&ui, &headers).await)
 }
 
 /// The topology with rates, the instances, every store partition, commits, rebalances.

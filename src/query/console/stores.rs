@@ -15,6 +15,11 @@ use std::fmt::Write;
 /// Entries per page of a store.
 const PAGE: usize = 20;
 
+/// What an entry shows of itself: an aggregate's state, a table's value, else all of it.
+fn shown(entry: &Value) -> &Value {
+    entry.get("state").or_else(|| entry.get("value")).unwrap_or(entry)
+}
+
 /// The aggregate whose snapshots a store holds, if any.
 fn aggregate_of(ui: &Ui, store: &str) -> Option<String> {
     ui.console.topology.aggregates.values().find(|a| a.store.name == store).map(|a| a.aggregate.clone())
@@ -31,6 +36,8 @@ pub(super) async fn store(State(ui): State<Ui>, Path(store): Path<String>, Query
         s = url(&store)
     );
     let field = q.get("field").filter(|f| !f.is_empty());
+    // An index query: its field and the value asked for.
+    let index = field.zip(q.get("value"));
     if !view.indexes.is_empty() {
         let options: String = view
             .indexes
@@ -44,8 +51,8 @@ pub(super) async fn store(State(ui): State<Ui>, Path(store): Path<String>, Query
             v = esc(q.get("value").map_or("", String::as_str)),
         );
     }
-    let mut path = match (field, q.get("value")) {
-        (Some(f), Some(v)) => format!("/stores/{}/index/{}/{}?limit={PAGE}", url(&store), url(f), url(v)),
+    let mut path = match index {
+        Some((f, v)) => format!("/stores/{}/index/{}/{}?limit={PAGE}", url(&store), url(f), url(v)),
         _ => format!("/stores/{}?limit={PAGE}", url(&store)),
     };
     if let Some(after) = q.get("after") {
@@ -57,7 +64,7 @@ pub(super) async fn store(State(ui): State<Ui>, Path(store): Path<String>, Query
         return ui.page(&store, Tab::Stores, &body);
     }
     let entries = answer.body["entries"].as_array().cloned().unwrap_or_default();
-    if let (Some(f), Some(v)) = (field, q.get("value")) {
+    if let Some((f, v)) = index {
         let _ = write!(body, "<h2>{} = {}</h2>", esc(f), esc(v));
     }
     let rows: Vec<Vec<String>> = entries
@@ -69,11 +76,10 @@ pub(super) async fn store(State(ui): State<Ui>, Path(store): Path<String>, Query
                 m.remove("key");
             }
             let version = rest.get("version").map_or(String::new(), ToString::to_string);
-            let shown = rest.get("state").or_else(|| rest.get("value")).unwrap_or(&rest);
             vec![
                 format!(r#"<a href="/ui/stores/{}/keys/{}">{}</a>"#, url(&store), url(key), esc(key)),
                 version,
-                format!("<code>{}</code>", esc(&truncate(&shown.to_string(), 160))),
+                format!("<code>{}</code>", esc(&truncate(&shown(&rest).to_string(), 160))),
             ]
         })
         .collect();
@@ -85,7 +91,7 @@ pub(super) async fn store(State(ui): State<Ui>, Path(store): Path<String>, Query
     }
     if let Some(next) = answer.body["next"].as_str() {
         let mut link = format!("/ui/stores/{}?after={}", url(&store), url(next));
-        if let (Some(f), Some(v)) = (field, q.get("value")) {
+        if let Some((f, v)) = index {
             let _ = write!(link, "&field={}&value={}", url(f), url(v));
         }
         let _ = write!(body, r#"<p><a class="next" href="{}">Next page</a></p>"#, esc(&link));
@@ -112,8 +118,7 @@ pub(super) async fn key(State(ui): State<Ui>, Path((store, key)): Path<(String, 
             if let Some(v) = version {
                 let _ = write!(body, r#"<p class="version">version <b id="version">{v}</b></p>"#);
             }
-            let shown = answer.body.get("state").or_else(|| answer.body.get("value")).unwrap_or(&answer.body);
-            body.push_str(&json_block(shown));
+            body.push_str(&json_block(shown(&answer.body)));
         }
         StatusCode::NOT_FOUND => body.push_str(&notice("warn", &answer.error())),
         _ => body.push_str(&notice("bad", &format!("{}: {}", answer.status, answer.error()))),
@@ -138,7 +143,7 @@ pub(super) async fn key(State(ui): State<Ui>, Path((store, key)): Path<(String, 
             Some(_) if history.status.is_success() => body.push_str(&notice("warn", "no events")),
             _ => body.push_str(&notice("warn", &format!("history: {}", history.error()))),
         }
-        body.push_str(&command_form(&aggregate, &key, version.unwrap_or(0), "", "{}"));
+        body.push_str(&command_form(&aggregate, &key, &version.unwrap_or(0).to_string(), "", "{}"));
     }
     ui.page(&key, Tab::Stores, &body)
 }
