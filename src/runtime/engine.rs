@@ -486,21 +486,11 @@ impl Engine {
         }
         #[cfg(feature = "test-util")]
         self.crash_point(CrashPoint::BeforeCommit)?;
-        // The console's rates, per input topic: what each task consumed, read off its
-        // offsets once per commit rather than counted per record.
-        let mut consumed: Vec<(String, u64)> = Vec::new();
-        for (tp, task) in &self.tasks {
-            match consumed.iter_mut().find(|(t, _)| *t == tp.topic) {
-                Some((_, n)) => *n += task.consumed_in_transaction(),
-                None => consumed.push((tp.topic.clone(), task.consumed_in_transaction())),
-            }
-        }
         let committing = Instant::now();
         match self.sink.commit(&offsets, group.as_ref()) {
             Ok(delivered) => {
                 self.commits += 1;
-                let now_s = u64::try_from(super::app::wall_clock_ms() / 1000).unwrap_or(0);
-                self.catalog.activity().committed(now_s, &consumed, committing.elapsed());
+                self.record_activity(committing.elapsed());
                 self.clocks.committed();
                 // Committed in Kafka, not yet in RocksDB: the store must catch up from the
                 // changelog tail on restart.
@@ -533,6 +523,21 @@ impl Engine {
             }
             Err(e) => self.recover(input, e),
         }
+    }
+
+    /// The console's rates and commit latency, for a transaction that committed: what
+    /// each task consumed, read off its offsets once per commit (before `Task::committed`
+    /// clears them) rather than counted per record, and only for commits that happened.
+    fn record_activity(&self, took: Duration) {
+        let mut consumed: Vec<(String, u64)> = Vec::new();
+        for (tp, task) in &self.tasks {
+            match consumed.iter_mut().find(|(t, _)| *t == tp.topic) {
+                Some((_, n)) => *n += task.consumed_in_transaction(),
+                None => consumed.push((tp.topic.clone(), task.consumed_in_transaction())),
+            }
+        }
+        let now_s = u64::try_from(super::app::wall_clock_ms() / 1000).unwrap_or(0);
+        self.catalog.activity().committed(now_s, &consumed, took);
     }
 
     /// Store sizes for /metrics: RocksDB's key estimate, read at most every few seconds.
