@@ -79,6 +79,13 @@ fn processors_recover_from_a_broker_restart_by_themselves() {
 /// tells what happened.
 fn print_logs(instances: &[Instance]) {
     const NOISE: [&str; 5] = ["reader error", "delivery failed", "Global error", "Connect to ipv4", "consumer error"];
+    // The whole logs, for a closer look, where the run asks for them.
+    if let Some(dir) = std::env::var_os("MILLRACE_TEST_KEEP_LOGS") {
+        for i in instances {
+            let name = i.log.file_name().expect("a log file");
+            let _ = std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(&i.log, std::path::Path::new(&dir).join(name)));
+        }
+    }
     for i in instances {
         let log = i.log_text();
         let kept: Vec<&str> = log.lines().filter(|l| !NOISE.iter().any(|n| l.contains(n))).collect();

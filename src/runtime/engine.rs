@@ -281,7 +281,7 @@ impl Engine {
             tracing::error!(task = %tp, error = %e, "processing failed");
             return match e.recovery() {
                 Recovery::RestoreTask => {
-                    self.abort_and_rewind(input)?;
+                    self.abort_and_rewind(input, false)?;
                     self.reopen(&tp)
                 }
                 _ => Err(e.into()),
@@ -392,7 +392,7 @@ impl Engine {
                 self.out.clear();
                 return match e.recovery() {
                     Recovery::RestoreTask => {
-                        self.abort_and_rewind(input)?;
+                        self.abort_and_rewind(input, false)?;
                         self.reopen(&tp)
                     }
                     _ => Err(e.into()),
@@ -569,7 +569,7 @@ impl Engine {
                 let _ = self.sink.abort();
                 Err(e.into())
             }
-            _ => self.abort_and_rewind(input),
+            _ => self.abort_and_rewind(input, e.replaces_producer()),
         };
         if recovered.is_ok() {
             self.catalog.set_ready(self.settings.thread, true);
@@ -577,14 +577,22 @@ impl Engine {
         recovered
     }
 
-    /// Aborts the open transaction and rewinds every task's input to its first record in
-    /// it, so those records are processed again in a new transaction.
-    fn abort_and_rewind(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
-        if let Err(e) = self.sink.abort() {
+    /// Ends the open transaction without committing it and rewinds every task's input to
+    /// its first record in it, so those records are processed again in a new transaction.
+    ///
+    /// The producer aborts it, unless the producer itself failed (`replace`, see
+    /// `SinkError::replaces_producer`) or its abort does: then a new producer with the same
+    /// transactional id takes over, and its `init_transactions` aborts the transaction on
+    /// the coordinator before anything else is sent.
+    fn abort_and_rewind(&mut self, input: &dyn Input, replace: bool) -> Result<(), RuntimeError> {
+        if replace {
+            self.new_sink()?;
+        } else if let Err(e) = self.sink.abort() {
             if e.recovery() == Recovery::GiveUpPartitions {
                 return self.give_up(input);
             }
-            return Err(e.into());
+            tracing::warn!(error = %e, "abort failed; a new producer takes over");
+            self.new_sink()?;
         }
         // Rewind every partition to its first record not yet committed: the first one the
         // aborted transaction processed, or else the first one still buffered.

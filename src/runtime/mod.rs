@@ -96,6 +96,16 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// A call of the group member to its coordinator that failed: the committed offsets,
+    /// fetched before a task opens (and found unstable for too long, or not at all).
+    pub fn is_coordinator_lookup(&self) -> bool {
+        match self {
+            RuntimeError::UnstableOffsets { .. } => true,
+            RuntimeError::Kafka { op, .. } => *op == "committed offsets",
+            _ => false,
+        }
+    }
+
     pub fn recovery(&self) -> Recovery {
         match self {
             RuntimeError::Kafka { .. }

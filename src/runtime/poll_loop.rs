@@ -51,6 +51,9 @@ pub(super) fn poll_loop(
         let mut retry = RetryBudget { limit: task_timeout, ..RetryBudget::default() };
         // After a transient failure the next step is a resync, not a poll.
         let mut resync = false;
+        // Failures in a row of the member's own calls to its group coordinator (see
+        // `RuntimeError::is_coordinator_lookup`).
+        let mut coordinator_failures = 0u32;
         while !stop.load(Ordering::SeqCst) {
             let mut poll_failed = false;
             let record = if resync {
@@ -77,8 +80,18 @@ pub(super) fn poll_loop(
             // counted against the retry budget so a real twin cannot make it loop forever.
             // Asked only off the hot path: after a poll that failed (a fatal error is
             // reported by every poll) or before a resync (which does not poll).
-            if let Some((code, reason)) = (poll_failed || resync).then(|| consumer.client().fatal_error()).flatten() {
-                let e = RuntimeError::MemberLost { reason: format!("{code:?}: {reason}") };
+            // The same for a member whose coordinator calls keep failing: after a broker
+            // restart, librdkafka 2.12 can keep a coordinator it decommissioned for ever
+            // (#5456, #5511), and every offset fetch then times out. A new member looks
+            // its coordinator up afresh.
+            let lost = (poll_failed || resync).then(|| consumer.client().fatal_error()).flatten().map(|(code, reason)| format!("{code:?}: {reason}"));
+            let lost = lost.or_else(|| {
+                (resync && coordinator_failures >= MEMBER_COORDINATOR_FAILURES)
+                    .then(|| format!("{coordinator_failures} offset fetches in a row failed; its coordinator may be one the client no longer reaches"))
+            });
+            if let Some(reason) = lost {
+                coordinator_failures = 0;
+                let e = RuntimeError::MemberLost { reason };
                 let Some(pause) = retry.next(shared.lock().expect("engine lock").as_ref().map_or(0, Engine::commits)) else {
                     return Err(RuntimeError::RetriesExhausted { after_s: retry.limit.as_secs(), last: Box::new(e) });
                 };
@@ -118,6 +131,7 @@ pub(super) fn poll_loop(
                 Ok(()) => {
                     if resync {
                         tracing::info!("recovered from a transient failure");
+                        coordinator_failures = 0;
                     }
                     resync = false;
                     // Progress (a commit) ends a run of failures; a resync that succeeds
@@ -130,6 +144,11 @@ pub(super) fn poll_loop(
                 // commit, never taken as permanent. Past the budget the thread ends and
                 // the instance exits (a restart is the next thing to try).
                 Err(e) if e.recovery() == Recovery::Retry => {
+                    if e.is_coordinator_lookup() {
+                        coordinator_failures += 1;
+                    } else {
+                        coordinator_failures = 0;
+                    }
                     let Some(pause) = retry.next(commits) else {
                         return Err(RuntimeError::RetriesExhausted { after_s: retry.limit.as_secs(), last: Box::new(e) });
                     };
@@ -149,6 +168,11 @@ pub(super) fn poll_loop(
     drop(consumer);
     result.and(closed)
 }
+
+/// Failed offset fetches in a row after which the member is replaced: a broker away for a
+/// while fails one or two; a client stuck on a coordinator it no longer reaches fails them
+/// all, each after its full timeout.
+const MEMBER_COORDINATOR_FAILURES: u32 = 2;
 
 /// Backoff for transient failures: 200 ms doubling to 5 s, for at most `limit` since the
 /// first failure of a run of them. A run ends with progress (a commit after its first

@@ -129,6 +129,20 @@ impl SinkError {
             SinkError::Hung { .. } => Recovery::Retry,
         }
     }
+
+    /// Whether the transaction failed in the producer rather than in a record: a broker
+    /// away, a coordinator lost, a call that hung, sequence numbers out of step. Such a
+    /// producer is not asked to abort and go on; a new one with the same transactional id
+    /// takes over, and its `init_transactions` aborts the open transaction on the
+    /// coordinator. After a broker restart, librdkafka 2.12 can keep a coordinator it has
+    /// decommissioned for ever (#5456, #5511): every later call of that producer then
+    /// times out, and an abort that timed out leaves it refusing any other call. A new
+    /// client looks its coordinator up afresh and starts its sequence numbers from a new
+    /// producer epoch. A refused record (`Poisoned`) is the record's fault: an abort is
+    /// enough there.
+    pub fn replaces_producer(&self) -> bool {
+        matches!(self, SinkError::Failed { .. } | SinkError::Abortable { .. } | SinkError::Hung { .. })
+    }
 }
 
 /// Delivery reports: the highest offset written per partition in the open transaction, so
@@ -479,11 +493,18 @@ impl TransactionalSink {
         if let Some(p) = self.poisoned() {
             return Err(p);
         }
+        let mut pause = Duration::from_millis(20);
         loop {
             match self.producer.commit_transaction(self.timeout) {
                 Ok(()) => break,
-                Err(e) if is_retriable(&e) && started.elapsed() < Duration::from_secs(60) => {
-                    tracing::warn!(error = %e, "commit_transaction is retriable; retrying");
+                // Retriable means: the same call again, once the coordinator answers. Not
+                // at once (that once wrote 4 GB of log in a minute), and not when another
+                // call (an abort) holds the producer: that one must finish first, which
+                // repeating this one cannot bring about.
+                Err(e) if is_retriable(&e) && !is_conflict(&e) && started.elapsed() < Duration::from_secs(60) => {
+                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "commit_transaction is retriable; retrying after a pause");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => return Err(self.poisoned().unwrap_or_else(|| self.classify("commit_transaction", e))),
             }
@@ -567,4 +588,10 @@ fn drain(producer: &ThreadedProducer<SinkContext>, timeout: Duration) {
 
 fn is_retriable(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(t) if t.is_retriable())
+}
+
+/// Another transactional call is under way on this producer (librdkafka's `__CONFLICT`:
+/// an abort that timed out waits to be called again).
+fn is_conflict(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::Conflict)
 }

@@ -44,6 +44,8 @@ struct LogState {
     stalls: u32,
     /// Commits still to hang (a test's fault).
     hangs: u32,
+    /// Commits still to fail in the producer (a test's fault).
+    failures: u32,
 }
 
 /// The shared log; cheap to clone.
@@ -102,6 +104,11 @@ impl MemoryLog {
         *e
     }
 
+    /// How many producers have initialized `transactional_id` so far (its epoch).
+    pub fn producers(&self, transactional_id: &str) -> u64 {
+        self.state().epochs.get(transactional_id).copied().unwrap_or(0)
+    }
+
     /// Makes `topic` refuse records larger than `bytes` (key + value), as a broker with
     /// that `max.message.bytes` does.
     pub fn set_max_record_bytes(&self, topic: &str, bytes: usize) {
@@ -119,6 +126,19 @@ impl MemoryLog {
     /// it gave up waiting, and that producer answers nothing more: its abort fails too.
     pub fn hang_commits(&self, n: u32) {
         self.state().hangs = n;
+    }
+
+    /// Fault: the next `n` commits fail in the producer, as a transaction does whose broker
+    /// went away (`SinkError::Failed`, a timeout): nothing of it lands.
+    pub fn fail_commits(&self, n: u32) {
+        self.state().failures = n;
+    }
+
+    fn take_failure(&self) -> bool {
+        let mut st = self.state();
+        let fail = st.failures > 0;
+        st.failures = st.failures.saturating_sub(1);
+        fail
     }
 
     fn take_hang(&self) -> bool {
@@ -222,6 +242,13 @@ impl Sink for MemorySink {
         if self.hung || (self.exactly_once && self.log.take_hang()) {
             self.hung = true;
             return Err(self.hung());
+        }
+        if self.exactly_once && self.log.take_failure() {
+            return Err(SinkError::Failed {
+                transactional_id: self.transactional_id.clone(),
+                op: "send_offsets_to_transaction",
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::OperationTimedOut),
+            });
         }
         let mut st = self.log.state();
         if self.exactly_once && st.epochs.get(&self.transactional_id) != Some(&self.epoch) {

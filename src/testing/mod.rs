@@ -141,6 +141,11 @@ impl TopologyDriver {
         Ok(driver)
     }
 
+    /// The transactional id of the driver's producer.
+    pub fn transactional_id(&self) -> String {
+        self.transactional_id.clone()
+    }
+
     /// The log the driver's engine reads and writes, e.g. to make a topic refuse large
     /// records (`set_max_record_bytes`).
     pub fn log(&self) -> &MemoryLog {

@@ -42,8 +42,15 @@ impl Engine {
         self.reopen_assignment(input)
     }
 
+    /// A new producer with the same transactional id takes over: its `init_transactions`
+    /// fences the old one and aborts whatever it left open. The old one is closed on a
+    /// thread of its own: closing purges its queue and waits on its brokers, which may be
+    /// the very ones it could no longer reach.
     pub(super) fn new_sink(&mut self) -> Result<(), RuntimeError> {
-        self.sink = (self.new_sink)()?;
+        tracing::info!("a new producer takes over");
+        let old = std::mem::replace(&mut self.sink, (self.new_sink)()?);
+        // Should the thread not start, the closure (and the old producer) drops right here.
+        let _ = std::thread::Builder::new().name("millrace-producer-close".into()).spawn(move || drop(old));
         Ok(())
     }
 
@@ -163,13 +170,13 @@ impl Engine {
         let step = if input.assignment_lost() { "lost" } else { "revoked" };
         self.catalog.activity().rebalanced(crate::runtime::app::wall_clock_ms(), self.settings.thread, step, list(&tasks));
         let result = if input.assignment_lost() {
-            self.abort_and_rewind(input)
+            self.abort_and_rewind(input, false)
         } else {
             self.commit(input)
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not finish the transaction on revoke");
-            let _ = self.sink.abort();
+            self.abort_or_replace();
         }
         // Buffered records of revoked partitions are the new owner's, from the committed offsets.
         self.sync.clear();
@@ -182,11 +189,22 @@ impl Engine {
     /// offsets, so nothing needs rewinding.
     pub fn on_member_lost(&mut self) {
         self.catalog.set_ready(self.settings.thread, false);
-        if let Err(e) = self.sink.abort() {
-            tracing::warn!(error = %e, "could not abort the open transaction of a lost member");
-        }
+        self.abort_or_replace();
         self.sync.clear();
         self.close_all();
+    }
+
+    /// Aborts the open transaction, or, if the producer cannot, replaces it (the new one's
+    /// `init_transactions` aborts it). A producer whose abort failed is never asked for
+    /// anything again: librdkafka refuses every other call until that abort is resumed.
+    /// Should no new producer start either, the next transaction's failure says why.
+    fn abort_or_replace(&mut self) {
+        if let Err(e) = self.sink.abort() {
+            tracing::warn!(error = %e, "could not abort the open transaction; a new producer takes over");
+            if let Err(e) = self.new_sink() {
+                tracing::warn!(error = %e, "no new producer yet");
+            }
+        }
     }
 
     pub fn on_assign(&mut self, input: &dyn Input, assigned: &[TopicPartition]) {
