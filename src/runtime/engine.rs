@@ -119,6 +119,9 @@ pub(crate) struct Engine {
     poisoned: HashMap<(TopicPartition, i64), (String, u32)>,
     /// Transactions committed so far: progress, for the poll loop's retry budget.
     commits: u64,
+    /// Whether the current producer has released what earlier epochs of its producer id
+    /// left pending for the group (`Engine::release_offsets`).
+    offsets_released: bool,
     /// Event time of the inputs it matters for: those whose tasks publish progress, and
     /// co-partitioned tables' inputs (a join's stream waits on them).
     clocks: Clocks,
@@ -163,6 +166,7 @@ impl Engine {
             failure: None,
             poisoned: HashMap::new(),
             commits: 0,
+            offsets_released: false,
             clocks,
         })
     }

@@ -162,6 +162,13 @@ impl Sink for TransactionalSink {
     fn abort(&mut self) -> Result<(), SinkError> {
         TransactionalSink::abort(self)
     }
+
+    fn release_offsets(&mut self, partition: &TopicPartition, group: &GroupToken) -> Result<(), SinkError> {
+        match metadata(group) {
+            Some(group) => TransactionalSink::release_offsets(self, &tpl([(partition.clone(), Offset::Offset(0))]), group),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The consumer's group metadata a token carries (tokens come from `KafkaInput::group`).

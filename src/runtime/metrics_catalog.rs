@@ -29,6 +29,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("millrace_input_delay_seconds", Kind::Histogram, "from the timestamp of a transaction's first input record (for a command: when it was sent) until it is processed; once per transaction (histogram)"),
     ("millrace_transaction_open_seconds", Kind::Histogram, "from a transaction's first record until its commit starts: how long outputs wait for the commit interval (histogram)"),
     ("millrace_fenced_total", Kind::Counter, "times this instance's producer was fenced (a zombie, or a newer instance with its id)"),
+    ("millrace_offsets_released_total", Kind::Counter, "transactions holding only offsets for the group, aborted by a new producer before its first offset fetch, to end what an earlier epoch of its producer id left pending"),
     ("millrace_producer_hangs_total", Kind::Counter, "Kafka calls that did not return within their timeout and a margin (librdkafka's send_offsets_to_transaction after a broker restart); each abandons its producer for a new one"),
     ("millrace_restore_records_total", Kind::Counter, "changelog records read by restores. After a clean restart: 0"),
     ("millrace_restore_remaining", Kind::PartitionGauge, "changelog records a running restore still has to read"),

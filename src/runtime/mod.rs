@@ -71,7 +71,7 @@ pub enum RuntimeError {
     RetriesExhausted { after_s: u64, last: Box<RuntimeError> },
     #[error("another live process runs as instance {instance:?} (its HTTP server: {http}); give each instance its own --instance-id")]
     DuplicateInstance { instance: String, http: String },
-    #[error("a previous owner's transaction over {partitions} is still open (committed offsets are not stable: {source}); restoring now could miss its records")]
+    #[error("a previous owner's transaction over {partitions} is still open (committed offsets are not stable: {source}); restoring now could miss its records. Should this last past the transaction timeout, `kafka-transactions.sh find-hanging` may list a transaction no coordinator will end, and `kafka-transactions.sh abort` ends it")]
     UnstableOffsets { partitions: String, source: Box<RuntimeError> },
     #[error("the consumer has no group metadata yet (not a member of the group); the transaction cannot commit its offsets")]
     NoGroupMetadata,

@@ -102,6 +102,14 @@ pub trait Sink: Send {
 
     /// Aborts the open transaction, if any: none of its records ever becomes visible.
     fn abort(&mut self) -> Result<(), SinkError>;
+
+    /// Ends any transactional offset commit an earlier epoch of this producer left pending
+    /// for the group (see `TransactionalSink::release_offsets`). Not while a transaction
+    /// is open. Sinks without such a limbo do nothing.
+    fn release_offsets(&mut self, partition: &TopicPartition, group: &GroupToken) -> Result<(), SinkError> {
+        let _ = (partition, group);
+        Ok(())
+    }
 }
 
 /// Makes a new sink with the same transactional id: it fences every older one, and aborts

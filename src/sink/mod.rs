@@ -545,6 +545,30 @@ impl TransactionalSink {
         drain(&self.producer, self.timeout);
     }
 
+    /// Opens a transaction that holds nothing but `offsets` for the group, and aborts it.
+    ///
+    /// Its ABORT marker, written for this producer id to the group's offsets partition,
+    /// ends whatever transactional offset commit an earlier epoch of the same producer id
+    /// left pending there. Such a commit can outlive its transaction: after a broker
+    /// restart, Kafka 4.3 was seen to abort a transaction without writing its marker to
+    /// `__consumer_offsets`, and the group's offsets then stay unstable for ever, so no
+    /// read_committed member can fetch them (Kafka's own remedy is the admin tool
+    /// `kafka-transactions.sh abort`, which librdkafka cannot call). The values sent are
+    /// never committed. No-op while a transaction is open, and for at-least-once.
+    pub fn release_offsets(&mut self, offsets: &TopicPartitionList, group: Arc<ConsumerGroupMetadata>) -> Result<(), SinkError> {
+        if self.open || !self.exactly_once || offsets.count() == 0 {
+            return Ok(());
+        }
+        self.begin()?;
+        let sent = self.send_offsets(offsets, group);
+        // Aborted even if the offsets could not be sent: the transaction may hold the
+        // group's partition already (AddOffsetsToTxn comes first).
+        let aborted = self.abort();
+        sent.and(aborted)?;
+        metrics::counter!("millrace_offsets_released_total").increment(1);
+        Ok(())
+    }
+
     /// Aborts the open transaction, if any. Its records are never visible to
     /// read_committed consumers.
     pub fn abort(&mut self) -> Result<(), SinkError> {

@@ -12,6 +12,12 @@ use crate::runtime::partition_gauges;
 use crate::runtime::task::{Task, TaskState};
 use std::time::{Duration, Instant};
 
+/// How long a new owner waits for the committed offsets of its partitions to be stable
+/// (a previous owner's transaction to end) before it retries as a transient failure. The
+/// producers that commit these offsets are millrace's, whose transactions time out after
+/// 10 s (`transaction.timeout.ms`).
+const STABLE_OFFSETS_WAIT: Duration = Duration::from_secs(60);
+
 impl Engine {
     /// Fenced: another instance owns our partitions. Drop every task without retrying its
     /// writes, start a new producer, and take up whatever the group still gives us, from
@@ -49,6 +55,7 @@ impl Engine {
     pub(super) fn new_sink(&mut self) -> Result<(), RuntimeError> {
         tracing::info!("a new producer takes over");
         let old = std::mem::replace(&mut self.sink, (self.new_sink)()?);
+        self.offsets_released = false;
         // Should the thread not start, the closure (and the old producer) drops right here.
         let _ = std::thread::Builder::new().name("millrace-producer-close".into()).spawn(move || drop(old));
         Ok(())
@@ -57,6 +64,7 @@ impl Engine {
     /// Opens a task for every assigned partition, each positioned at its committed offset.
     pub(super) fn reopen_assignment(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         let assignment = input.assignment()?;
+        self.release_offsets(input, &assignment);
         let committed = input.committed(&assignment, Duration::from_secs(30))?;
         for (tp, offset) in &committed {
             input.seek(tp, *offset)?;
@@ -194,6 +202,27 @@ impl Engine {
         self.close_all();
     }
 
+    /// Once per producer, before its first offset fetch: ends any transactional offset
+    /// commit an earlier epoch of this producer id left pending for the group
+    /// (`TransactionalSink::release_offsets`), which would keep the group's offsets
+    /// unstable for ever. A release that fails leaves a producer that cannot be trusted
+    /// with the next transaction: a new one takes over, and releases at the next try.
+    fn release_offsets(&mut self, input: &dyn Input, partitions: &[TopicPartition]) {
+        if self.offsets_released || !self.sink.exactly_once() {
+            return;
+        }
+        let (Some(group), Some(tp)) = (input.group(), partitions.first()) else { return };
+        match self.sink.release_offsets(tp, &group) {
+            Ok(()) => self.offsets_released = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release this producer's pending offsets; a new producer takes over");
+                if let Err(e) = self.new_sink() {
+                    tracing::warn!(error = %e, "no new producer yet");
+                }
+            }
+        }
+    }
+
     /// Aborts the open transaction, or, if the producer cannot, replaces it (the new one's
     /// `init_transactions` aborts it). A producer whose abort failed is never asked for
     /// anything again: librdkafka refuses every other call until that abort is resumed.
@@ -218,8 +247,9 @@ impl Engine {
         // offsets (KIP-447), so it waits here until that transaction has ended.
         // If it does not end in time, nothing is restored: the poll loop retries (with
         // backoff, the instance unready) rather than let a task decide on a stale snapshot.
+        self.release_offsets(input, assigned);
         let started = Instant::now();
-        match input.committed(assigned, Duration::from_secs(120)) {
+        match input.committed(assigned, STABLE_OFFSETS_WAIT) {
             Ok(committed) => {
                 if started.elapsed() > Duration::from_secs(1) {
                     tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "waited for a previous owner's transaction to end before restoring");
@@ -228,6 +258,9 @@ impl Engine {
             }
             Err(source) => {
                 self.catalog.set_ready(self.settings.thread, false);
+                // The next attempt releases this producer's offsets again, should it have
+                // left some pending since.
+                self.offsets_released = false;
                 self.failure = Some(RuntimeError::UnstableOffsets { partitions: list(assigned), source: Box::new(source) });
                 return;
             }
