@@ -76,6 +76,11 @@ pub struct RocksStore {
     /// How much history `write_versions` keeps per key, in event time behind its newest
     /// version. None: all of it.
     history_ms: Option<i64>,
+    /// The size of the last committed batch: the next one is allocated that large at
+    /// once. A transaction's batch holds megabytes of snapshots; grown by doubling, it
+    /// copied itself over and over and held up to twice its size (the copies were a fifth
+    /// of the processing thread's page faults in `deploy/bench`).
+    batch_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl RocksStore {
@@ -127,7 +132,7 @@ impl RocksStore {
             path: path.clone(),
             reason: e.into_string(),
         })?;
-        let store = Self { name: name.into(), partition, path, db, indexer, history_ms: None };
+        let store = Self { name: name.into(), partition, path, db, indexer, history_ms: None, batch_bytes: Default::default() };
         store.rebuild_index_if_changed()?;
         Ok(store)
     }
@@ -182,9 +187,20 @@ impl RocksStore {
     /// index in one scan. Per value that saves a read of the value it replaces and the
     /// WAL write; the changelog is the durable copy meanwhile. Until it finishes, the
     /// index is marked unbuilt, so a crash in between rebuilds it at the next open.
+    ///
+    /// Compactions wait until the load ends: compacting level 0 while the load still
+    /// writes it redoes work the next flush undoes, and on a machine with few cores it
+    /// takes them from the load (see `commit_bulk` for the bound).
     pub fn begin_bulk_load(&self) -> Result<(), StoreError> {
         let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
-        self.db.delete_cf(&meta, DEFINITION_KEY).map_err(self.io("begin bulk load"))
+        self.db.delete_cf(&meta, DEFINITION_KEY).map_err(self.io("begin bulk load"))?;
+        self.auto_compactions(false)
+    }
+
+    fn auto_compactions(&self, on: bool) -> Result<(), StoreError> {
+        let data = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family exists");
+        let value = if on { "false" } else { "true" };
+        self.db.set_options_cf(&data, &[("disable_auto_compactions", value)]).map_err(self.io("set compactions"))
     }
 
     /// Writes a bulk load's batch with the checkpoint it reaches, without the WAL. Safe
@@ -196,7 +212,15 @@ impl RocksStore {
             let cf = self.db.cf_handle(META_CF).expect("meta column family is created at open");
             batch.put_cf(&cf, CHECKPOINT_KEY, offset.to_be_bytes());
         }
-        self.db.write_opt(batch, &no_wal()).map_err(self.io("bulk write"))
+        self.db.write_opt(batch, &no_wal()).map_err(self.io("bulk write"))?;
+        // A store far larger than the write buffers piles files up in level 0; well before
+        // RocksDB would stall writes on them (20 files), compactions resume for the rest
+        // of the load, so a load of any size finishes.
+        let level0 = self.db.property_int_value("rocksdb.num-files-at-level0").ok().flatten().unwrap_or(0);
+        if level0 >= BULK_LEVEL0_FILES {
+            self.auto_compactions(true)?;
+        }
+        Ok(())
     }
 
     /// Ends a bulk load: builds the index and flushes every column family, so what the
@@ -204,6 +228,7 @@ impl RocksStore {
     /// (WAL replay after a crash must never put a later checkpoint over lost values).
     pub fn finish_bulk_load(&self) -> Result<(), StoreError> {
         let entries = self.rebuild_index()?;
+        self.auto_compactions(true)?;
         if self.indexer.is_some() {
             tracing::debug!(store = %self.name, partition = self.partition, entries, "built secondary indexes after a bulk load");
         }
@@ -278,7 +303,7 @@ impl RocksStore {
         entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
         checkpoint: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
+        let mut batch = self.transaction_batch();
         self.put_latest(&mut batch, entries)?;
         self.commit_batch(batch, checkpoint)
     }
@@ -294,7 +319,7 @@ impl RocksStore {
         checkpoint: Option<i64>,
         events_offsets: &[(i32, i64)],
     ) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
+        let mut batch = self.transaction_batch();
         self.put_latest(&mut batch, entries)?;
         let cf = self.db.cf_handle(EVENTS_CF).expect("events column family is created at open");
         for (id, version, json) in events {
@@ -364,7 +389,7 @@ impl RocksStore {
         checkpoint: Option<i64>,
     ) -> Result<(), StoreError> {
         let entries: Vec<(&[u8], Option<&[u8]>, i64)> = entries.into_iter().collect();
-        let mut batch = WriteBatch::default();
+        let mut batch = self.transaction_batch();
         self.put_latest(&mut batch, entries.iter().map(|(k, v, _)| (*k, *v)))?;
         let cf = self.db.cf_handle(HISTORY_CF).expect("history column family is created at open");
         if let Some(keep) = self.history_ms {
@@ -483,11 +508,20 @@ impl RocksStore {
         Ok(())
     }
 
+    /// An empty batch with room for as much as the last transaction wrote.
+    fn transaction_batch(&self) -> WriteBatch {
+        match self.batch_bytes.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => WriteBatch::default(),
+            last => WriteBatch::with_capacity_bytes(last + last / 8),
+        }
+    }
+
     fn commit_batch(&self, mut batch: WriteBatch, checkpoint: Option<i64>) -> Result<(), StoreError> {
         if let Some(offset) = checkpoint {
             let cf = self.db.cf_handle(META_CF).expect("meta column family is created at open");
             batch.put_cf(&cf, CHECKPOINT_KEY, offset.to_be_bytes());
         }
+        self.batch_bytes.store(batch.size_in_bytes(), std::sync::atomic::Ordering::Relaxed);
         // No fsync per batch: the changelog is the durable copy, and restore replays from the
         // checkpoint. Losing the last batches to a power cut only lengthens the tail.
         let mut opts = WriteOptions::default();
@@ -593,6 +627,10 @@ impl BulkBatch {
 
 /// Writes per batch of a bulk load or an index rebuild.
 const BULK_BATCH: usize = 10_000;
+
+/// Level-0 files at which a bulk load lets compactions run again: below RocksDB's
+/// `level0_slowdown_writes_trigger` (20), so a load is never throttled by its own files.
+const BULK_LEVEL0_FILES: u64 = 12;
 
 fn no_wal() -> WriteOptions {
     let mut opts = WriteOptions::default();
@@ -738,6 +776,62 @@ mod index_tests {
 
     /// A full restore's bulk load: later values of a key win across batches, deletes
     /// apply, and the index built at the end describes only what the store holds.
+    /// Flushes one small bulk batch per round: one level-0 file each.
+    fn bulk_rounds(s: &RocksStore, rounds: u64) {
+        for round in 0..rounds {
+            let key = format!("k{round}");
+            load(s, &[(key.as_bytes(), Some(&b"value"[..]))], round as i64);
+            s.flush().unwrap();
+        }
+    }
+
+    fn level0_files(s: &RocksStore) -> u64 {
+        s.db.property_int_value("rocksdb.num-files-at-level0").unwrap().unwrap()
+    }
+
+    /// Waits up to 10 s for compactions to bring level 0 under `files`.
+    fn level0_drops_under(s: &RocksStore, files: u64) -> bool {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while level0_files(s) >= files {
+            if std::time::Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// A bulk load defers compactions (level 0 keeps every flush's file, where RocksDB
+    /// would compact at 4), and its end lets them run.
+    #[test]
+    fn a_bulk_load_compacts_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = StoreResources::new(&StoreTuning::default());
+        let s = RocksStore::open(dir.path(), "s", 0, &res, None).unwrap();
+        s.begin_bulk_load().unwrap();
+        bulk_rounds(&s, 8);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(level0_files(&s), 8, "no compaction during the load");
+        s.finish_bulk_load().unwrap();
+        assert!(level0_drops_under(&s, 4), "compacted after the load: {} files in level 0", level0_files(&s));
+        assert_eq!(s.get(b"k7").unwrap().as_deref(), Some(&b"value"[..]));
+    }
+
+    /// A load larger than the write buffers many times over never reaches RocksDB's write
+    /// slowdown (20 level-0 files) or stop (36): compactions resume at `BULK_LEVEL0_FILES`.
+    #[test]
+    fn a_long_bulk_load_lets_compactions_resume_before_writes_would_stall() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = StoreResources::new(&StoreTuning::default());
+        let s = RocksStore::open(dir.path(), "s", 0, &res, None).unwrap();
+        s.begin_bulk_load().unwrap();
+        bulk_rounds(&s, 24);
+        // RocksDB's level0_slowdown_writes_trigger.
+        assert!(level0_drops_under(&s, 20), "{} files in level 0 mid-load", level0_files(&s));
+        s.finish_bulk_load().unwrap();
+        assert_eq!(s.get(b"k23").unwrap().as_deref(), Some(&b"value"[..]));
+    }
+
     #[test]
     fn a_bulk_load_builds_the_index_of_the_final_values() {
         let dir = tempfile::tempdir().unwrap();
