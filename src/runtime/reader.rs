@@ -71,7 +71,7 @@ pub struct ReadToEnd {
 }
 
 pub struct PartitionReader {
-    consumer: BaseConsumer<ReaderContext>,
+    consumer: Closing,
     what: &'static str,
     stall: Duration,
 }
@@ -96,7 +96,7 @@ impl PartitionReader {
             cfg.set(*k, *v);
         }
         let consumer = cfg.create_with_context(ReaderContext).map_err(|source| RuntimeError::Kafka { op: what, topic: String::new(), source })?;
-        Ok(Self { consumer, what, stall: STALL })
+        Ok(Self { consumer: Closing(Some(consumer)), what, stall: STALL })
     }
 
     /// A different stall limit (tests).
@@ -114,7 +114,7 @@ impl PartitionReader {
     /// (NotLeaderForPartition): that passes within seconds, so it is retried for up to
     /// 30 s before it counts as a failure.
     pub fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), RuntimeError> {
-        watermarks(&self.consumer, &tp.topic, tp.partition).map_err(self.kafka(&tp.topic))
+        watermarks(&*self.consumer, &tp.topic, tp.partition).map_err(self.kafka(&tp.topic))
     }
 
     /// Watermarks with one try (for gauges: a failure is only a missing figure).
@@ -205,17 +205,17 @@ impl PartitionReader {
     /// Ask a reader that fetches nothing: behind a long-polling fetch on the same
     /// connection the answer waits up to `fetch.wait.max.ms`.
     pub fn end_offsets(&self, partitions: &[TopicPartition], timeout: Duration) -> Result<std::collections::HashMap<TopicPartition, i64>, RuntimeError> {
-        end_offsets(&self.consumer, partitions, timeout).map_err(self.kafka(""))
+        end_offsets(&*self.consumer, partitions, timeout).map_err(self.kafka(""))
     }
 
     /// First offsets (what retention left) of `partitions`, now.
     pub fn start_offsets(&self, partitions: &[TopicPartition], timeout: Duration) -> Result<std::collections::HashMap<TopicPartition, i64>, RuntimeError> {
-        start_offsets(&self.consumer, partitions, timeout).map_err(self.kafka(""))
+        start_offsets(&*self.consumer, partitions, timeout).map_err(self.kafka(""))
     }
 
     /// The next offset to read per assigned partition, as this reader knows locally.
     pub fn positions(&self) -> std::collections::HashMap<TopicPartition, i64> {
-        positions(&self.consumer)
+        positions(&*self.consumer)
     }
 
     /// A record already fetched, without waiting (to build a batch after `follow`).
@@ -223,6 +223,33 @@ impl PartitionReader {
         match self.consumer.poll(Duration::ZERO) {
             Some(Ok(m)) => Some(m),
             _ => None,
+        }
+    }
+}
+
+/// A reader's consumer, closed off the caller's thread when the reader is dropped.
+/// rust-rdkafka closes a consumer with a group id by polling until the close completes,
+/// and its poll waits out the whole 100 ms it asks for: every restore paid that once per
+/// partition, on the thread that goes on to open the next store (on two cores, 100 ms per
+/// two partitions of a full restore, and as much on every restart). A reader never joined
+/// its group, so nothing waits for that close.
+struct Closing(Option<BaseConsumer<ReaderContext>>);
+
+impl std::ops::Deref for Closing {
+    type Target = BaseConsumer<ReaderContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("a reader's consumer is there until the reader is dropped")
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else { return };
+        let closing = std::thread::Builder::new().name("millrace-reader-close".into());
+        if let Err(e) = closing.spawn(move || drop(consumer)) {
+            // No thread to spare: the consumer went with the closure, closed right here.
+            tracing::debug!(error = %e, "closed a reader on the caller's thread");
         }
     }
 }
