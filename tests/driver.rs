@@ -241,6 +241,31 @@ fn a_producer_failure_hands_the_batch_to_a_new_producer() {
     assert_eq!(event_versions(&d, "ada"), vec![1, 2]);
 }
 
+/// The group's offsets fall back behind a transaction that committed (Kafka left its
+/// offset commit pending after a broker restart, and millrace dropped it): the commands
+/// are read again, and those the snapshots already hold get no second reply and no
+/// second event. A client's retry of the same command, a new record, still gets
+/// `duplicate`.
+#[test]
+fn commands_read_again_after_offsets_fell_back_are_not_answered_twice() {
+    let mut d = driver();
+    d.pipe("customer-commands", "ada", &cmd("c1", "ada", "CreateCustomer", "Ada")).unwrap();
+    d.pipe("customer-commands", "ada", &cmd("c2", "ada", "UpdateCustomer", "Ada L")).unwrap();
+    d.commit().unwrap();
+    let partition = d.read_output("customer-commands")[0].partition;
+    d.log().rewind_committed(&millrace::record::TopicPartition::new("customer-commands", partition), 0);
+    d.rebalance().unwrap();
+    d.commit().unwrap();
+    let mut r = replies(&d);
+    r.sort();
+    assert_eq!(r, vec![("c1".into(), "accepted".into(), 1), ("c2".into(), "accepted".into(), 2)], "each command answered once");
+    assert_eq!(event_versions(&d, "ada"), vec![1, 2]);
+    d.pipe("customer-commands", "ada", &cmd("c2", "ada", "UpdateCustomer", "Ada L")).unwrap();
+    d.commit().unwrap();
+    let dup: Vec<_> = replies(&d).into_iter().filter(|x| x.0 == "c2").map(|x| x.1).collect();
+    assert_eq!(dup, vec!["accepted".to_string(), "duplicate".to_string()], "a client's retry is still answered");
+}
+
 #[test]
 fn fenced_producer_drops_its_writes_and_the_new_owner_finishes_the_work() {
     let mut d = driver();

@@ -236,6 +236,16 @@ impl<A: Aggregate> AggregateProcessor<A> {
         };
 
         if let Some(prev) = snap.recent.iter().find(|p| p.command_id == cmd.command_id) {
+            // The very record the snapshot was last written for, or an earlier one: the
+            // input was read again from before a committed transaction (its offsets were
+            // lost while its outputs committed: after a Kafka broker restart, a
+            // transactional offset commit can be left pending and has to be dropped). Its
+            // reply was committed with the state; it gets none again. A client's retry
+            // comes as a new record, further on, and is answered `duplicate`.
+            if !source.internal && source.offset.is_some_and(|o| o <= snap.source_offset) {
+                metrics::counter!("millrace_replayed_records_total").increment(1);
+                return Ok(Ok(()));
+            }
             let reply = Reply {
                 outcome: Outcome::Duplicate,
                 version: prev.version,

@@ -38,6 +38,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("millrace_rebalance_seconds", Kind::Histogram, "from a revocation until the newly assigned tasks are restored: how long partitions stood still (histogram)"),
     ("millrace_quarantined_keys", Kind::Gauge, "keys whose snapshot cannot be read, as their owners have met them; each command for one is answered failed"),
     ("millrace_refused_records_total", Kind::Counter, "input records (by input topic) whose outputs a topic refused for good; each is answered failed"),
+    ("millrace_replayed_records_total", Kind::Counter, "commands read again whose snapshot already holds them (offsets rolled back past a committed transaction); not answered twice"),
     ("millrace_skipped_records_total", Kind::Counter, "input records passed over because even their failed answer was refused"),
     ("millrace_restore_stalls_total", Kind::Counter, "restores that made no progress for 10 s short of the end (retried; the task stays unready)"),
     ("millrace_assigned_partitions", Kind::Gauge, "input partitions assigned to each processing thread (each is a group member of its own)"),

@@ -549,12 +549,14 @@ impl TransactionalSink {
     ///
     /// Its ABORT marker, written for this producer id to the group's offsets partition,
     /// ends whatever transactional offset commit an earlier epoch of the same producer id
-    /// left pending there. Such a commit can outlive its transaction: after a broker
-    /// restart, Kafka 4.3 was seen to abort a transaction without writing its marker to
-    /// `__consumer_offsets`, and the group's offsets then stay unstable for ever, so no
-    /// read_committed member can fetch them (Kafka's own remedy is the admin tool
-    /// `kafka-transactions.sh abort`, which librdkafka cannot call). The values sent are
-    /// never committed. No-op while a transaction is open, and for at-least-once.
+    /// left pending there. Such a commit can outlive its transaction: when a Kafka 4.3
+    /// broker restarted right after a commit, the transaction's outputs were committed but
+    /// its marker never reached `__consumer_offsets`, and the group's offsets stayed
+    /// unstable for ever, so no read_committed member could fetch them (Kafka's own remedy
+    /// is the admin tool `kafka-transactions.sh abort`, which librdkafka cannot call).
+    /// Dropping them moves the input back to before that transaction; the aggregate
+    /// processor passes over the commands its snapshots already hold. The values sent
+    /// here are never committed. No-op while a transaction is open, and for at-least-once.
     pub fn release_offsets(&mut self, offsets: &TopicPartitionList, group: Arc<ConsumerGroupMetadata>) -> Result<(), SinkError> {
         if self.open || !self.exactly_once || offsets.count() == 0 {
             return Ok(());

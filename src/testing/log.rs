@@ -104,6 +104,12 @@ impl MemoryLog {
         *e
     }
 
+    /// Fault: the group's committed offset of `tp` moves back to `offset`, as when a
+    /// transaction's offset commit was dropped while its outputs stayed committed.
+    pub fn rewind_committed(&self, tp: &TopicPartition, offset: i64) {
+        self.state().committed.insert(tp.clone(), offset);
+    }
+
     /// How many producers have initialized `transactional_id` so far (its epoch).
     pub fn producers(&self, transactional_id: &str) -> u64 {
         self.state().epochs.get(transactional_id).copied().unwrap_or(0)
