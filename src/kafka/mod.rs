@@ -140,6 +140,14 @@ impl Clients {
     pub fn client(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.0.bootstrap_servers);
+        // librdkafka 2.12 re-bootstraps as soon as every broker it knows is down (KIP-1102),
+        // and its re-bootstrap decommissions the brokers it had learned. With one broker
+        // restarting, that is every restart: clients were seen stuck without a connection
+        // to the partition leader afterwards, and transactions caught by it ended
+        // differently on different partitions (docs/operations.md). librdkafka #5600
+        // (after 2.12) fixes parts of it. Without re-bootstrapping, a client reconnects to
+        // the brokers it knows when they are back; a user's setting still wins.
+        cfg.set("metadata.recovery.strategy", "none");
         for s in &self.0.common {
             cfg.set(&s.key, &s.value);
         }

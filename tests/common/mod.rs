@@ -46,6 +46,9 @@ fn kafka_settings() -> Vec<(String, String)> {
 pub fn client_config() -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap());
+    // As millrace's own clients (`Clients::client`): librdkafka 2.12's re-bootstrap after
+    // a broker restart left a test's producer with no connection to the leader.
+    c.set("metadata.recovery.strategy", "none");
     for (k, v) in kafka_settings() {
         c.set(k, v);
     }
