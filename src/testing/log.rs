@@ -140,26 +140,16 @@ impl MemoryLog {
         self.state().failures = n;
     }
 
-    fn take_failure(&self) -> bool {
+
+    /// Takes one of a fault's remaining occurrences, if any is left.
+    fn take(&self, fault: impl FnOnce(&mut LogState) -> &mut u32) -> bool {
         let mut st = self.state();
-        let fail = st.failures > 0;
-        st.failures = st.failures.saturating_sub(1);
-        fail
+        let left = fault(&mut st);
+        let due = *left > 0;
+        *left = left.saturating_sub(1);
+        due
     }
 
-    fn take_hang(&self) -> bool {
-        let mut st = self.state();
-        let hang = st.hangs > 0;
-        st.hangs = st.hangs.saturating_sub(1);
-        hang
-    }
-
-    fn take_stall(&self) -> bool {
-        let mut st = self.state();
-        let stall = st.stalls > 0;
-        st.stalls = st.stalls.saturating_sub(1);
-        stall
-    }
 
     pub fn commits(&self) -> u64 {
         self.state().commits
@@ -245,11 +235,11 @@ impl Sink for MemorySink {
 
     fn commit(&mut self, offsets: &[(TopicPartition, i64)], group: Option<&GroupToken>) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         let _ = group;
-        if self.hung || (self.exactly_once && self.log.take_hang()) {
+        if self.hung || (self.exactly_once && self.log.take(|s| &mut s.hangs)) {
             self.hung = true;
             return Err(self.hung());
         }
-        if self.exactly_once && self.log.take_failure() {
+        if self.exactly_once && self.log.take(|s| &mut s.failures) {
             return Err(SinkError::Failed {
                 transactional_id: self.transactional_id.clone(),
                 op: "send_offsets_to_transaction",
@@ -427,7 +417,7 @@ impl ChangelogReader for MemoryChangelog {
         let tp = TopicPartition::new(changelog, store.partition());
         let from = store.checkpoint()?.map_or(0, |o| o + 1);
         let mut tail: Vec<DriverRecord> = (from..self.log.end(&tp)).filter_map(|o| self.log.get(&tp, o)).collect();
-        let stalled = !tail.is_empty() && self.log.take_stall();
+        let stalled = !tail.is_empty() && self.log.take(|s| &mut s.stalls);
         if stalled {
             tail.truncate(tail.len() / 2);
         }
