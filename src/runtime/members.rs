@@ -275,15 +275,37 @@ fn read_loop(directory: &Directory, topic: &str, clients: &Clients, stop: &Atomi
         Ok(())
     })?;
     directory.mark_loaded();
-    let next = read.last_offset.map_or(read.end, |o| (o + 1).max(read.end));
-    reader.assign(&[(tp, Some(next))])?;
+    let mut next = read.last_offset.map_or(read.end, |o| (o + 1).max(read.end));
+    let mut reader = reader;
+    reader.assign(&[(tp.clone(), Some(next))])?;
+    let mut heard = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         if let Some(Followed::Record(m)) = reader.follow(Duration::from_millis(200)) {
             apply(&m);
+            next = m.offset() + 1;
+            heard = Instant::now();
+        } else if heard.elapsed() >= SILENT_READER {
+            // Our own publisher writes every HEARTBEAT, so a reader that hears nothing for
+            // this long is stuck, not idle: after a broker restart librdkafka 2.12 can keep
+            // a client without a connection to the leader for good (docs/operations.md).
+            // Left alone, this instance would route by a directory that no longer moves.
+            tracing::warn!(silent_s = heard.elapsed().as_secs(), "members reader heard nothing; a new one goes on from the last record");
+            match PartitionReader::new(clients, "read members", format!("millrace-members-{topic}"), &tuning) {
+                Ok(fresh) => {
+                    fresh.assign(&[(tp.clone(), Some(next))])?;
+                    reader = fresh;
+                }
+                Err(e) => tracing::warn!(error = %e, "no new members reader yet"),
+            }
+            heard = Instant::now();
         }
     }
     Ok(())
 }
+
+/// How long the members reader may hear nothing before it is taken for stuck: several of
+/// this instance's own heartbeats.
+const SILENT_READER: Duration = Duration::from_secs(HEARTBEAT.as_secs() * 5);
 
 fn publish_loop(
     directory: &Directory,
