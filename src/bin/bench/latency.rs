@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// millrace's second run: a transaction commits once its input runs dry and it has been
-/// open this long (`processing.min_commit_interval_ms`).
+/// open this long (`processing.min_commit_interval_ms`); `MILLRACE_BENCH_MIN_COMMIT_MS`
+/// sets another.
 const MIN_COMMIT_MS: u64 = 10;
 const WARMUP: Duration = Duration::from_secs(5);
 const MEASURED: Duration = Duration::from_secs(20);
@@ -38,7 +39,8 @@ pub fn run(rate: usize) {
 
     // Commit on the interval only (Kafka Streams' way), then also as soon as the input
     // runs dry once a transaction has been open MIN_COMMIT_MS.
-    for min_commit in [None, Some(MIN_COMMIT_MS)] {
+    let min_commit_ms = std::env::var("MILLRACE_BENCH_MIN_COMMIT_MS").ok().and_then(|m| m.parse().ok()).unwrap_or(MIN_COMMIT_MS);
+    for min_commit in [None, Some(min_commit_ms)] {
         let who = min_commit.map_or("millrace".to_string(), |ms| format!("millrace min_commit {ms} ms"));
         let tag = min_commit.map_or("millrace".to_string(), |ms| format!("millrace-min{ms}"));
         let input = format!("{run}-{tag}-commands");
