@@ -59,10 +59,10 @@ fn processors_recover_from_a_broker_restart_by_themselves() {
         assert!(i.child.try_wait().unwrap().is_none(), "an instance exited instead of recovering:\n{}", i.log_text());
     }
     // Stuck short of the end, or not exactly once: what each instance said is the diagnosis.
-    let answered = replies_by_id(&wait_for(&s.replies, COMMANDS, Duration::from_secs(300))).len();
-    if answered < COMMANDS {
+    let replies = replies_by_id(&wait_for(&s.replies, COMMANDS, Duration::from_secs(300)));
+    if replies.len() < COMMANDS {
         print_logs(&instances);
-        panic!("{answered} of {COMMANDS} commands answered after the broker came back");
+        panic!("{} of {COMMANDS} commands answered after the broker came back; {}", replies.len(), unanswered(&s, &replies));
     }
     let refs: Vec<&Instance> = instances.iter().collect();
     if let Err(failed) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_exactly_once(&s, COMMANDS, KEYS, &refs))) {
@@ -72,6 +72,30 @@ fn processors_recover_from_a_broker_restart_by_themselves() {
     for i in instances {
         assert!(i.terminate().success(), "the instance kept running through the restart and stops cleanly");
     }
+}
+
+/// Where the unanswered commands are: never written to the command topic (the loader's
+/// deliveries failed, not millrace), or written and not answered, by partition, with the
+/// offsets they hold and the group's committed offset there (at or past them: the group
+/// moved on without answering; before them: it never got that far).
+fn unanswered(s: &Setup, replies: &std::collections::BTreeMap<String, Vec<serde_json::Value>>) -> String {
+    let commands = read_all(&s.commands);
+    let written: std::collections::BTreeSet<String> = commands.iter().map(|r| r.json()["command_id"].as_str().unwrap_or("").to_string()).collect();
+    let lost = (0..COMMANDS).filter(|i| !written.contains(&format!("cmd-{i}"))).count();
+    let committed = committed_offsets(&s.app, &s.commands, s.partitions).unwrap_or_default();
+    let mut by_partition: std::collections::BTreeMap<i32, (usize, i64, i64)> = std::collections::BTreeMap::new();
+    for r in &commands {
+        let id = r.json()["command_id"].as_str().unwrap_or("").to_string();
+        if !replies.contains_key(&id) {
+            let e = by_partition.entry(r.partition).or_insert((0, i64::MAX, i64::MIN));
+            *e = (e.0 + 1, e.1.min(r.offset), e.2.max(r.offset));
+        }
+    }
+    let places: Vec<String> = by_partition
+        .iter()
+        .map(|(p, (n, lo, hi))| format!("partition {p}: {n} at offsets {lo}..={hi}, group committed {:?}", committed.get(*p as usize)))
+        .collect();
+    format!("{lost} never reached the command topic ({} records there); unanswered among those written: [{}]", commands.len(), places.join("; "))
 }
 
 /// Each instance's log, without the connection errors an outage repeats every few

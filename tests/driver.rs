@@ -7,6 +7,7 @@ use millrace::testing::{CrashPoint, TopologyDriver};
 use millrace::topology;
 use serde_json::json;
 use std::path::Path;
+use std::time::Duration;
 
 fn driver() -> TopologyDriver {
     let t = topology::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/customers.yaml"))).unwrap();
@@ -220,6 +221,30 @@ fn a_hung_commit_is_redone_once_by_a_new_producer() {
     r.sort();
     assert_eq!(r, vec![("c-ada".into(), "accepted".into(), 1), ("c-bob".into(), "accepted".into(), 1)], "each command answered once");
     assert_eq!(event_versions(&d, "ada"), vec![1]);
+}
+
+/// A commit held up in the producer for longer than the group's session timeout: the
+/// group may give the partitions to another instance meanwhile, and the thread cannot
+/// hear it. While it is held up the instance is unready (the query server answers 503
+/// instead of values another instance may have moved on from); once the commit returns
+/// it is ready again, with the batch committed once.
+#[test]
+fn a_commit_held_up_past_the_session_timeout_stops_the_stores_being_served() {
+    let mut d = driver();
+    let catalog = d.catalog();
+    catalog.set_stall_limit(Duration::from_millis(100));
+    d.pipe("customer-commands", "ada", &cmd("c1", "ada", "CreateCustomer", "Ada")).unwrap();
+    d.log().slow_commits(1, Duration::from_millis(600));
+    let watcher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        (catalog.is_ready(), catalog.stalled())
+    });
+    d.commit().unwrap();
+    let (ready, stalled) = watcher.join().unwrap();
+    assert!(!ready, "held up 300 ms into a commit, past the 100 ms limit");
+    assert_eq!(stalled.map(|s| s.thread), Some(0));
+    assert!(d.is_ready(), "the commit returned");
+    assert_eq!(replies(&d), vec![("c1".into(), "accepted".into(), 1)]);
 }
 
 /// A transaction that fails in the producer (the broker away, sequence numbers out of

@@ -119,11 +119,17 @@ async fn health(State(ctx): State<Ctx>) -> Response {
     responses((status = 200, description = "ready", body = api::Ready), (status = 503, description = "restoring, or not yet assigned", body = api::Ready)))]
 async fn ready(State(ctx): State<Ctx>) -> Response {
     if ctx.catalog.is_ready() {
-        Json(json!({"ready": true})).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": "restoring or not yet assigned"})))
-            .into_response()
+        return Json(json!({"ready": true})).into_response();
     }
+    let reason = match ctx.catalog.stalled() {
+        Some(s) => format!(
+            "processing thread {} has been held up in one call for {} s, longer than the group's session timeout: the group may have moved its partitions",
+            s.thread,
+            s.for_.as_secs()
+        ),
+        None => "restoring or not yet assigned".to_string(),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": reason}))).into_response()
 }
 
 /// Prometheus text; needs a read token only with `--http-metrics-auth`.
@@ -193,8 +199,9 @@ async fn local_or_forward(
     headers: &HeaderMap,
 ) -> Result<Result<Arc<crate::store::RocksStore>, Response>, QueryError> {
     if let Some(local) = ctx.catalog.local(store, partition) {
-        // Unready: restoring, or recovering from a failed transaction while the group may
-        // be giving this partition to another instance. What is here could be stale.
+        // Unready: restoring, recovering from a failed transaction, or held up in one call
+        // past the session timeout, while the group may be giving this partition to
+        // another instance. What is here could be stale.
         if !ctx.catalog.is_ready() {
             return Err(QueryError::Moving { store: store.to_string(), partition });
         }

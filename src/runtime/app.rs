@@ -474,6 +474,10 @@ impl App {
             let member = self.member_id(thread);
             let settings = self.engine_settings(thread, standbys.clone());
             let consumer_cfg = self.consumer_config(&member);
+            // Past the group's session timeout, a member held up in one call may have lost
+            // its partitions without knowing: the query server stops answering from them.
+            let session_ms = consumer_cfg.get("session.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(45_000);
+            self.catalog.set_stall_limit(Duration::from_millis(session_ms));
             // The ports over Kafka: one transactional id per thread (a new producer with it
             // fences the old one), restores through the client factory.
             let (clients, exactly_once) = (self.config.kafka.clone(), self.topology.processing.exactly_once);

@@ -5,8 +5,9 @@
 use crate::processor::ValueRenderer;
 use crate::store::RocksStore;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// One store as the query server sees it.
 #[derive(Clone)]
@@ -35,6 +36,44 @@ pub struct Catalog {
     activity: super::activity::Activity,
     /// Keys whose snapshot cannot be read, shared by this instance's aggregate processors.
     quarantine: Arc<crate::processor::quarantine::Quarantine>,
+    pulses: Pulses,
+}
+
+/// When each processing thread last came round its loop. A thread held up in one call
+/// (a commit that hangs after a broker restart) cannot hear that the group took its
+/// partitions away meanwhile, and another instance may already have moved their keys on:
+/// past the stall limit, what it holds no longer counts as owned.
+struct Pulses {
+    born: Instant,
+    threads: Mutex<BTreeMap<usize, Arc<AtomicU64>>>,
+    /// Milliseconds; none until the runtime sets it.
+    limit_ms: AtomicU64,
+}
+
+impl Default for Pulses {
+    fn default() -> Self {
+        Self { born: Instant::now(), threads: Mutex::default(), limit_ms: AtomicU64::new(u64::MAX) }
+    }
+}
+
+/// A processing thread's side of its pulse.
+pub struct Pulse {
+    born: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Pulse {
+    /// The thread came round at `now` (a time it read anyway: no clock read of its own).
+    pub fn beat_at(&self, now: Instant) {
+        self.last_ms.store(now.saturating_duration_since(self.born).as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A processing thread that has not come round its loop for longer than the stall limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stalled {
+    pub thread: usize,
+    pub for_: Duration,
 }
 
 impl Catalog {
@@ -135,10 +174,60 @@ impl Catalog {
     }
 
     pub fn is_ready(&self) -> bool {
-        if self.failure().is_some() {
+        if self.failure().is_some() || self.stalled().is_some() {
             return false;
         }
         let ready = self.ready.lock().expect("catalog lock");
         ready.len() >= self.threads.load(Ordering::SeqCst).max(1) && ready.values().all(|r| *r)
+    }
+
+    /// Registers processing thread `thread`'s pulse, as of now.
+    pub fn pulse(&self, thread: usize) -> Pulse {
+        let p = &self.pulses;
+        let pulse = Pulse { born: p.born, last_ms: Arc::default() };
+        pulse.beat_at(Instant::now());
+        p.threads.lock().expect("catalog lock").insert(thread, pulse.last_ms.clone());
+        pulse
+    }
+
+    /// How long a processing thread may stay in one call before its partitions count as
+    /// possibly moved: the group consumer's session timeout, after which the group may
+    /// have given them to another member.
+    pub fn set_stall_limit(&self, limit: Duration) {
+        self.pulses.limit_ms.store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The first processing thread away from its loop for longer than the stall limit.
+    pub fn stalled(&self) -> Option<Stalled> {
+        let p = &self.pulses;
+        let limit = p.limit_ms.load(Ordering::Relaxed);
+        let now = p.born.elapsed().as_millis() as u64;
+        p.threads.lock().expect("catalog lock").iter().find_map(|(&thread, last)| {
+            let away = now.saturating_sub(last.load(Ordering::Relaxed));
+            (away > limit).then(|| Stalled { thread, for_: Duration::from_millis(away) })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_away_from_its_loop_past_the_limit_makes_the_instance_unready() {
+        let catalog = Catalog::new();
+        catalog.set_ready(0, true);
+        let pulse = catalog.pulse(0);
+        assert!(catalog.is_ready(), "no limit set: never stalled");
+        catalog.set_stall_limit(Duration::from_millis(50));
+        assert!(catalog.is_ready(), "it beat just now");
+        std::thread::sleep(Duration::from_millis(80));
+        let stalled = catalog.stalled().expect("80 ms away against a 50 ms limit");
+        assert_eq!(stalled.thread, 0);
+        assert!(stalled.for_ >= Duration::from_millis(50), "{stalled:?}");
+        assert!(!catalog.is_ready());
+        pulse.beat_at(Instant::now());
+        assert_eq!(catalog.stalled(), None);
+        assert!(catalog.is_ready(), "back in its loop: ready again");
     }
 }

@@ -125,6 +125,10 @@ pub(crate) struct Engine {
     /// Event time of the inputs it matters for: those whose tasks publish progress, and
     /// co-partitioned tables' inputs (a join's stream waits on them).
     clocks: Clocks,
+    /// Beats each time the thread comes round (every `drain`, every commit's end): a
+    /// thread held up longer than the session timeout makes the query server stop
+    /// answering from its stores (`Catalog::stalled`).
+    pulse: super::Pulse,
 }
 
 impl Engine {
@@ -146,7 +150,9 @@ impl Engine {
             settings.max_task_idle,
             settings.clock,
         );
+        let pulse = catalog.pulse(settings.thread);
         Ok(Self {
+            pulse,
             settings,
             sink,
             new_sink,
@@ -470,6 +476,12 @@ impl Engine {
     /// Commits outputs and input offsets in one transaction, then (only then) lets each
     /// task write its overlay and changelog offset to RocksDB.
     pub fn commit(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
+        let committed = self.commit_open(input);
+        self.pulse.beat_at(Instant::now());
+        committed
+    }
+
+    fn commit_open(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
         if !self.sink.is_open() {
             return Ok(());
         }
@@ -623,7 +635,9 @@ impl Engine {
 
     /// Processes every buffered record that time synchronization lets through now.
     pub fn drain(&mut self, input: &dyn Input) -> Result<(), RuntimeError> {
-        self.drain_at(input, Instant::now())
+        let now = Instant::now();
+        self.pulse.beat_at(now);
+        self.drain_at(input, now)
     }
 
     /// As `drain`, with `now` deciding how long an empty join input has been waited for.

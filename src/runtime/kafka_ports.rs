@@ -196,6 +196,10 @@ pub(crate) struct RebalanceHandler {
     pub engine: Arc<Mutex<Option<Engine>>>,
     /// When the current rebalance began (the revocation), for its duration.
     pub rebalance_started: Mutex<Option<Instant>>,
+    /// How long the member has been without a group coordinator, as of librdkafka's last
+    /// statistics (milliseconds; -1 while it has one). The poll loop replaces a member
+    /// that stays without one.
+    pub coordinator_missing_ms: std::sync::atomic::AtomicI64,
     /// The processing thread (a member of its own): the label that keeps the threads'
     /// gauges apart.
     pub thread: String,
@@ -210,6 +214,11 @@ impl ClientContext for RebalanceHandler {
     /// it never learns when offsets commit through the producer's transaction; so the lag
     /// here is the last stable offset minus the position handed to the application.
     fn stats(&self, stats: rdkafka::Statistics) {
+        if let Some(group) = &stats.cgrp {
+            // `up`: the coordinator is known and connected; any other state is a search.
+            let missing = if group.state == "up" { -1 } else { group.stateage };
+            self.coordinator_missing_ms.store(missing, std::sync::atomic::Ordering::Relaxed);
+        }
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 // Negative offsets are librdkafka's "unknown" (nothing consumed yet); the

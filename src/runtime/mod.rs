@@ -31,7 +31,7 @@ pub mod plan;
 pub mod topics;
 
 pub use app::{projections, App, AppConfig, Run};
-pub use catalog::{Catalog, StoreView};
+pub use catalog::{Catalog, Pulse, Stalled, StoreView};
 pub use members::{Directory, Owner};
 pub use registry::Registry;
 pub use task::{Task, TaskState};

@@ -34,6 +34,7 @@ pub(super) fn poll_loop(
             .create_with_context(RebalanceHandler {
                 engine: shared.clone(),
                 rebalance_started: Mutex::new(None),
+                coordinator_missing_ms: std::sync::atomic::AtomicI64::new(-1),
                 thread: thread.clone(),
                 offsets: offsets.clone(),
             })
@@ -88,6 +89,14 @@ pub(super) fn poll_loop(
             let lost = lost.or_else(|| {
                 (resync && coordinator_failures >= MEMBER_COORDINATOR_FAILURES)
                     .then(|| format!("{coordinator_failures} offset fetches in a row failed; its coordinator may be one the client no longer reaches"))
+            });
+            // A member that lost its partitions while it had no coordinator asks nothing of
+            // the group until it finds one, so no failed call shows it: librdkafka's own
+            // statistics say how long it has been without one.
+            let lost = lost.or_else(|| {
+                let missing = consumer.context().coordinator_missing_ms.load(Ordering::Relaxed);
+                (missing > COORDINATOR_MISSING_LIMIT.as_millis() as i64)
+                    .then(|| format!("no group coordinator for {} s; the client may keep looking for one it no longer reaches", missing / 1000))
             });
             if let Some(reason) = lost {
                 coordinator_failures = 0;
@@ -173,6 +182,13 @@ pub(super) fn poll_loop(
 /// while fails one or two; a client stuck on a coordinator it no longer reaches fails them
 /// all, each after its full timeout.
 const MEMBER_COORDINATOR_FAILURES: u32 = 2;
+
+/// How long a member may go without a group coordinator before it is replaced. A broker
+/// restart leaves it without one for the restart and a few seconds more; after a restart
+/// of a one-broker cluster, `tests/broker_restart.rs` saw both members of the group
+/// without one for good (librdkafka 2.12, #5456, #5511), their partitions revoked and no
+/// assignment ever again.
+const COORDINATOR_MISSING_LIMIT: Duration = Duration::from_secs(30);
 
 /// Backoff for transient failures: 200 ms doubling to 5 s, for at most `limit` since the
 /// first failure of a run of them. A run ends with progress (a commit after its first

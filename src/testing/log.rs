@@ -46,6 +46,9 @@ struct LogState {
     hangs: u32,
     /// Commits still to fail in the producer (a test's fault).
     failures: u32,
+    /// Commits still to take `slow_for` before they answer (a test's fault).
+    slows: u32,
+    slow_for: std::time::Duration,
 }
 
 /// The shared log; cheap to clone.
@@ -141,6 +144,13 @@ impl MemoryLog {
     }
 
 
+    /// Fault: the next `n` commits take `each` before they answer (and then succeed), as
+    /// one held up in librdkafka does while the processing thread waits on it.
+    pub fn slow_commits(&self, n: u32, each: std::time::Duration) {
+        let mut st = self.state();
+        (st.slows, st.slow_for) = (n, each);
+    }
+
     /// Takes one of a fault's remaining occurrences, if any is left.
     fn take(&self, fault: impl FnOnce(&mut LogState) -> &mut u32) -> bool {
         let mut st = self.state();
@@ -235,6 +245,10 @@ impl Sink for MemorySink {
 
     fn commit(&mut self, offsets: &[(TopicPartition, i64)], group: Option<&GroupToken>) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         let _ = group;
+        if self.log.take(|s| &mut s.slows) {
+            let each = self.log.state().slow_for;
+            std::thread::sleep(each);
+        }
         if self.hung || (self.exactly_once && self.log.take(|s| &mut s.hangs)) {
             self.hung = true;
             return Err(self.hung());

@@ -141,6 +141,11 @@ impl TopologyDriver {
         Ok(driver)
     }
 
+    /// What the driver's query server would see: stores, readiness, a stalled thread.
+    pub fn catalog(&self) -> Arc<crate::runtime::Catalog> {
+        self.catalog.clone()
+    }
+
     /// The transactional id of the driver's producer.
     pub fn transactional_id(&self) -> String {
         self.transactional_id.clone()
