@@ -82,3 +82,46 @@ fn restore_reads_only_the_tail_after_the_checkpoint() {
     assert_eq!(snapshots(&fourth), expected);
     check_histories(&s, &fourth, "state directory deleted, history rebuilt from the events topic");
 }
+
+/// A store that holds a transaction the broker aborted after it acknowledged the commit
+/// (Kafka 4.3.1 did so to a commit answered as it shut down, in `tests/broker_restart.rs`):
+/// opened again, the store finds the changelog record at its checkpoint aborted, is
+/// rebuilt from the committed changelog, and answers what was committed, not what it held.
+#[test]
+fn a_store_holding_an_aborted_transaction_is_rebuilt_from_the_committed_changelog() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let s = Setup::new("storeahead", 2, "json");
+    let first = s.start();
+    send_batch(&s, 0, 300);
+    assert_eq!(wait_for(&s.replies, 300, Duration::from_secs(60)).len(), 300);
+    let before = snapshots(&first);
+    assert!(first.terminate().success());
+
+    // What the broker did: a transaction on r0's changelog partition, answered and then
+    // aborted, whose record carries another key's state (r1's, stored under r0).
+    let partition = millrace::codec::murmur2::partition_for_key(b"r0", 2);
+    let changelog = read_all(&s.changelog);
+    let wrong = changelog.iter().rev().find(|r| r.key.as_deref() == Some("r1")).expect("r1 has a snapshot").value.clone();
+    let probe: BaseConsumer = client_config().create().unwrap();
+    let (_, aborted_at) = probe.fetch_watermarks(&s.changelog, partition, Duration::from_secs(10)).unwrap();
+    let p: ThreadedProducer<DefaultProducerContext> = client_config().set("transactional.id", unique("ahead")).create().unwrap();
+    p.init_transactions(Duration::from_secs(30)).unwrap();
+    p.begin_transaction().unwrap();
+    p.send(BaseRecord::<str, [u8]>::to(&s.changelog).partition(partition).key("r0").payload(&wrong)).map_err(|(e, _)| e).unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+    p.abort_transaction(Duration::from_secs(30)).unwrap();
+    // ... and what millrace had done on the answer: the store took the record and its offset.
+    {
+        let resources = millrace::store::StoreResources::new(&millrace::store::StoreTuning::default());
+        let store = millrace::store::RocksStore::open(&s.state_dir().join(&s.app), "customers", partition, &resources, None).unwrap();
+        assert!(store.checkpoint().unwrap().is_some_and(|c| c < aborted_at), "the clean stop left a checkpoint before the aborted record");
+        store.write([(&b"r0"[..], Some(wrong.as_slice()))], Some(aborted_at)).unwrap();
+    }
+
+    let second = s.start();
+    assert_eq!(second.metric_sum("millrace_store_rebuilds_total"), 1.0, "the store ahead of its changelog was rebuilt");
+    assert!(second.metric_sum("millrace_restore_records_total") > 0.0, "rebuilt from the changelog");
+    assert_eq!(snapshots(&second), before, "every key as committed, r0 included");
+    assert!(second.terminate().success());
+}

@@ -41,6 +41,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("millrace_replayed_records_total", Kind::Counter, "commands read again whose snapshot already holds them (offsets rolled back past a committed transaction); not answered twice"),
     ("millrace_skipped_records_total", Kind::Counter, "input records passed over because even their failed answer was refused"),
     ("millrace_restore_stalls_total", Kind::Counter, "restores that made no progress for 10 s short of the end (retried; the task stays unready)"),
+    ("millrace_store_rebuilds_total", Kind::Counter, "stores found holding a transaction the broker aborted after acknowledging its commit, and rebuilt from the committed changelog"),
     ("millrace_assigned_partitions", Kind::Gauge, "input partitions assigned to each processing thread (each is a group member of its own)"),
     ("millrace_members_live", Kind::Gauge, "instances with a fresh heartbeat in the members directory"),
     ("millrace_standby_lag", Kind::PartitionGauge, "changelog records a standby copy has not applied yet (a transaction marker counts as one)"),

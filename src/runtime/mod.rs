@@ -67,6 +67,8 @@ pub enum RuntimeError {
     Gateway(#[from] gateway::GatewayError),
     #[error("restore of {topic}-{partition} made no progress for {waited_s} s at position {position:?}, short of its end {end}; the task stays unready and the restore is retried")]
     RestoreStalled { topic: String, partition: i32, position: Option<i64>, end: i64, waited_s: u64 },
+    #[error("store {store} partition {partition} holds a transaction the broker aborted after acknowledging its commit (the changelog record at its checkpoint, offset {checkpoint}, is aborted); it is rebuilt from the committed changelog")]
+    StoreAhead { store: String, partition: i32, checkpoint: i64 },
     #[error("a transient failure did not pass within {after_s} s; giving up: {last}")]
     RetriesExhausted { after_s: u64, last: Box<RuntimeError> },
     #[error("another live process runs as instance {instance:?} (its HTTP server: {http}); give each instance its own --instance-id")]
@@ -110,6 +112,7 @@ impl RuntimeError {
         match self {
             RuntimeError::Kafka { .. }
             | RuntimeError::RestoreStalled { .. }
+            | RuntimeError::StoreAhead { .. }
             | RuntimeError::UnstableOffsets { .. }
             | RuntimeError::NoGroupMetadata
             | RuntimeError::MemberLost { .. } => Recovery::Retry,

@@ -64,8 +64,23 @@ impl Opener<'_> {
             // A standby copy of this partition gives its state directory up first.
             s.release(&st.name, tp.partition);
         }
-        let rocks = Arc::new(open_store(self.dir, st, tp.partition, self.resources)?);
-        let restored = self.reader.restore(&rocks, &st.changelog, st.accept.as_ref(), st.history_ms.is_some())?;
+        let mut rocks = Arc::new(open_store(self.dir, st, tp.partition, self.resources)?);
+        let restored = match self.reader.restore(&rocks, &st.changelog, st.accept.as_ref(), st.history_ms.is_some()) {
+            // The store holds what the broker aborted: nothing of it can be trusted, and
+            // the committed changelog has everything else. Rebuilt whole, as for a lost disk.
+            Err(e @ RuntimeError::StoreAhead { .. }) => {
+                tracing::error!(error = %e, "store ahead of its changelog");
+                metrics::counter!("millrace_store_rebuilds_total", "store" => st.name.clone(), "partition" => tp.partition.to_string()).increment(1);
+                let path = rocks.path().to_path_buf();
+                drop(rocks);
+                std::fs::remove_dir_all(&path).map_err(|e| {
+                    RuntimeError::Store(crate::store::StoreError::Open { store: st.name.clone(), partition: tp.partition, path: path.clone(), reason: e.to_string() })
+                })?;
+                rocks = Arc::new(open_store(self.dir, st, tp.partition, self.resources)?);
+                self.reader.restore(&rocks, &st.changelog, st.accept.as_ref(), st.history_ms.is_some())?
+            }
+            r => r?,
+        };
         if let Some(ev) = &st.events {
             self.reader.ensure_event_history(&rocks, ev, restored)?;
         }

@@ -182,6 +182,40 @@ impl PartitionReader {
         }
     }
 
+    /// The offset of the first record at or after `from` this reader delivers (one that
+    /// reads committed records only skips aborted ones), or None when there is none before
+    /// the end. Reads one record, not the partition.
+    pub fn first_from(&self, tp: &TopicPartition, from: i64) -> Result<Option<i64>, RuntimeError> {
+        let (_, high) = self.watermarks(tp)?;
+        if from >= high {
+            return Ok(None);
+        }
+        self.assign(&[(tp.clone(), Some(from))])?;
+        let idle_since = Instant::now();
+        loop {
+            match self.consumer.poll(POLL) {
+                Some(Ok(m)) => return Ok(Some(m.offset())),
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+                Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
+                None => {
+                    let pos = self.position(tp);
+                    if pos.is_some_and(|p| p >= high) {
+                        return Ok(None);
+                    }
+                    if idle_since.elapsed() > self.stall {
+                        return Err(RuntimeError::RestoreStalled {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            position: pos,
+                            end: high,
+                            waited_s: self.stall.as_secs(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     /// The next offset this reader will read from `tp`, as it knows locally.
     pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
         self.consumer.position().ok().and_then(|p| p.find_partition(&tp.topic, tp.partition)?.offset().to_raw())

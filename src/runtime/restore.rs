@@ -65,6 +65,9 @@ pub fn restore(
     if bulk {
         store.begin_bulk_load().map_err(RuntimeError::Store)?;
     }
+    if let (Some(c), false) = (checkpoint, versions) {
+        verify_checkpoint(store, &reader, clients, &tp, c)?;
+    }
     let mut batch = Batch::new(bulk);
     let flush = |batch: &mut Batch, last: Option<i64>| {
         let written = match batch {
@@ -130,6 +133,30 @@ pub fn restore(
         );
     }
     Ok(read.records)
+}
+
+/// Fails with `StoreAhead` when the store holds a transaction the broker aborted after
+/// acknowledging its commit. Kafka 4.3.1 was seen to do so to a transaction committed as
+/// the broker shut down (`tests/broker_restart.rs`): the coordinator recorded the commit
+/// and answered it, but no marker reached the partitions, and the abort that fenced the
+/// producer's next epoch took the records with it. millrace had written the store on the
+/// answer, so the store ran ahead of its changelog, and the commands read again were
+/// taken as done.
+///
+/// The record at the checkpoint is the last one the store applied: a committed-only read
+/// must still deliver it. When it does not, compaction removed it (a later record for its
+/// key exists: nothing wrong) or it was aborted, which a read of every record tells apart.
+/// Costs one fetch per store opened with a checkpoint; the second read only when the
+/// first finds the record gone. Stores that keep versions (global tables) are not checked.
+fn verify_checkpoint(store: &RocksStore, committed: &PartitionReader, clients: &Clients, tp: &TopicPartition, checkpoint: i64) -> Result<(), RuntimeError> {
+    if committed.first_from(tp, checkpoint)? == Some(checkpoint) {
+        return Ok(());
+    }
+    let every = PartitionReader::new(clients, "verify checkpoint", format!("millrace-restore-{}", tp.topic), &[("isolation.level", "read_uncommitted")])?;
+    if every.first_from(tp, checkpoint)? == Some(checkpoint) {
+        return Err(RuntimeError::StoreAhead { store: store.name().to_string(), partition: tp.partition, checkpoint });
+    }
+    Ok(())
 }
 
 /// Makes the event history of an aggregate store complete, from the events topic (the
