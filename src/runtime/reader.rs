@@ -163,21 +163,8 @@ impl PartitionReader {
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(done),
                 // Named by partition: the log line says which restore could not finish.
                 Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
-                None => {
-                    let pos = self.position(tp);
-                    if pos.is_some_and(|p| p >= high) {
-                        return Ok(done);
-                    }
-                    if idle_since.elapsed() > self.stall {
-                        return Err(RuntimeError::RestoreStalled {
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
-                            position: pos,
-                            end: high,
-                            waited_s: self.stall.as_secs(),
-                        });
-                    }
-                }
+                None if self.passed_end(tp, high, idle_since)? => return Ok(done),
+                None => {}
             }
         }
     }
@@ -197,23 +184,29 @@ impl PartitionReader {
                 Some(Ok(m)) => return Ok(Some(m.offset())),
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
                 Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
-                None => {
-                    let pos = self.position(tp);
-                    if pos.is_some_and(|p| p >= high) {
-                        return Ok(None);
-                    }
-                    if idle_since.elapsed() > self.stall {
-                        return Err(RuntimeError::RestoreStalled {
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
-                            position: pos,
-                            end: high,
-                            waited_s: self.stall.as_secs(),
-                        });
-                    }
-                }
+                None if self.passed_end(tp, high, idle_since)? => return Ok(None),
+                None => {}
             }
         }
+    }
+
+    /// After a poll that delivered nothing: whether the position reached `high`, or
+    /// `RestoreStalled` once nothing came for the stall limit since `idle_since`.
+    fn passed_end(&self, tp: &TopicPartition, high: i64, idle_since: Instant) -> Result<bool, RuntimeError> {
+        let pos = self.position(tp);
+        if pos.is_some_and(|p| p >= high) {
+            return Ok(true);
+        }
+        if idle_since.elapsed() > self.stall {
+            return Err(RuntimeError::RestoreStalled {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                position: pos,
+                end: high,
+                waited_s: self.stall.as_secs(),
+            });
+        }
+        Ok(false)
     }
 
     /// The next offset this reader will read from `tp`, as it knows locally.
