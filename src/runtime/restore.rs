@@ -147,7 +147,8 @@ pub fn restore(
 /// must still deliver it. When it does not, compaction removed it (a later record for its
 /// key exists: nothing wrong) or it was aborted, which a read of every record tells apart.
 /// Costs one fetch per store opened with a checkpoint; the second read only when the
-/// first finds the record gone. Stores that keep versions (global tables) are not checked.
+/// first finds the record gone. Stores that keep versions (global tables, stores with a
+/// history window) are not checked: their restore reads versions, not a snapshot each.
 fn verify_checkpoint(store: &RocksStore, committed: &PartitionReader, clients: &Clients, tp: &TopicPartition, checkpoint: i64) -> Result<(), RuntimeError> {
     if committed.first_from(tp, checkpoint)? == Some(checkpoint) {
         return Ok(());
