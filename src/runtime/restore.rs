@@ -65,9 +65,6 @@ pub fn restore(
     if bulk {
         store.begin_bulk_load().map_err(RuntimeError::Store)?;
     }
-    if let (Some(c), false) = (checkpoint, versions) {
-        verify_checkpoint(store, &reader, clients, &tp, c)?;
-    }
     let mut batch = Batch::new(bulk);
     let flush = |batch: &mut Batch, last: Option<i64>| {
         let written = match batch {
@@ -88,7 +85,19 @@ pub fn restore(
     // the middle of the read could swallow its end report.
     let (_, high) = reader.watermarks(&tp)?;
     let mut last = checkpoint;
-    let read = reader.read_to_end(&tp, checkpoint.map(|o| o + 1), &mut |m| {
+    // The read starts at the checkpoint itself when it is checked (see `check_first`): its
+    // record is already applied, so it is not applied or counted again.
+    let verified = checkpoint.filter(|_| !versions);
+    let mut expect = verified;
+    let mut again = 0u64;
+    let read = reader.read_to_end(&tp, verified.or(checkpoint.map(|o| o + 1)), &mut |m| {
+        if let Some(c) = expect.take() {
+            if m.offset() == c {
+                again = 1;
+                return Ok(());
+            }
+            check_first(store, clients, &tp, c)?;
+        }
         if let (Some(k), true) = (m.key(), accept(m.payload())) {
             batch.push(k, m.payload(), m.timestamp().to_millis().unwrap_or(i64::MIN));
         }
@@ -113,7 +122,12 @@ pub fn restore(
             return Err(e);
         }
     };
-    if read.last_offset.is_some() {
+    if let Some(c) = expect {
+        // Nothing delivered from the checkpoint on: its record too may be gone.
+        check_first(store, clients, &tp, c)?;
+    }
+    let read = super::reader::ReadToEnd { records: read.records - again, ..read };
+    if read.records > 0 {
         flush(&mut batch, read.last_offset)?;
     }
     if bulk {
@@ -143,16 +157,12 @@ pub fn restore(
 /// answer, so the store ran ahead of its changelog, and the commands read again were
 /// taken as done.
 ///
-/// The record at the checkpoint is the last one the store applied: a committed-only read
-/// must still deliver it. When it does not, compaction removed it (a later record for its
-/// key exists: nothing wrong) or it was aborted, which a read of every record tells apart.
-/// Costs one fetch per store opened with a checkpoint; the second read only when the
-/// first finds the record gone. Stores that keep versions (global tables, stores with a
+/// Called when the restore's committed-only read, started at the checkpoint, did not
+/// deliver the checkpoint's record first, though the store applied it: compaction removed
+/// it (a later record for its key exists: nothing wrong), or it was aborted, which a read
+/// of every record tells apart. Stores that keep versions (global tables, stores with a
 /// history window) are not checked: their restore reads versions, not a snapshot each.
-fn verify_checkpoint(store: &RocksStore, committed: &PartitionReader, clients: &Clients, tp: &TopicPartition, checkpoint: i64) -> Result<(), RuntimeError> {
-    if committed.first_from(tp, checkpoint)? == Some(checkpoint) {
-        return Ok(());
-    }
+fn check_first(store: &RocksStore, clients: &Clients, tp: &TopicPartition, checkpoint: i64) -> Result<(), RuntimeError> {
     let every = PartitionReader::new(clients, "verify checkpoint", format!("millrace-restore-{}", tp.topic), &[("isolation.level", "read_uncommitted")])?;
     if every.first_from(tp, checkpoint)? == Some(checkpoint) {
         return Err(RuntimeError::StoreAhead { store: store.name().to_string(), partition: tp.partition, checkpoint });
