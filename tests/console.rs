@@ -161,13 +161,11 @@ fn an_instance_that_does_not_answer_is_shown_unreachable_without_stalling_the_pa
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGSTOP) };
+    b.stop();
     let asked = std::time::Instant::now();
     let answer = http_get(&a.http, "/ui/live");
     let took = asked.elapsed();
-    // SAFETY: as above.
-    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGCONT) };
+    b.resume();
     let (status, page) = answer.unwrap();
     assert_eq!(status, 200, "{page}");
     assert!(took < Duration::from_secs(3), "the page waited {took:?} for a stopped instance");

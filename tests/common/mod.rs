@@ -237,6 +237,30 @@ impl Instance {
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
     }
 
+    /// SIGSTOP, returning once every thread of the process is stopped: `kill` only queues
+    /// the signal, and on a loaded machine a thread can take a while to be scheduled and
+    /// stop. Panics if they are not all stopped within 10 s.
+    pub fn stop(&self) {
+        let pid = self.child.id();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let states = thread_states(pid);
+            if !states.is_empty() && states.iter().all(|s| *s == 'T' || *s == 't') {
+                return;
+            }
+            assert!(Instant::now() < deadline, "process {pid} not stopped 10 s after SIGSTOP: thread states {states:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGCONT after `stop`.
+    pub fn resume(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) };
+    }
+
     /// SIGTERM, then wait for the clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as libc::pid_t;
@@ -251,6 +275,16 @@ impl Instance {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The scheduler state of each thread of a process (`/proc/PID/task/*/stat`, the field after
+/// the command name): `T` stopped by a signal, `S` sleeping, `R` running.
+fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| stat.rsplit_once(") ")?.1.chars().next())
+        .collect()
 }
 
 impl Drop for Instance {
