@@ -26,7 +26,13 @@ fn send_batch(s: &Setup, from: usize, to: usize) {
     let p = producer();
     for i in from..to {
         let key = format!("r{}", i % 100);
-        let ty = if i < 100 { "CreateCustomer" } else { "UpdateCustomer" };
+        // The last command of r0..r9 deletes them: their index entry moves from ACTIVE to
+        // DELETED, so a restore that kept an earlier value's entry shows in the index.
+        let ty = match i {
+            ..100 => "CreateCustomer",
+            400..410 => "DeleteCustomer",
+            _ => "UpdateCustomer",
+        };
         let body = json!({"name": format!("n{i}"), "email": format!("{i}@x")});
         send(&p, &s.commands, &key, &command_json(&format!("rc-{i}"), &key, None, ty, body), &[]);
     }
@@ -35,6 +41,25 @@ fn send_batch(s: &Setup, from: usize, to: usize) {
 
 fn snapshots(inst: &Instance) -> Vec<serde_json::Value> {
     (0..100).map(|k| inst.get(&format!("/stores/customers/keys/r{k}")).1).collect()
+}
+
+/// The keys the status index lists under `status`.
+fn indexed(inst: &Instance, status: &str) -> Vec<String> {
+    let (code, page) = inst.get(&format!("/stores/customers/index/status/{status}?limit=1000"));
+    assert_eq!(code, 200, "{page}");
+    let mut keys: Vec<String> = page["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap().to_string()).collect();
+    keys.sort();
+    keys
+}
+
+/// The status index lists each key once, under its current status.
+fn check_index(inst: &Instance, when: &str) {
+    let mut deleted: Vec<String> = (0..10).map(|k| format!("r{k}")).collect();
+    let mut active: Vec<String> = (10..100).map(|k| format!("r{k}")).collect();
+    deleted.sort();
+    active.sort();
+    assert_eq!(indexed(inst, "DELETED"), deleted, "{when}");
+    assert_eq!(indexed(inst, "ACTIVE"), active, "{when}");
 }
 
 /// Every aggregate's event history equals its committed events.
@@ -62,6 +87,7 @@ fn restore_reads_only_the_tail_after_the_checkpoint() {
     let expected = snapshots(&second);
     assert_eq!(expected[7]["version"], 5, "r7 saw commands 7, 107, 207, 307, 407");
     check_histories(&s, &second, "live");
+    check_index(&second, "live");
     assert!(second.terminate().success());
 
     // Roll the store back to the first checkpoint: restore must read exactly the 200
@@ -73,6 +99,7 @@ fn restore_reads_only_the_tail_after_the_checkpoint() {
     assert_eq!(third.metric_sum("millrace_restore_records_total"), 200.0);
     assert_eq!(snapshots(&third), expected);
     check_histories(&s, &third, "rolled back, then caught up from the events topic");
+    check_index(&third, "rolled back");
     assert!(third.terminate().success());
 
     // A deleted state directory: the store is rebuilt from the changelog and answers the same.
@@ -81,6 +108,8 @@ fn restore_reads_only_the_tail_after_the_checkpoint() {
     assert_eq!(fourth.metric_sum("millrace_restore_records_total"), 500.0);
     assert_eq!(snapshots(&fourth), expected);
     check_histories(&s, &fourth, "state directory deleted, history rebuilt from the events topic");
+    // Each key's five changelog records in one bulk load: only the last one is indexed.
+    check_index(&fourth, "state directory deleted");
 }
 
 /// A store that holds a transaction the broker aborted after it acknowledged the commit

@@ -633,10 +633,9 @@ impl<A: Aggregate> ValueRenderer for SnapshotRenderer<A> {
         Ok(doc)
     }
 
-    /// The state as JSON text, and only the indexed fields parsed back from it.
+    /// Only the state is decoded, and only its indexed fields are rendered.
     fn index_fields(&self, value: &[u8], fields: &[String]) -> Result<super::IndexFields, String> {
-        let snap = wire::decode_snapshot::<A>(self.format, value).map_err(|e| e.to_string())?;
-        let json = serde_json::to_vec(&snap.state).map_err(|e| e.to_string())?;
-        Ok(super::IndexFields { fields: super::index_fields::from_json_object(&json, fields)?, awaiting: snap.await_deadline.is_some() })
+        let (state, awaiting) = wire::decode_snapshot_state::<A>(self.format, value).map_err(|e| e.to_string())?;
+        Ok(super::IndexFields { fields: super::index_fields::from_state(&state, fields)?, awaiting })
     }
 }

@@ -299,16 +299,7 @@ pub fn decode_snapshot<A: Aggregate>(
     bytes: &[u8],
 ) -> Result<Snapshot<A::State>, CodecError> {
     let e = pb::SnapshotEnvelope::decode(bytes)?;
-    let state = match format {
-        // Snapshots written before schema versions existed carry 0: treat them as 1.
-        Format::Json if e.schema_version.max(1) < A::STATE_SCHEMA_VERSION => {
-            let old: serde_json::Value = serde_json::from_slice(&e.state)?;
-            let new = A::upcast_state(e.schema_version.max(1), old).map_err(CodecError::Schema)?;
-            serde_json::from_value(new)?
-        }
-        Format::Json => serde_json::from_slice(&e.state)?,
-        Format::Protobuf => A::state_from_proto(&e.state).map_err(CodecError::Schema)?,
-    };
+    let state = decode_state::<A>(format, e.schema_version, &e.state)?;
     let recent = e
         .recent
         .into_iter()
@@ -322,6 +313,38 @@ pub fn decode_snapshot<A: Aggregate>(
         })
         .collect();
     Ok(Snapshot { version: e.version, state, source_offset: e.source_offset, recent, await_deadline: e.await_deadline })
+}
+
+fn decode_state<A: Aggregate>(format: Format, schema_version: u32, state: &[u8]) -> Result<A::State, CodecError> {
+    Ok(match format {
+        // Snapshots written before schema versions existed carry 0: treat them as 1.
+        Format::Json if schema_version.max(1) < A::STATE_SCHEMA_VERSION => {
+            let old: serde_json::Value = serde_json::from_slice(state)?;
+            let new = A::upcast_state(schema_version.max(1), old).map_err(CodecError::Schema)?;
+            serde_json::from_value(new)?
+        }
+        Format::Json => serde_json::from_slice(state)?,
+        Format::Protobuf => A::state_from_proto(state).map_err(CodecError::Schema)?,
+    })
+}
+
+/// The fields of a `SnapshotEnvelope` a store's index reads; decoding skips the others
+/// unread. The dedup window (`recent`, a string or two per command) was most of the cost
+/// of decoding a whole snapshot for its index keys, once per value in a full restore.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotIndexView {
+    #[prost(bytes = "vec", tag = "2")]
+    state: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    schema_version: u32,
+    #[prost(int64, optional, tag = "6")]
+    await_deadline: Option<i64>,
+}
+
+/// A snapshot's state and whether it waits, without its dedup window.
+pub fn decode_snapshot_state<A: Aggregate>(format: Format, bytes: &[u8]) -> Result<(A::State, bool), CodecError> {
+    let v = SnapshotIndexView::decode(bytes)?;
+    Ok((decode_state::<A>(format, v.schema_version, &v.state)?, v.await_deadline.is_some()))
 }
 
 /// A decoded event with its envelope fields.

@@ -8,7 +8,7 @@ use super::reader::PartitionReader;
 use super::RuntimeError;
 use crate::kafka::Clients;
 use crate::record::TopicPartition;
-use crate::store::{BulkBatch, RocksStore};
+use crate::store::{BulkLoad, RocksStore};
 use rdkafka::Message;
 use std::time::Instant;
 
@@ -17,21 +17,18 @@ const BATCH: usize = 2_000;
 /// Records read and not yet written.
 enum Batch {
     /// A bulk load writes each record straight into RocksDB's batch.
-    Bulk(BulkBatch),
+    Bulk(BulkLoad),
     /// Otherwise the store's write sees them together (index entries, versions).
     Records(Vec<(Vec<u8>, Option<Vec<u8>>, i64)>),
 }
 
 impl Batch {
-    fn new(bulk: bool) -> Self {
-        if bulk { Batch::Bulk(BulkBatch::default()) } else { Batch::Records(Vec::with_capacity(BATCH)) }
-    }
-
-    fn push(&mut self, key: &[u8], value: Option<&[u8]>, ts: i64) {
+    fn push(&mut self, store: &RocksStore, key: &[u8], value: Option<&[u8]>, ts: i64) -> Result<(), RuntimeError> {
         match self {
-            Batch::Bulk(b) => b.put(key, value),
+            Batch::Bulk(b) => store.bulk_put(b, key, value).map_err(RuntimeError::Store)?,
             Batch::Records(r) => r.push((key.to_vec(), value.map(<[u8]>::to_vec), ts)),
         }
+        Ok(())
     }
 
     fn len(&self) -> usize {
@@ -62,13 +59,17 @@ pub fn restore(
     // A full restore (a new instance, a lost disk) writes into an empty store: in bulk,
     // with the index built once at the end (see `RocksStore::begin_bulk_load`).
     let bulk = !versions && checkpoint.is_none() && store.is_empty();
-    if bulk {
-        store.begin_bulk_load().map_err(RuntimeError::Store)?;
-    }
-    let mut batch = Batch::new(bulk);
+    // For the remaining-records gauge, and the size of a bulk load; fetched before
+    // reading, as a broker call in the middle of the read could swallow its end report.
+    let (low, high) = reader.watermarks(&tp)?;
+    let mut batch = if bulk {
+        Batch::Bulk(store.begin_bulk_load((high - low).max(0) as u64).map_err(RuntimeError::Store)?)
+    } else {
+        Batch::Records(Vec::with_capacity(BATCH))
+    };
     let flush = |batch: &mut Batch, last: Option<i64>| {
         let written = match batch {
-            Batch::Bulk(b) => store.commit_bulk(std::mem::take(b), last),
+            Batch::Bulk(b) => store.commit_bulk(b, last),
             Batch::Records(r) => {
                 let written = if versions {
                     store.write_versions(r.iter().map(|(k, v, ts)| (k.as_slice(), v.as_deref(), *ts)), last)
@@ -81,9 +82,6 @@ pub fn restore(
         };
         written.map_err(RuntimeError::Store)
     };
-    // For the remaining-records gauge only; fetched before reading, as a broker call in
-    // the middle of the read could swallow its end report.
-    let (_, high) = reader.watermarks(&tp)?;
     let mut last = checkpoint;
     // The read starts at the checkpoint itself when it is checked (see `check_first`): its
     // record is already applied, so it is not applied or counted again.
@@ -99,7 +97,7 @@ pub fn restore(
             check_first(store, clients, &tp, c)?;
         }
         if let (Some(k), true) = (m.key(), accept(m.payload())) {
-            batch.push(k, m.payload(), m.timestamp().to_millis().unwrap_or(i64::MIN));
+            batch.push(store, k, m.payload(), m.timestamp().to_millis().unwrap_or(i64::MIN))?;
         }
         last = Some(m.offset());
         if batch.len() >= BATCH {
@@ -116,8 +114,8 @@ pub fn restore(
                 flush(&mut batch, last)?;
                 metrics::counter!("millrace_restore_stalls_total", &labels).increment(1);
             }
-            if bulk {
-                store.finish_bulk_load().map_err(RuntimeError::Store)?;
+            if let Batch::Bulk(load) = batch {
+                store.finish_bulk_load(load).map_err(RuntimeError::Store)?;
             }
             return Err(e);
         }
@@ -130,8 +128,8 @@ pub fn restore(
     if read.records > 0 {
         flush(&mut batch, read.last_offset)?;
     }
-    if bulk {
-        store.finish_bulk_load().map_err(RuntimeError::Store)?;
+    if let Batch::Bulk(load) = batch {
+        store.finish_bulk_load(load).map_err(RuntimeError::Store)?;
     }
     partition_gauges::set(partition_gauges::RESTORE_REMAINING, store.name(), partition, 0.0);
     metrics::counter!("millrace_restore_records_total", &labels).increment(read.records);

@@ -14,7 +14,7 @@ use rocksdb::{
 use std::path::{Path, PathBuf};
 
 mod bulk;
-pub use bulk::BulkBatch;
+pub use bulk::{BulkLoad, INDEX_AS_LOADED_MAX};
 
 const META_CF: &str = "meta";
 const CHECKPOINT_KEY: &[u8] = b"changelog-offset";
@@ -158,7 +158,6 @@ impl RocksStore {
     /// definition is written last, so an interrupted rebuild starts over at the next open.
     /// Returns the index entries written.
     fn rebuild_index(&self) -> Result<u64, StoreError> {
-        let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
         let idx = self.db.cf_handle(INDEX_CF).expect("index column family is created at open");
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&idx, &[][..], &[0xff; 64][..]);
@@ -179,10 +178,17 @@ impl RocksStore {
                 }
             }
         }
-        batch.put_cf(&meta, DEFINITION_KEY, self.indexer.as_ref().map(Indexer::definition).unwrap_or_default());
-        self.db.write_opt(batch, &no_wal()).map_err(self.io("rebuild index"))?;
-        self.flush_all()?;
+        self.write_index_definition(batch)?;
         Ok(rebuilt)
+    }
+
+    /// Marks the index as built for the declared indexes (with what `batch` still holds)
+    /// and flushes every column family: the index entries were written without the WAL.
+    fn write_index_definition(&self, mut batch: WriteBatch) -> Result<(), StoreError> {
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
+        batch.put_cf(&meta, DEFINITION_KEY, self.indexer.as_ref().map(Indexer::definition).unwrap_or_default());
+        self.db.write_opt(batch, &no_wal()).map_err(self.io("write index definition"))?;
+        self.flush_all()
     }
 
     fn flush_all(&self) -> Result<(), StoreError> {

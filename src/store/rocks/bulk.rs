@@ -1,26 +1,76 @@
-//! A bulk load into a store: a full restore writing values without the WAL and without
-//! their index entries, with compactions deferred until it ends. The store's own writes
-//! are in `rocks.rs`.
+//! A bulk load into a store: a full restore writing values without the WAL, without
+//! reading what they replace, with compactions deferred until it ends, and with their
+//! index entries written as they load when the load can tell which values replace others.
+//! The store's own writes are in `rocks.rs`.
 
 use super::{no_wal, RocksStore, CHECKPOINT_KEY, META_CF};
-use super::super::index::DEFINITION_KEY;
+use super::super::index::{DEFINITION_KEY, INDEX_CF};
 use super::super::StoreError;
 use rocksdb::WriteBatch;
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+
+/// The largest partition (in records, from its watermarks) whose load writes index
+/// entries as it goes. Doing so needs a hash of every key loaded (to notice a key loaded
+/// twice, whose earlier entries must go): 8 bytes a key, about 18 MiB at this size with
+/// the hash table's spare room. A larger partition has its index built in one scan at the
+/// end instead.
+pub const INDEX_AS_LOADED_MAX: u64 = 1_000_000;
+
+/// A bulk load in progress (`RocksStore::begin_bulk_load`): the batch being filled and
+/// how the index is kept.
+pub struct BulkLoad {
+    batch: WriteBatch,
+    index: LoadIndex,
+}
+
+enum LoadIndex {
+    /// The store has no indexes.
+    None,
+    /// Entries are written with the values. `seen` holds a hash of every key loaded so
+    /// far, `in_batch` of those in the batch not yet written. A key that hashes like an
+    /// earlier one may have entries to remove: they are those of the value the store
+    /// holds for it (a hash collision finds none: nothing is removed), once the batch is
+    /// written if the earlier value is in it.
+    AsLoaded { seen: HashSet<u64, Prehashed>, in_batch: HashSet<u64, Prehashed>, hasher: RandomState },
+    /// Built in one scan of the values when the load ends.
+    AtEnd,
+}
 
 impl RocksStore {
-    /// Starts a bulk load into an empty store (a full restore): `commit_bulk` writes values
-    /// without the WAL and without their index entries, and `finish_bulk_load` builds the
-    /// index in one scan. Per value that saves a read of the value it replaces and the
-    /// WAL write; the changelog is the durable copy meanwhile. Until it finishes, the
-    /// index is marked unbuilt, so a crash in between rebuilds it at the next open.
+    /// Starts a bulk load into an empty store (a full restore) of up to `records` records:
+    /// `bulk_put` and `commit_bulk` write values without the WAL and without reading the
+    /// values they replace, and `finish_bulk_load` ends it. Per value that saves a read
+    /// and the WAL write; the changelog is the durable copy meanwhile. Until it finishes,
+    /// the index is marked unbuilt, so a crash in between rebuilds it at the next open.
+    ///
+    /// Index entries are written with the values when `records` is at most
+    /// `INDEX_AS_LOADED_MAX`; a scan of every value after the load, decoding each again,
+    /// was more than half of a full restore's processing time (deploy/bench restore).
     ///
     /// Compactions wait until the load ends: compacting level 0 while the load still
     /// writes it redoes work the next flush undoes, and on a machine with few cores it
     /// takes them from the load (see `commit_bulk` for the bound).
-    pub fn begin_bulk_load(&self) -> Result<(), StoreError> {
+    pub fn begin_bulk_load(&self, records: u64) -> Result<BulkLoad, StoreError> {
         let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
-        self.db.delete_cf(&meta, DEFINITION_KEY).map_err(self.io("begin bulk load"))?;
-        self.auto_compactions(false)
+        let idx = self.db.cf_handle(INDEX_CF).expect("index column family is created at open");
+        // An empty store has no index entries to keep; none left from before can outlive
+        // the load.
+        let mut begin = WriteBatch::default();
+        begin.delete_cf(&meta, DEFINITION_KEY);
+        begin.delete_range_cf(&idx, &[][..], &[0xff; 64][..]);
+        self.db.write(begin).map_err(self.io("begin bulk load"))?;
+        self.auto_compactions(false)?;
+        let index = match &self.indexer {
+            None => LoadIndex::None,
+            Some(_) if records <= INDEX_AS_LOADED_MAX => LoadIndex::AsLoaded {
+                seen: HashSet::with_capacity_and_hasher(records as usize, Prehashed::default()),
+                in_batch: HashSet::default(),
+                hasher: RandomState::new(),
+            },
+            Some(_) => LoadIndex::AtEnd,
+        };
+        Ok(BulkLoad { batch: WriteBatch::default(), index })
     }
 
     fn auto_compactions(&self, on: bool) -> Result<(), StoreError> {
@@ -29,11 +79,49 @@ impl RocksStore {
         self.db.set_options_cf(&data, &[("disable_auto_compactions", value)]).map_err(self.io("set compactions"))
     }
 
-    /// Writes a bulk load's batch with the checkpoint it reaches, without the WAL. Safe
+    /// Adds a record of the load to its batch; `value` None is a delete (a tombstone in
+    /// the changelog). Later records of a key replace earlier ones, index entries
+    /// included.
+    pub fn bulk_put(&self, load: &mut BulkLoad, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        if let (LoadIndex::AsLoaded { seen, in_batch, hasher }, Some(indexer)) = (&mut load.index, &self.indexer) {
+            let idx = self.db.cf_handle(INDEX_CF).expect("index column family is created at open");
+            let hash = hasher.hash_one(key);
+            if !seen.insert(hash) {
+                if in_batch.contains(&hash) {
+                    // Written without a checkpoint: values ahead of the checkpoint are
+                    // overwritten again by a restore that goes on from it.
+                    self.db.write_opt(std::mem::take(&mut load.batch), &no_wal()).map_err(self.io("bulk write"))?;
+                    in_batch.clear();
+                }
+                if let Some(old) = self.db.get(key).map_err(self.io("read for index"))? {
+                    for e in indexer.keys(key, &old) {
+                        load.batch.delete_cf(&idx, e);
+                    }
+                }
+            }
+            in_batch.insert(hash);
+            if let Some(v) = value {
+                for e in indexer.keys(key, v) {
+                    load.batch.put_cf(&idx, e, []);
+                }
+            }
+        }
+        match value {
+            Some(v) => load.batch.put(key, v),
+            None => load.batch.delete(key),
+        }
+        Ok(())
+    }
+
+    /// Writes the load's batch with the checkpoint it reaches, without the WAL. Safe
     /// because the column families flush atomically: after a crash the store holds the
     /// values and the checkpoint of the last flush, which agree, and a restore goes on
     /// from that checkpoint.
-    pub fn commit_bulk(&self, BulkBatch(mut batch): BulkBatch, checkpoint: Option<i64>) -> Result<(), StoreError> {
+    pub fn commit_bulk(&self, load: &mut BulkLoad, checkpoint: Option<i64>) -> Result<(), StoreError> {
+        let mut batch = std::mem::take(&mut load.batch);
+        if let LoadIndex::AsLoaded { in_batch, .. } = &mut load.index {
+            in_batch.clear();
+        }
         if let Some(offset) = checkpoint {
             let cf = self.db.cf_handle(META_CF).expect("meta column family is created at open");
             batch.put_cf(&cf, CHECKPOINT_KEY, offset.to_be_bytes());
@@ -49,38 +137,53 @@ impl RocksStore {
         Ok(())
     }
 
-    /// Ends a bulk load: builds the index and flushes every column family, so what the
-    /// load wrote without the WAL is on disk before any write with the WAL follows it
-    /// (WAL replay after a crash must never put a later checkpoint over lost values).
-    pub fn finish_bulk_load(&self) -> Result<(), StoreError> {
-        let entries = self.rebuild_index()?;
-        self.auto_compactions(true)?;
-        if self.indexer.is_some() {
-            tracing::debug!(store = %self.name, partition = self.partition, entries, "built secondary indexes after a bulk load");
+    /// Ends a bulk load whose batches are all written: builds the index unless it was
+    /// written as the load went, and flushes every column family, so what the load wrote
+    /// without the WAL is on disk before any write with the WAL follows it (WAL replay
+    /// after a crash must never put a later checkpoint over lost values).
+    pub fn finish_bulk_load(&self, load: BulkLoad) -> Result<(), StoreError> {
+        match load.index {
+            LoadIndex::AtEnd => {
+                let entries = self.rebuild_index()?;
+                tracing::debug!(store = %self.name, partition = self.partition, entries, "built secondary indexes after a bulk load");
+            }
+            LoadIndex::None | LoadIndex::AsLoaded { .. } => self.write_index_definition(rocksdb::WriteBatch::default())?,
         }
-        Ok(())
+        self.auto_compactions(true)
     }
 }
 
-/// Values of a bulk load, copied once, straight from the record into RocksDB's batch.
-#[derive(Default)]
-pub struct BulkBatch(WriteBatch);
-
-impl BulkBatch {
-    /// `value` None: a delete (a tombstone in the changelog).
-    pub fn put(&mut self, key: &[u8], value: Option<&[u8]>) {
-        match value {
-            Some(v) => self.0.put(key, v),
-            None => self.0.delete(key),
-        }
-    }
-
+impl BulkLoad {
+    /// Records in the batch not yet written.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.batch.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.batch.is_empty()
+    }
+}
+
+/// Hashes of keys are already hashes: a set of them uses each as its own hash.
+type Prehashed = BuildHasherDefault<Identity>;
+
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64s are hashed here; anything else is folded in, in case.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -94,21 +197,20 @@ mod tests {
     use super::*;
     use crate::store::{StoreResources, StoreTuning};
 
-    fn load(s: &RocksStore, entries: &[(&[u8], Option<&[u8]>)], checkpoint: i64) {
-        let mut batch = BulkBatch::default();
+    fn load(s: &RocksStore, l: &mut BulkLoad, entries: &[(&[u8], Option<&[u8]>)], checkpoint: i64) {
         for (k, v) in entries {
-            batch.put(k, *v);
+            s.bulk_put(l, k, *v).unwrap();
         }
-        s.commit_bulk(batch, Some(checkpoint)).unwrap();
+        s.commit_bulk(l, Some(checkpoint)).unwrap();
     }
 
     /// A full restore's bulk load: later values of a key win across batches, deletes
     /// apply, and the index built at the end describes only what the store holds.
     /// Flushes one small bulk batch per round: one level-0 file each.
-    fn bulk_rounds(s: &RocksStore, rounds: u64) {
+    fn bulk_rounds(s: &RocksStore, l: &mut BulkLoad, rounds: u64) {
         for round in 0..rounds {
             let key = format!("k{round}");
-            load(s, &[(key.as_bytes(), Some(&b"value"[..]))], round as i64);
+            load(s, l, &[(key.as_bytes(), Some(&b"value"[..]))], round as i64);
             s.flush().unwrap();
         }
     }
@@ -136,11 +238,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let res = StoreResources::new(&StoreTuning::default());
         let s = RocksStore::open(dir.path(), "s", 0, &res, None).unwrap();
-        s.begin_bulk_load().unwrap();
-        bulk_rounds(&s, 8);
+        let mut l = s.begin_bulk_load(8).unwrap();
+        bulk_rounds(&s, &mut l, 8);
         std::thread::sleep(std::time::Duration::from_millis(300));
         assert_eq!(level0_files(&s), 8, "no compaction during the load");
-        s.finish_bulk_load().unwrap();
+        s.finish_bulk_load(l).unwrap();
         assert!(level0_drops_under(&s, 4), "compacted after the load: {} files in level 0", level0_files(&s));
         assert_eq!(s.get(b"k7").unwrap().as_deref(), Some(&b"value"[..]));
     }
@@ -152,30 +254,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let res = StoreResources::new(&StoreTuning::default());
         let s = RocksStore::open(dir.path(), "s", 0, &res, None).unwrap();
-        s.begin_bulk_load().unwrap();
-        bulk_rounds(&s, 24);
+        let mut l = s.begin_bulk_load(24).unwrap();
+        bulk_rounds(&s, &mut l, 24);
         // RocksDB's level0_slowdown_writes_trigger.
         assert!(level0_drops_under(&s, 20), "{} files in level 0 mid-load", level0_files(&s));
-        s.finish_bulk_load().unwrap();
+        s.finish_bulk_load(l).unwrap();
         assert_eq!(s.get(b"k23").unwrap().as_deref(), Some(&b"value"[..]));
     }
 
+    /// Both ways of keeping the index (with the values, for a partition of up to
+    /// `INDEX_AS_LOADED_MAX` records; in one scan at the end, above that) describe only
+    /// the final values: a key loaded again, in the same batch or a later one, with a new
+    /// value or a tombstone, leaves no entry of its earlier value.
     #[test]
     fn a_bulk_load_builds_the_index_of_the_final_values() {
-        let dir = tempfile::tempdir().unwrap();
-        let res = StoreResources::new(&StoreTuning::default());
-        let s = RocksStore::open(dir.path(), "s", 0, &res, Some(by_first_byte())).unwrap();
-        s.begin_bulk_load().unwrap();
-        load(&s, &[(b"k1", Some(b"apple")), (b"k2", Some(b"avocado"))], 1);
-        load(&s, &[(b"k1", Some(b"banana")), (b"k2", None), (b"k3", Some(b"apricot"))], 4);
-        s.finish_bulk_load().unwrap();
-        assert_eq!(keys(&s, "a"), vec![b"k3".to_vec()], "k1 moved on, k2 is gone");
-        assert_eq!(keys(&s, "b"), vec![b"k1".to_vec()]);
-        assert_eq!(s.checkpoint().unwrap(), Some(4));
-        assert_eq!(s.get(b"k2").unwrap(), None);
-        // After the load, writes keep the index up to date again.
-        s.write([(&b"k3"[..], Some(&b"blackberry"[..]))], Some(5)).unwrap();
-        assert_eq!(keys(&s, "b"), vec![b"k1".to_vec(), b"k3".to_vec()]);
+        for records in [8, INDEX_AS_LOADED_MAX + 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let res = StoreResources::new(&StoreTuning::default());
+            let s = RocksStore::open(dir.path(), "s", 0, &res, Some(by_first_byte())).unwrap();
+            let mut l = s.begin_bulk_load(records).unwrap();
+            load(&s, &mut l, &[(b"k1", Some(b"apple")), (b"k2", Some(b"avocado")), (b"k4", Some(b"cherry")), (b"k4", Some(b"coconut"))], 1);
+            load(&s, &mut l, &[(b"k1", Some(b"banana")), (b"k2", None), (b"k3", Some(b"apricot")), (b"k3", None), (b"k3", Some(b"blueberry"))], 4);
+            load(&s, &mut l, &[(b"k5", Some(b"avocado")), (b"k5", Some(b"apple"))], 5);
+            s.finish_bulk_load(l).unwrap();
+            assert_eq!(keys(&s, "a"), vec![b"k5".to_vec()], "k1 and k3 moved on, k2 is gone ({records} records)");
+            assert_eq!(keys(&s, "b"), vec![b"k1".to_vec(), b"k3".to_vec()]);
+            assert_eq!(keys(&s, "c"), vec![b"k4".to_vec()]);
+            assert_eq!(s.checkpoint().unwrap(), Some(5));
+            assert_eq!(s.get(b"k2").unwrap(), None);
+            // After the load, writes keep the index up to date again.
+            s.write([(&b"k3"[..], Some(&b"cranberry"[..]))], Some(6)).unwrap();
+            assert_eq!(keys(&s, "b"), vec![b"k1".to_vec()]);
+            assert_eq!(keys(&s, "c"), vec![b"k3".to_vec(), b"k4".to_vec()]);
+        }
     }
 
     /// A bulk load that never finished (the process died) leaves the index marked
@@ -186,13 +297,16 @@ mod tests {
         let res = StoreResources::new(&StoreTuning::default());
         {
             let s = RocksStore::open(dir.path(), "s", 0, &res, Some(by_first_byte())).unwrap();
-            s.begin_bulk_load().unwrap();
-            load(&s, &[(b"k1", Some(b"apple")), (b"k2", Some(b"banana"))], 1);
-            assert!(keys(&s, "a").is_empty(), "not indexed while loading");
+            let mut l = s.begin_bulk_load(2).unwrap();
+            load(&s, &mut l, &[(b"k1", Some(b"apple")), (b"k2", Some(b"banana"))], 1);
+            s.db.put_cf(&s.db.cf_handle(INDEX_CF).unwrap(), crate::store::index::entry("first", "z", b"k9"), []).unwrap();
         }
+        // Not finished: at the next open the index is built again from the values (the
+        // entry for k9, which has no value, goes).
         let s = RocksStore::open(dir.path(), "s", 0, &res, Some(by_first_byte())).unwrap();
         assert_eq!(keys(&s, "a"), vec![b"k1".to_vec()]);
         assert_eq!(keys(&s, "b"), vec![b"k2".to_vec()]);
+        assert!(keys(&s, "z").is_empty());
         assert_eq!(s.checkpoint().unwrap(), Some(1));
     }
 }
