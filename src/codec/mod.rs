@@ -62,6 +62,9 @@ pub enum CodecError {
     Json(#[from] serde_json::Error),
     #[error("invalid protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    /// Protobuf bytes read without prost (the snapshot envelope, `processor::wire`).
+    #[error("invalid protobuf: {0}")]
+    Wire(String),
     #[error("{0}")]
     Schema(String),
 }

@@ -124,7 +124,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
 
     fn load(&self, ctx: &Context<'_>, id: &str) -> Result<Snapshot<A::State>, ProcessError> {
         match ctx.get(id.as_bytes())? {
-            None => Ok(Snapshot { version: 0, state: A::State::default(), source_offset: -1, recent: vec![], await_deadline: None }),
+            None => Ok(Snapshot { version: 0, state: A::State::default(), source_offset: -1, recent: Default::default(), await_deadline: None }),
             Some(bytes) => wire::decode_snapshot::<A>(self.settings.store_format, &bytes).map_err(|e| {
                 ProcessError::CorruptSnapshot {
                     store: self.settings.store.clone(),
@@ -195,14 +195,8 @@ impl<A: Aggregate> AggregateProcessor<A> {
     }
 
     fn remember(&self, snap: &mut Snapshot<A::State>, reply: &Reply) {
-        snap.recent.push(Processed {
-            command_id: reply.command_id.clone(),
-            outcome: reply.outcome,
-            version: reply.version,
-            reason: reply.reason.clone(),
-        });
-        let excess = snap.recent.len().saturating_sub(self.settings.dedup_window.max(1));
-        snap.recent.drain(..excess);
+        let p = Processed { command_id: reply.command_id.clone(), outcome: reply.outcome, version: reply.version, reason: reply.reason.clone() };
+        snap.recent.remember(&p, self.settings.dedup_window);
     }
 
     /// Runs one decoded command. A command `decide` calls malformed comes back as
@@ -235,7 +229,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
             original_outcome: None,
         };
 
-        if let Some(prev) = snap.recent.iter().find(|p| p.command_id == cmd.command_id) {
+        if let Some(prev) = snap.recent.find(&cmd.command_id) {
             // The very record the snapshot was last written for, or an earlier one: the
             // input was read again from before a committed transaction (its offsets were
             // lost while its outputs committed: after a Kafka broker restart, a
@@ -433,7 +427,7 @@ impl<A: Aggregate> AggregateProcessor<A> {
             state = A::evolve(state, &event.body);
         }
         let version = events.len() as u64;
-        let snap = Snapshot { version, state, source_offset: -1, recent: vec![], await_deadline: None };
+        let snap = Snapshot { version, state, source_offset: -1, recent: Default::default(), await_deadline: None };
         ctx.put(id.as_bytes(), Some(wire::encode_snapshot::<A>(self.settings.store_format, &snap)));
         Ok((version, version))
     }

@@ -357,7 +357,7 @@ mod tests {
                     state: Customer { name: "Ada \"Countess\"".into(), email: "ada@example.org".into(), status: Status::Deleted },
                     source_offset: 7,
                     // Skipped unread by the index's decoding.
-                    recent: vec![Processed { outcome: Outcome::Accepted, command_id: "c-1".into(), version: 3, reason: None }],
+                    recent: vec![Processed { outcome: Outcome::Accepted, command_id: "c-1".into(), version: 3, reason: None }].into(),
                     await_deadline,
                 };
                 let bytes = wire::encode_snapshot::<CustomerAggregate>(format, &snap);

@@ -7,6 +7,7 @@
 pub mod aggregate;
 mod aggregate_processor;
 mod dead_letter;
+mod dedup_window;
 pub mod index_fields;
 mod join;
 pub mod quarantine;

@@ -72,7 +72,7 @@ impl<A: Aggregate> Refolder for AggregateRefolder<A> {
         let await_deadline = before.as_ref().and_then(|b| b.await_deadline).filter(|_| A::awaiting(&state).is_some());
         let version = events.len() as u64;
         let json = serde_json::to_value(&state).map_err(|e| e.to_string())?;
-        let snapshot = Snapshot { version, state, source_offset: before.map_or(-1, |b| b.source_offset), recent, await_deadline };
+        let snapshot = Snapshot { version, state, source_offset: before.map_or(-1, |b| b.source_offset), recent: recent.into(), await_deadline };
         Ok(Refolded { snapshot: wire::encode_snapshot::<A>(self.store_format, &snapshot), version, state: json })
     }
 
@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(r.version, 3);
         assert_eq!(r.state, json!({"name": "b", "email": "b@x", "status": "DELETED"}));
         let s = wire::decode_snapshot::<CustomerAggregate>(Format::Json, &r.snapshot).unwrap();
-        assert_eq!(s.recent.iter().map(|p| (p.command_id.as_str(), p.version)).collect::<Vec<_>>(), [("c-2", 2), ("c-3", 3)], "the window's size");
+        assert_eq!(s.recent.to_vec().iter().map(|p| (p.command_id.as_str(), p.version)).collect::<Vec<_>>(), [("c-2", 2), ("c-3", 3)], "the window's size");
         assert_eq!(refolder().read(&r.snapshot).unwrap(), (3, r.state.clone()));
     }
 

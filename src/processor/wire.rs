@@ -2,6 +2,7 @@
 //! the public contract in docs/json-contract.md; change them only with that document.
 
 use super::aggregate::Aggregate;
+pub use super::dedup_window::DedupWindow;
 use crate::codec::proto::envelope as pb;
 use crate::codec::{CodecError, Format};
 use prost::Message;
@@ -164,7 +165,7 @@ impl Outcome {
         }
     }
 
-    fn to_pb(self) -> pb::Outcome {
+    pub(super) fn to_pb(self) -> pb::Outcome {
         match self {
             Outcome::Accepted => pb::Outcome::Accepted,
             Outcome::Rejected => pb::Outcome::Rejected,
@@ -175,7 +176,7 @@ impl Outcome {
         }
     }
 
-    fn from_pb(o: i32) -> Option<Self> {
+    pub(super) fn from_pb(o: i32) -> Option<Self> {
         match pb::Outcome::try_from(o).ok()? {
             pb::Outcome::Accepted => Some(Outcome::Accepted),
             pb::Outcome::Rejected => Some(Outcome::Rejected),
@@ -263,56 +264,73 @@ pub struct Snapshot<S> {
     pub version: u64,
     pub state: S,
     pub source_offset: i64,
-    pub recent: Vec<Processed>,
+    /// The commands answered last (`dedup_window` of them).
+    pub recent: DedupWindow,
     /// While the aggregate waits for another table (`Aggregate::awaiting`): the event time
     /// the wait times out.
     pub await_deadline: Option<i64>,
 }
 
+/// Written as prost writes `SnapshotEnvelope` (fields in order, zero values left out),
+/// with the dedup window's entries copied as they are.
 pub fn encode_snapshot<A: Aggregate>(format: Format, s: &Snapshot<A::State>) -> Vec<u8> {
+    use super::dedup_window::put_varint;
     let state = match format {
         Format::Json => serde_json::to_vec(&s.state).expect("states serialize"),
         Format::Protobuf => A::state_to_proto(&s.state),
     };
-    pb::SnapshotEnvelope {
-        version: s.version,
-        state,
-        source_offset: s.source_offset,
-        schema_version: A::STATE_SCHEMA_VERSION,
-        recent: s
-            .recent
-            .iter()
-            .map(|p| pb::ProcessedCommand {
-                command_id: p.command_id.clone(),
-                outcome: p.outcome.to_pb() as i32,
-                version: p.version,
-                reason: p.reason.clone().unwrap_or_default(),
-            })
-            .collect(),
-        await_deadline: s.await_deadline,
+    let mut out = Vec::with_capacity(state.len() + s.recent.encoded_len() + 40);
+    let varint_field = |out: &mut Vec<u8>, key: u8, v: u64| {
+        if v != 0 {
+            out.push(key);
+            put_varint(out, v);
+        }
+    };
+    varint_field(&mut out, 1 << 3, s.version);
+    if !state.is_empty() {
+        out.push(2 << 3 | 2);
+        put_varint(&mut out, state.len() as u64);
+        out.extend_from_slice(&state);
     }
-    .encode_to_vec()
+    varint_field(&mut out, 3 << 3, s.source_offset as u64);
+    varint_field(&mut out, 4 << 3, u64::from(A::STATE_SCHEMA_VERSION));
+    s.recent.write(&mut out);
+    if let Some(deadline) = s.await_deadline {
+        // Optional: written even when 0.
+        out.push(6 << 3);
+        put_varint(&mut out, deadline as u64);
+    }
+    out
 }
 
+/// Reads a `SnapshotEnvelope`; the dedup window's entries are kept as they are, not
+/// decoded (see `DedupWindow`). Unknown fields are skipped, as prost does.
 pub fn decode_snapshot<A: Aggregate>(
     format: Format,
     bytes: &[u8],
 ) -> Result<Snapshot<A::State>, CodecError> {
-    let e = pb::SnapshotEnvelope::decode(bytes)?;
-    let state = decode_state::<A>(format, e.schema_version, &e.state)?;
-    let recent = e
-        .recent
-        .into_iter()
-        .filter_map(|p| {
-            Some(Processed {
-                outcome: Outcome::from_pb(p.outcome)?,
-                command_id: p.command_id,
-                version: p.version,
-                reason: Some(p.reason).filter(|s| !s.is_empty()),
-            })
-        })
-        .collect();
-    Ok(Snapshot { version: e.version, state, source_offset: e.source_offset, recent, await_deadline: e.await_deadline })
+    use super::dedup_window::{key, length_delimited, skip, varint};
+    let (mut version, mut state, mut source_offset, mut schema_version, mut await_deadline) = (0, &[][..], 0, 0, None);
+    let mut recent = DedupWindow::default();
+    let mut buf = bytes;
+    while !buf.is_empty() {
+        let start = buf;
+        let (field, wire_type) = key(&mut buf)?;
+        match (field, wire_type) {
+            (1, 0) => version = varint(&mut buf)?,
+            (2, 2) => state = length_delimited(&mut buf)?,
+            (3, 0) => source_offset = varint(&mut buf)? as i64,
+            (4, 0) => schema_version = varint(&mut buf)? as u32,
+            (5, 2) => {
+                length_delimited(&mut buf)?;
+                recent.push_record(&start[..start.len() - buf.len()]);
+            }
+            (6, 0) => await_deadline = Some(varint(&mut buf)? as i64),
+            _ => skip(&mut buf, wire_type)?,
+        }
+    }
+    let state = decode_state::<A>(format, schema_version, state)?;
+    Ok(Snapshot { version, state, source_offset, recent, await_deadline })
 }
 
 fn decode_state<A: Aggregate>(format: Format, schema_version: u32, state: &[u8]) -> Result<A::State, CodecError> {
@@ -444,7 +462,7 @@ mod tests {
                 version: version as u64,
                 state,
                 source_offset: 7,
-                recent: ids.into_iter().map(|c| Processed { command_id: c, outcome: Outcome::Accepted, version: 1, reason: None }).collect(),
+                recent: ids.into_iter().map(|c| Processed { command_id: c, outcome: Outcome::Accepted, version: 1, reason: None }).collect::<Vec<_>>().into(),
                 await_deadline,
             };
             for f in [Format::Json, Format::Protobuf] {
@@ -453,6 +471,36 @@ mod tests {
                 prop_assert_eq!(back.version, snap.version);
                 prop_assert_eq!(&back.recent, &snap.recent);
                 prop_assert_eq!(back.await_deadline, snap.await_deadline);
+            }
+        }
+
+        /// The envelope is written byte for byte as prost writes `SnapshotEnvelope`, and
+        /// what prost writes (unknown fields included) reads back the same.
+        #[test]
+        fn snapshot_envelopes_match_the_generated_message(version in any::<u64>(), source_offset in any::<i64>(),
+                                                           ids in prop::collection::vec(("[a-z0-9-]{0,40}", any::<u64>(), proptest::option::of("[ -~]{1,20}")), 0..40),
+                                                           await_deadline in proptest::option::of(any::<i64>()), name in "[ -~]{0,30}") {
+            let recent: Vec<Processed> = ids.into_iter().map(|(c, v, r)| Processed { command_id: c, outcome: Outcome::Rejected, version: v, reason: r }).collect();
+            let snap = Snapshot { version, state: Customer { name, email: String::new(), status: Status::Active }, source_offset, recent: recent.clone().into(), await_deadline };
+            for f in [Format::Json, Format::Protobuf] {
+                let ours = encode_snapshot::<CustomerAggregate>(f, &snap);
+                let theirs = pb::SnapshotEnvelope {
+                    version,
+                    state: match f { Format::Json => serde_json::to_vec(&snap.state).unwrap(), Format::Protobuf => CustomerAggregate::state_to_proto(&snap.state) },
+                    source_offset,
+                    schema_version: CustomerAggregate::STATE_SCHEMA_VERSION,
+                    recent: recent.iter().map(|p| pb::ProcessedCommand { command_id: p.command_id.clone(), outcome: p.outcome.to_pb() as i32, version: p.version, reason: p.reason.clone().unwrap_or_default() }).collect(),
+                    await_deadline,
+                }.encode_to_vec();
+                prop_assert_eq!(&ours, &theirs);
+                // An unknown field (a later version's) is skipped.
+                let mut extended = theirs.clone();
+                extended.extend_from_slice(&[15 << 3 | 2, 3, b'a', b'b', b'c', 14 << 3 | 1, 1, 2, 3, 4, 5, 6, 7, 8]);
+                let back = decode_snapshot::<CustomerAggregate>(f, &extended).unwrap();
+                prop_assert_eq!((back.version, back.source_offset, back.await_deadline), (version, source_offset, await_deadline));
+                prop_assert_eq!(&back.state, &snap.state);
+                prop_assert_eq!(back.recent.to_vec(), recent.clone());
+                prop_assert_eq!(encode_snapshot::<CustomerAggregate>(f, &back), ours);
             }
         }
 
@@ -519,3 +567,4 @@ mod evolution {
         assert_eq!(c.body, CustomerCommand::CreateCustomer { name: "Ada".into(), email: "a@x".into() });
     }
 }
+

@@ -15,7 +15,8 @@
 //!                                             default 20000), local and forwarded
 //! (bootstrap from KAFKA_BOOTSTRAP; processing threads from MILLRACE_BENCH_THREADS,
 //! default 1; a secondary index on the aggregate's store from MILLRACE_BENCH_INDEX, a
-//! field name; the Kafka Streams application from MILLRACE_BENCH_KSTREAMS)
+//! field name; the dedup window from MILLRACE_BENCH_DEDUP, default 32; the Kafka Streams
+//! application from MILLRACE_BENCH_KSTREAMS)
 
 use kstreams::KafkaStreamsApp;
 use millrace::runtime::topics::{self, TopicNeed};
@@ -258,6 +259,7 @@ fn run_millrace(bootstrap: &str, run: &str, input: &str, n: usize) -> (f64, Proc
 /// The benchmark's customer application: commands from `input`, events and replies to
 /// `<app>-events` and `<app>-replies`, snapshots in the store `customers`.
 pub(crate) fn customer_topology(app: &str, input: &str, history: bool, threads: usize) -> String {
+    let dedup: usize = std::env::var("MILLRACE_BENCH_DEDUP").ok().and_then(|t| t.parse().ok()).unwrap_or(32);
     format!(
 "version: 1
 application_id: {app}
@@ -273,6 +275,7 @@ aggregates:
     replies: {app}-replies
     store: customers
     event_history: {history}
+    dedup_window: {dedup}
 processing:
   commit_interval_ms: {COMMIT_MS}
   threads: {threads}
