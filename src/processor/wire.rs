@@ -326,6 +326,8 @@ pub fn decode_snapshot<A: Aggregate>(
                 recent.push_record(&start[..start.len() - buf.len()]);
             }
             (6, 0) => await_deadline = Some(varint(&mut buf)? as i64),
+            // A known field of another type is not a snapshot (prost refuses it too).
+            (1..=6, _) => return Err(CodecError::Wire(format!("field {field} has wire type {wire_type}"))),
             _ => skip(&mut buf, wire_type)?,
         }
     }
@@ -502,6 +504,14 @@ mod tests {
                 prop_assert_eq!(back.recent.to_vec(), recent.clone());
                 prop_assert_eq!(encode_snapshot::<CustomerAggregate>(f, &back), ours);
             }
+        }
+
+        /// Bytes that are not a snapshot are refused, never read as an empty one.
+        #[test]
+        fn a_known_field_of_the_wrong_type_is_refused(field in 1u8..=6) {
+            let wire_type = if matches!(field, 2 | 5) { 0 } else { 2 };
+            let bytes = [field << 3 | wire_type, 1, 1];
+            prop_assert!(decode_snapshot::<CustomerAggregate>(Format::Protobuf, &bytes).is_err());
         }
 
         #[test]
