@@ -274,7 +274,7 @@ pub struct Snapshot<S> {
 /// Written as prost writes `SnapshotEnvelope` (fields in order, zero values left out),
 /// with the dedup window's entries copied as they are.
 pub fn encode_snapshot<A: Aggregate>(format: Format, s: &Snapshot<A::State>) -> Vec<u8> {
-    use super::dedup_window::put_varint;
+    use crate::codec::protobuf_wire::put_varint;
     let state = match format {
         Format::Json => serde_json::to_vec(&s.state).expect("states serialize"),
         Format::Protobuf => A::state_to_proto(&s.state),
@@ -304,35 +304,58 @@ pub fn encode_snapshot<A: Aggregate>(format: Format, s: &Snapshot<A::State>) -> 
 }
 
 /// Reads a `SnapshotEnvelope`; the dedup window's entries are kept as they are, not
-/// decoded (see `DedupWindow`). Unknown fields are skipped, as prost does.
+/// decoded (see `DedupWindow`).
 pub fn decode_snapshot<A: Aggregate>(
     format: Format,
     bytes: &[u8],
 ) -> Result<Snapshot<A::State>, CodecError> {
-    use super::dedup_window::{key, length_delimited, skip, varint};
-    let (mut version, mut state, mut source_offset, mut schema_version, mut await_deadline) = (0, &[][..], 0, 0, None);
     let mut recent = DedupWindow::default();
+    let e = read_envelope(bytes, |record| recent.push_record(record))?;
+    let state = decode_state::<A>(format, e.schema_version, e.state)?;
+    Ok(Snapshot { version: e.version, state, source_offset: e.source_offset, recent, await_deadline: e.await_deadline })
+}
+
+/// A snapshot's state and whether it waits, its dedup window passed over: what a store's
+/// index reads, once per value in a full restore.
+pub fn decode_snapshot_state<A: Aggregate>(format: Format, bytes: &[u8]) -> Result<(A::State, bool), CodecError> {
+    let e = read_envelope(bytes, |_| {})?;
+    Ok((decode_state::<A>(format, e.schema_version, e.state)?, e.await_deadline.is_some()))
+}
+
+/// The fields of a `SnapshotEnvelope` but its dedup window, the state still encoded.
+struct SnapshotFields<'a> {
+    version: u64,
+    state: &'a [u8],
+    source_offset: i64,
+    schema_version: u32,
+    await_deadline: Option<i64>,
+}
+
+/// Reads an envelope, handing each dedup window record (key, length, entry) to `recent`
+/// as it is. Unknown fields are skipped, as prost does.
+fn read_envelope<'a>(bytes: &'a [u8], mut recent: impl FnMut(&'a [u8])) -> Result<SnapshotFields<'a>, CodecError> {
+    use crate::codec::protobuf_wire::{key, length_delimited, skip, varint};
+    let mut e = SnapshotFields { version: 0, state: &[], source_offset: 0, schema_version: 0, await_deadline: None };
     let mut buf = bytes;
     while !buf.is_empty() {
         let start = buf;
         let (field, wire_type) = key(&mut buf)?;
         match (field, wire_type) {
-            (1, 0) => version = varint(&mut buf)?,
-            (2, 2) => state = length_delimited(&mut buf)?,
-            (3, 0) => source_offset = varint(&mut buf)? as i64,
-            (4, 0) => schema_version = varint(&mut buf)? as u32,
+            (1, 0) => e.version = varint(&mut buf)?,
+            (2, 2) => e.state = length_delimited(&mut buf)?,
+            (3, 0) => e.source_offset = varint(&mut buf)? as i64,
+            (4, 0) => e.schema_version = varint(&mut buf)? as u32,
             (5, 2) => {
                 length_delimited(&mut buf)?;
-                recent.push_record(&start[..start.len() - buf.len()]);
+                recent(&start[..start.len() - buf.len()]);
             }
-            (6, 0) => await_deadline = Some(varint(&mut buf)? as i64),
+            (6, 0) => e.await_deadline = Some(varint(&mut buf)? as i64),
             // A known field of another type is not a snapshot (prost refuses it too).
             (1..=6, _) => return Err(CodecError::Wire(format!("field {field} has wire type {wire_type}"))),
             _ => skip(&mut buf, wire_type)?,
         }
     }
-    let state = decode_state::<A>(format, schema_version, state)?;
-    Ok(Snapshot { version, state, source_offset, recent, await_deadline })
+    Ok(e)
 }
 
 fn decode_state<A: Aggregate>(format: Format, schema_version: u32, state: &[u8]) -> Result<A::State, CodecError> {
@@ -346,25 +369,6 @@ fn decode_state<A: Aggregate>(format: Format, schema_version: u32, state: &[u8])
         Format::Json => serde_json::from_slice(state)?,
         Format::Protobuf => A::state_from_proto(state).map_err(CodecError::Schema)?,
     })
-}
-
-/// The fields of a `SnapshotEnvelope` a store's index reads; decoding skips the others
-/// unread. The dedup window (`recent`, a string or two per command) was most of the cost
-/// of decoding a whole snapshot for its index keys, once per value in a full restore.
-#[derive(Clone, PartialEq, prost::Message)]
-struct SnapshotIndexView {
-    #[prost(bytes = "vec", tag = "2")]
-    state: Vec<u8>,
-    #[prost(uint32, tag = "4")]
-    schema_version: u32,
-    #[prost(int64, optional, tag = "6")]
-    await_deadline: Option<i64>,
-}
-
-/// A snapshot's state and whether it waits, without its dedup window.
-pub fn decode_snapshot_state<A: Aggregate>(format: Format, bytes: &[u8]) -> Result<(A::State, bool), CodecError> {
-    let v = SnapshotIndexView::decode(bytes)?;
-    Ok((decode_state::<A>(format, v.schema_version, &v.state)?, v.await_deadline.is_some()))
 }
 
 /// A decoded event with its envelope fields.

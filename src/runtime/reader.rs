@@ -143,7 +143,19 @@ impl PartitionReader {
         from: Option<i64>,
         on_record: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), RuntimeError>,
     ) -> Result<ReadToEnd, RuntimeError> {
-        let (low, high) = self.watermarks(tp)?;
+        let watermarks = self.watermarks(tp)?;
+        self.read_to(tp, from, watermarks, on_record)
+    }
+
+    /// `read_to_end` with the watermarks the caller fetched already (one broker round trip
+    /// fewer); `high` is the end.
+    pub fn read_to(
+        &self,
+        tp: &TopicPartition,
+        from: Option<i64>,
+        (low, high): (i64, i64),
+        on_record: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), RuntimeError>,
+    ) -> Result<ReadToEnd, RuntimeError> {
         let first = from.unwrap_or(low).max(low);
         let mut done = ReadToEnd { records: 0, last_offset: None, end: high };
         if first >= high {

@@ -56,11 +56,12 @@ pub fn restore(
     let checkpoint = store.checkpoint().map_err(RuntimeError::Store)?;
     let labels = [("store", store.name().to_string()), ("partition", partition.to_string())];
     let started = Instant::now();
-    // A full restore (a new instance, a lost disk) writes into an empty store: in bulk,
-    // with the index built once at the end (see `RocksStore::begin_bulk_load`).
+    // A full restore (a new instance, a lost disk) writes into an empty store: in bulk
+    // (see `RocksStore::begin_bulk_load`).
     let bulk = !versions && checkpoint.is_none() && store.is_empty();
-    // For the remaining-records gauge, and the size of a bulk load; fetched before
-    // reading, as a broker call in the middle of the read could swallow its end report.
+    // The end of the read, the remaining-records gauge and the size of a bulk load; fetched
+    // before reading, as a broker call in the middle of the read could swallow its end
+    // report.
     let (low, high) = reader.watermarks(&tp)?;
     let mut batch = if bulk {
         Batch::Bulk(store.begin_bulk_load((high - low).max(0) as u64).map_err(RuntimeError::Store)?)
@@ -88,7 +89,7 @@ pub fn restore(
     let verified = checkpoint.filter(|_| !versions);
     let mut expect = verified;
     let mut again = 0u64;
-    let read = reader.read_to_end(&tp, verified.or(checkpoint.map(|o| o + 1)), &mut |m| {
+    let read = reader.read_to(&tp, verified.or(checkpoint.map(|o| o + 1)), (low, high), &mut |m| {
         if let Some(c) = expect.take() {
             if m.offset() == c {
                 again = 1;

@@ -11,7 +11,7 @@ mod rocks;
 
 pub use changelogged::ChangeloggedStore;
 pub use index::{Extract, Indexer};
-pub use rocks::{BulkLoad, RocksStore, INDEX_AS_LOADED_MAX, StoreResources, StoreTuning};
+pub use rocks::{BulkLoad, RocksStore, StoreResources, StoreTuning};
 
 use crate::error::Recovery;
 use std::path::PathBuf;

@@ -14,7 +14,7 @@ use rocksdb::{
 use std::path::{Path, PathBuf};
 
 mod bulk;
-pub use bulk::{BulkLoad, INDEX_AS_LOADED_MAX};
+pub use bulk::BulkLoad;
 
 const META_CF: &str = "meta";
 const CHECKPOINT_KEY: &[u8] = b"changelog-offset";
