@@ -7,6 +7,7 @@ use super::engine::EngineSettings;
 use super::route::{EventSource, Route, RouteStore};
 use super::kafka_ports::KafkaChangelog;
 use super::ports::{ChangelogReader, Sink, SinkFactory};
+use crate::sink::SinkError;
 use super::registry::Registry;
 use super::topics;
 use crate::topology::TopicNeed;
@@ -478,12 +479,11 @@ impl App {
             // its partitions without knowing: the query server stops answering from them.
             let session_ms = consumer_cfg.get("session.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(45_000);
             self.catalog.set_stall_limit(Duration::from_millis(session_ms));
-            // The ports over Kafka: one transactional id per thread (a new producer with it
-            // fences the old one), restores through the client factory.
+            // The ports over Kafka: under exactly-once, two transactional producers per
+            // thread taking turns (`alternating_sink`), each id fencing its own older
+            // incarnation; restores through the client factory.
             let (clients, exactly_once) = (self.config.kafka.clone(), self.topology.processing.exactly_once);
-            let new_sink: SinkFactory = Box::new(move || {
-                Ok(Box::new(crate::sink::TransactionalSink::new(&clients, &member, exactly_once)?) as Box<dyn Sink>)
-            });
+            let new_sink: SinkFactory = Box::new(move || new_thread_sink(&clients, &member, exactly_once));
             let reader: Arc<dyn ChangelogReader> = Arc::new(KafkaChangelog { clients: self.config.kafka.clone() });
             // Offset lookups of this thread's engine, on a connection of their own.
             let offsets = Arc::new(super::reader::PartitionReader::new(&self.config.kafka, "end offsets", format!("{}-offsets", self.member_id(thread)), &[])?);
@@ -645,4 +645,23 @@ fn advertised(local: std::net::SocketAddr) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
     format!("{host}:{}", local.port())
+}
+
+/// A processing thread's sink. Under exactly-once: a pair of transactional producers,
+/// `member` (the id of every earlier version, so an upgrade aborts what it left open) and
+/// `<member>-alternate`, initialised side by side (each `init_transactions` is a round
+/// trip to its coordinator, and restarts wait for them). At-least-once has no transactions
+/// to alternate: one idempotent producer.
+fn new_thread_sink(clients: &crate::kafka::Clients, member: &str, exactly_once: bool) -> Result<Box<dyn Sink>, SinkError> {
+    use crate::sink::TransactionalSink;
+    if !exactly_once {
+        return Ok(Box::new(TransactionalSink::new(clients, member, false)?));
+    }
+    let alternate = format!("{member}-alternate");
+    let (first, second) = std::thread::scope(|s| {
+        let second = s.spawn(|| TransactionalSink::new(clients, &alternate, true));
+        let first = TransactionalSink::new(clients, member, true);
+        (first, second.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    Ok(Box::new(super::alternating_sink::AlternatingSink::new(Box::new(first?), Box::new(second?))))
 }

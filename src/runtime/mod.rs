@@ -5,6 +5,7 @@
 //! May use: every module above it (record, codec, store, processor, topology, sink).
 
 pub mod activity;
+mod alternating_sink;
 mod app;
 mod catalog;
 mod clocks;

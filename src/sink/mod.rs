@@ -435,6 +435,15 @@ impl TransactionalSink {
     /// it would hold its partitions for ever. A thread per commit costs tens of
     /// microseconds, a few commits a second.
     fn send_offsets(&mut self, offsets: &TopicPartitionList, group: Arc<ConsumerGroupMetadata>) -> Result<(), SinkError> {
+        let sending = self.start_sending_offsets(offsets, group)?;
+        self.offsets_sent(sending)
+    }
+
+    /// Starts `send_offsets_to_transaction` on its thread; `offsets_sent` waits for it.
+    /// Meanwhile the caller may flush: the call's two round trips (AddOffsetsToTxn to the
+    /// transaction coordinator, TxnOffsetCommit to the group coordinator) need not wait
+    /// for the outputs, nor they for it.
+    fn start_sending_offsets(&mut self, offsets: &TopicPartitionList, group: Arc<ConsumerGroupMetadata>) -> Result<SendingOffsets, SinkError> {
         if self.hung {
             return Err(self.hung_error("send_offsets_to_transaction"));
         }
@@ -450,7 +459,12 @@ impl TransactionalSink {
                 op: "send_offsets_to_transaction",
                 source: KafkaError::ClientCreation(format!("cannot start the thread that sends the offsets: {e}")),
             })?;
-        match answer.recv_timeout(timeout + HUNG_MARGIN) {
+        Ok(SendingOffsets { answer, deadline: Instant::now() + timeout + HUNG_MARGIN })
+    }
+
+    /// The answer of a `start_sending_offsets`; `Hung` when none came by its deadline.
+    fn offsets_sent(&mut self, sending: SendingOffsets) -> Result<(), SinkError> {
+        match sending.answer.recv_timeout(sending.deadline.saturating_duration_since(Instant::now())) {
             Ok(sent) => sent.map_err(|e| self.classify("send_offsets_to_transaction", e)),
             Err(_) => {
                 self.hung = true;
@@ -478,21 +492,23 @@ impl TransactionalSink {
         }
         // Timed from here: sending the offsets (two round trips) is part of every commit.
         let started = Instant::now();
+        // The offsets go out while the outputs are flushed: a commit waits for the slower
+        // of the two, not for both in turn.
+        let sending = match (offsets.count() > 0, group) {
+            (true, Some(group)) => Some(self.start_sending_offsets(offsets, group)?),
+            _ => None,
+        };
+        self.drain();
+        let sent = sending.map_or(Ok(()), |s| self.offsets_sent(s));
+        if self.hung {
+            return Err(sent.err().unwrap_or_else(|| self.hung_error("send_offsets_to_transaction")));
+        }
         // A refused record fails the transaction; the refusal, not the failure it causes
         // downstream, is what the engine needs to hear, so it is looked for first.
-        if let (true, Some(group)) = (offsets.count() > 0, group) {
-            if let Err(e) = self.send_offsets(offsets, group) {
-                if self.hung {
-                    return Err(e);
-                }
-                self.drain();
-                return Err(self.poisoned().unwrap_or(e));
-            }
-        }
-        self.drain();
         if let Some(p) = self.poisoned() {
             return Err(p);
         }
+        sent?;
         let mut pause = Duration::from_millis(20);
         loop {
             match self.producer.commit_transaction(self.timeout) {
@@ -610,6 +626,13 @@ fn drain(producer: &ThreadedProducer<SinkContext>, timeout: Duration) {
     // SAFETY: the client pointer is valid for as long as `producer` lives, and
     // rd_kafka_flush is thread-safe (the poll thread serves reports meanwhile).
     unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms) };
+}
+
+/// A `send_offsets_to_transaction` under way on its own thread.
+struct SendingOffsets {
+    answer: std::sync::mpsc::Receiver<Result<(), KafkaError>>,
+    /// Past this, the call is taken for hung.
+    deadline: Instant,
 }
 
 fn is_retriable(e: &KafkaError) -> bool {
