@@ -94,6 +94,8 @@ pub async fn serve(
                 }
             },
         };
+        // As over plain HTTP: answers are not held back by Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
         let (acceptor, router) = (acceptor.clone(), router.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {

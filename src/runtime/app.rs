@@ -533,7 +533,14 @@ impl App {
         };
         let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match &self.config.http.tls {
             Some(tls) => Box::pin(crate::query::tls::serve(listener, router, tls.acceptor.clone(), shutdown)),
-            None => Box::pin(axum::serve(listener, router).with_graceful_shutdown(shutdown).into_future()),
+            None => {
+                // Answers go out at once, not held back by Nagle's algorithm until the
+                // client acknowledges the previous one (a delayed ACK can take 40 ms).
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                Box::pin(axum::serve(listener, router).with_graceful_shutdown(shutdown).into_future())
+            }
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stop_watch = stop.clone();
