@@ -574,17 +574,31 @@ pub fn http_delete(addr: &str, path: &str) -> (u16, BTreeMap<String, String>, St
 /// Whether `bootstrap()` is the broker deploy/kafka-local started (and so a test may stop
 /// and restart it).
 pub fn broker_is_ours() -> bool {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka-local");
-    let out = Command::new(&script).arg("status").output().expect("run deploy/kafka-local status");
+    let out = kafka_local_script().arg("status").output().expect("run deploy/kafka-local status");
     let status = String::from_utf8_lossy(&out.stdout);
     status.starts_with(&format!("up {} pid ", bootstrap()))
 }
 
 /// Runs `deploy/kafka-local <arg>` (`up`, `down`).
 pub fn kafka_local(arg: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka-local");
-    let status = Command::new(&script).arg(arg).status().expect("run deploy/kafka-local");
+    let status = kafka_local_script().arg(arg).status().expect("run deploy/kafka-local");
     assert!(status.success(), "deploy/kafka-local {arg} failed");
+}
+
+/// `deploy/kafka-local`, aimed at the broker under test. The script picks its broker by
+/// `KAFKA_PORT`; when that is unset, the port is taken from a local `KAFKA_BOOTSTRAP`, so
+/// `KAFKA_BOOTSTRAP=127.0.0.1:19192` alone names the test broker. Without this, the
+/// script looked at its default port, found no broker of its own there, and the tests
+/// that restart the broker passed as skipped.
+fn kafka_local_script() -> Command {
+    let mut cmd = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka-local"));
+    if std::env::var_os("KAFKA_PORT").is_none() {
+        let local_port = ["127.0.0.1:", "localhost:"].iter().find_map(|host| bootstrap().strip_prefix(host).map(str::to_string));
+        if let Some(port) = local_port.filter(|p| p.parse::<u16>().is_ok()) {
+            cmd.env("KAFKA_PORT", port);
+        }
+    }
+    cmd
 }
 
 /// Brings the broker back even if a test that stopped it fails half-way: later tests
