@@ -8,7 +8,7 @@
 
 use super::wire::{Outcome, Processed};
 use crate::codec::proto::envelope as pb;
-use crate::codec::protobuf_wire::{key, length_delimited, record, skip, varint};
+use crate::codec::protobuf_wire::{key, length_delimited, record, skip};
 use prost::Message;
 
 /// The key of a `recent` entry in `SnapshotEnvelope`: field 5, length-delimited.
@@ -68,11 +68,10 @@ impl DedupWindow {
     /// The encoded messages, oldest first.
     fn entries(&self) -> impl Iterator<Item = &[u8]> {
         let mut rest = &self.raw[..];
+        // Every record is a field 5 key and a length-delimited entry (`push`, `push_record`).
         std::iter::from_fn(move || {
-            let whole = record(&mut rest).ok()?;
-            let mut inner = whole;
-            varint(&mut inner).ok()?;
-            length_delimited(&mut inner).ok()
+            key(&mut rest).ok()?;
+            length_delimited(&mut rest).ok()
         })
     }
 

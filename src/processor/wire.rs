@@ -581,4 +581,3 @@ mod evolution {
         assert_eq!(c.body, CustomerCommand::CreateCustomer { name: "Ada".into(), email: "a@x".into() });
     }
 }
-

@@ -96,7 +96,8 @@ mod tests {
         name: &'static str,
         open: bool,
         calls: Arc<Mutex<Vec<String>>>,
-        fail_commit: bool,
+        /// Its commit and its release fail.
+        failing: bool,
     }
 
     impl Recording {
@@ -127,7 +128,7 @@ mod tests {
         }
         fn commit(&mut self, _: &[(TopicPartition, i64)], _: Option<&GroupToken>) -> Result<HashMap<TopicPartition, i64>, SinkError> {
             self.log("commit");
-            if self.fail_commit {
+            if self.failing {
                 return Err(SinkError::Hung { transactional_id: self.name.into(), op: "commit_transaction", waited_s: 0 });
             }
             self.open = false;
@@ -140,14 +141,17 @@ mod tests {
         }
         fn release_offsets(&mut self, _: &TopicPartition, _: &GroupToken) -> Result<(), SinkError> {
             self.log("release");
+            if self.failing {
+                return Err(SinkError::Hung { transactional_id: self.name.into(), op: "send_offsets_to_transaction", waited_s: 0 });
+            }
             Ok(())
         }
     }
 
     fn pair(fail_a: bool) -> (AlternatingSink, Arc<Mutex<Vec<String>>>) {
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let a = Recording { name: "a", open: false, calls: calls.clone(), fail_commit: fail_a };
-        let b = Recording { name: "b", open: false, calls: calls.clone(), fail_commit: false };
+        let a = Recording { name: "a", open: false, calls: calls.clone(), failing: fail_a };
+        let b = Recording { name: "b", open: false, calls: calls.clone(), failing: false };
         (AlternatingSink::new(Box::new(a), Box::new(b)), calls)
     }
 
@@ -189,5 +193,15 @@ mod tests {
         let group = GroupToken(Arc::new(()));
         sink.release_offsets(&TopicPartition::new("commands", 0), &group).unwrap();
         assert_eq!(*calls.lock().unwrap(), ["a:release", "b:release"]);
+    }
+
+    /// A release that fails is the caller's to hear (the engine then replaces the pair,
+    /// which releases again), not passed over for the other producer's.
+    #[test]
+    fn a_failed_release_is_reported() {
+        let (mut sink, calls) = pair(true);
+        let group = GroupToken(Arc::new(()));
+        assert!(sink.release_offsets(&TopicPartition::new("commands", 0), &group).is_err());
+        assert_eq!(*calls.lock().unwrap(), ["a:release"]);
     }
 }

@@ -94,7 +94,7 @@ impl CrashPoint {
 pub(crate) struct Engine {
     settings: EngineSettings,
     sink: Box<dyn Sink>,
-    /// Makes a new sink with the same transactional id (after fencing, or a failed abort).
+    /// Makes a new sink with the same transactional id(s) (after fencing, or a failed abort).
     new_sink: SinkFactory,
     reader: Arc<dyn ChangelogReader>,
     /// Changelog records restores of this engine have read.

@@ -1,6 +1,7 @@
 //! The runtime: an `App` joins the consumer group, creates one task per assigned command
 //! partition, restores each task's store before it runs, and drives the commit cycle.
-//! It owns the Kafka consumer; the transactional producer lives in `sink`.
+//! It owns the Kafka consumer; the transactional producer lives in `sink` (a thread's two
+//! of them take turns: `alternating_sink`).
 //!
 //! May use: every module above it (record, codec, store, processor, topology, sink).
 

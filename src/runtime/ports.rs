@@ -3,7 +3,7 @@
 //! - [`Input`]: the group member's side of the input: its assignment, committed offsets,
 //!   seeks, the group token a transaction commits offsets under, and whether an output
 //!   topic exists.
-//! - [`Sink`]: the transactional producer: begin, send, commit with the input offsets,
+//! - [`Sink`]: the transactional producer(s): begin, send, commit with the input offsets,
 //!   abort, and fencing as an error.
 //! - [`ChangelogReader`]: a store's changelog tail, and an aggregate's event history.
 //!
@@ -75,7 +75,8 @@ pub trait Input {
     fn positions(&self) -> HashMap<TopicPartition, i64>;
 }
 
-/// The transactional producer of one processing thread.
+/// The transactional producer of one processing thread (over Kafka, a pair taking turns:
+/// `alternating_sink`).
 pub trait Sink: Send {
     fn is_open(&self) -> bool;
 
@@ -112,7 +113,7 @@ pub trait Sink: Send {
     }
 }
 
-/// Makes a new sink with the same transactional id: it fences every older one, and aborts
+/// Makes a new sink with the same transactional id(s): it fences every older one, and aborts
 /// whatever they left open. Called at start and after fencing.
 pub type SinkFactory = Box<dyn Fn() -> Result<Box<dyn Sink>, SinkError> + Send>;
 
