@@ -119,10 +119,16 @@ fn wrong_expected_version_and_duplicate_command_ids() {
     send(&p, &s.commands, "cy", &command_json("v3", "cy", Some(1), "UpdateCustomer", create("Cy3")), &[]);
     // A client retry: same command id, same content.
     send(&p, &s.commands, "cy", &command_json("v3", "cy", Some(1), "UpdateCustomer", create("Cy3")), &[]);
+    // Ids longer than 16 bytes are kept as digests: a retry is still a duplicate, and an id
+    // one character apart is a command of its own.
+    let (uuid, near) = ("3f2a9c4e-1b7d-4c8e-a5f0-6d2e8b9c1a70", "3f2a9c4e-1b7d-4c8e-a5f0-6d2e8b9c1a71");
+    send(&p, &s.commands, "cy", &command_json(uuid, "cy", Some(2), "UpdateCustomer", create("Cy4")), &[]);
+    send(&p, &s.commands, "cy", &command_json(uuid, "cy", Some(2), "UpdateCustomer", create("Cy4")), &[]);
+    send(&p, &s.commands, "cy", &command_json(near, "cy", None, "UpdateCustomer", create("Cy5")), &[]);
     flush(&p);
-    let recs = wait_for(&s.replies, 4, Duration::from_secs(60));
+    let recs = wait_for(&s.replies, 7, Duration::from_secs(60));
     let replies: Vec<serde_json::Value> = recs.iter().map(Rec::json).collect();
-    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert_eq!(replies.len(), 7, "{replies:?}");
     let by_id = replies_by_id(&recs);
     assert_eq!(by_id["v1"][0]["version"], 1);
     assert_eq!(by_id["v2"][0], json!({"command_id":"v2","aggregate_id":"cy","outcome":"wrong_expected_version","version":1,"expected":5,"actual":1}));
@@ -132,8 +138,14 @@ fn wrong_expected_version_and_duplicate_command_ids() {
     assert_eq!(by_id["v3"][1]["outcome"], "duplicate");
     assert_eq!(by_id["v3"][1]["original_outcome"], "accepted");
     assert_eq!(by_id["v3"][1]["version"], 2);
+    assert_eq!(by_id[uuid].len(), 2);
+    assert_eq!((by_id[uuid][0]["outcome"].as_str(), by_id[uuid][0]["version"].as_u64()), (Some("accepted"), Some(3)));
+    assert_eq!(by_id[uuid][1]["outcome"], "duplicate");
+    assert_eq!(by_id[uuid][1]["command_id"], uuid, "a duplicate is answered under its own id");
+    assert_eq!(by_id[uuid][1]["version"], 3);
+    assert_eq!((by_id[near][0]["outcome"].as_str(), by_id[near][0]["version"].as_u64()), (Some("accepted"), Some(4)));
     let events = read_all(&s.events);
-    assert_eq!(events.len(), 2, "the duplicate wrote no events: {events:?}");
+    assert_eq!(events.len(), 4, "the duplicates wrote no events: {events:?}");
 }
 
 #[test]

@@ -15,8 +15,9 @@
 //!                                             default 20000), local and forwarded
 //! (bootstrap from KAFKA_BOOTSTRAP; processing threads from MILLRACE_BENCH_THREADS,
 //! default 1; a secondary index on the aggregate's store from MILLRACE_BENCH_INDEX, a
-//! field name; the dedup window from MILLRACE_BENCH_DEDUP, default 32; the Kafka Streams
-//! application from MILLRACE_BENCH_KSTREAMS)
+//! field name; the dedup window from MILLRACE_BENCH_DEDUP, default 32; command ids shaped
+//! like UUIDs (36 characters, as most clients make them) instead of `b-N` from
+//! MILLRACE_BENCH_UUID_IDS=1; the Kafka Streams application from MILLRACE_BENCH_KSTREAMS)
 
 use kstreams::KafkaStreamsApp;
 use millrace::runtime::topics::{self, TopicNeed};
@@ -125,6 +126,18 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// A distinct id per `i` in the shape of a random (version 4) UUID.
+fn uuid_like(i: u64) -> String {
+    // splitmix64: well spread, so ids share no prefix a comparison could stop at early.
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let (a, b) = (mix(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)), mix(!i));
+    format!("{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, 0x8000 | (b >> 48) & 0x3fff, b & 0xffff_ffff_ffff)
+}
+
 pub(crate) fn load(bootstrap: &str, topic: &str, n: usize, keys: usize) {
     load_padded(bootstrap, topic, n, keys, 900)
 }
@@ -139,11 +152,13 @@ pub(crate) fn load_padded(bootstrap: &str, topic: &str, n: usize, keys: usize, p
         .create()
         .expect("producer");
     let pad = "x".repeat(pad);
+    let uuid_ids = std::env::var("MILLRACE_BENCH_UUID_IDS").is_ok_and(|v| v == "1");
     for i in 0..n {
         let key = format!("cust-{}", i % keys);
         let ty = if i < keys { "CreateCustomer" } else { "UpdateCustomer" };
+        let id = if uuid_ids { uuid_like(i as u64) } else { format!("b-{i}") };
         let value = format!(
-            r#"{{"command_id":"b-{i}","aggregate_id":"{key}","expected_version":null,"type":"{ty}","payload":{{"name":"n{i}-{pad}","email":"e{i}@example.org"}}}}"#
+            r#"{{"command_id":"{id}","aggregate_id":"{key}","expected_version":null,"type":"{ty}","payload":{{"name":"n{i}-{pad}","email":"e{i}@example.org"}}}}"#
         );
         let mut rec = BaseRecord::to(topic).key(&key).payload(&value);
         loop {
