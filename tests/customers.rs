@@ -507,7 +507,8 @@ fn at_least_once_mode_processes_and_commits_offsets_without_transactions() {
 
 /// Two live processes with one instance id would fence each other for as long as both run:
 /// the second refuses to start (exit 2, naming the id). A restart of the same id after a
-/// SIGKILL is no twin: it starts.
+/// SIGKILL is no twin: it starts, without waiting a heartbeat when its predecessor's
+/// address says so.
 #[test]
 fn a_second_live_instance_with_the_same_id_refuses_to_start() {
     let s = Setup::new("twins", 2, "json");
@@ -528,10 +529,14 @@ fn a_second_live_instance_with_the_same_id_refuses_to_start() {
     flush(&p);
     assert_eq!(wait_for(&s.replies, 1, Duration::from_secs(60)).len(), 1);
     assert_eq!(first.get("/health").0, 200);
-    // Killed and started again at once (its last heartbeat still fresh): not a twin.
+    // Killed and started again at once (its last heartbeat still fresh) on a new port: not
+    // a twin. Its old address refuses connections, which settles it without waiting for a
+    // heartbeat that will never come.
     first.kill9();
     let again = s.start_instance("twin");
     assert_eq!(again.get("/ready").0, 200);
+    let log = again.log_text();
+    assert!(log.contains("the last run under this instance id no longer serves at its address"), "{log}");
     assert!(again.terminate().success());
 }
 

@@ -25,6 +25,10 @@ pub struct Health {
     /// `ok`, or `failed` once a processing thread died.
     status: String,
     reason: Option<String>,
+    /// The instance id that answers.
+    instance: Option<String>,
+    /// Which run of that instance answers (new at every start).
+    incarnation: Option<String>,
 }
 
 #[derive(ToSchema)]

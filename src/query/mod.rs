@@ -108,10 +108,18 @@ pub fn router(
 #[utoipa::path(get, path = "/health", tag = "probes", security(()),
     responses((status = 200, description = "alive", body = api::Health), (status = 503, description = "a processing thread died; the process exits", body = api::Health)))]
 async fn health(State(ctx): State<Ctx>) -> Response {
-    match ctx.catalog.failure() {
-        None => Json(json!({"status": "ok"})).into_response(),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "reason": reason}))).into_response(),
+    let mut body = match ctx.catalog.failure() {
+        None => json!({"status": "ok"}),
+        Some(reason) => json!({"status": "failed", "reason": reason}),
+    };
+    // Who answers: a run restarting under this instance id asks the address its
+    // predecessor advertised whether that one still serves (`runtime/predecessor.rs`).
+    if let Some(d) = &ctx.directory {
+        body["instance"] = json!(d.me.instance);
+        body["incarnation"] = json!(d.incarnation);
     }
+    let status = if body["status"] == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
 }
 
 /// Readiness: every task restored and the instance a member of the group.

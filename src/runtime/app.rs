@@ -459,7 +459,20 @@ impl App {
         // Before joining the group: a live twin with our instance id would be fenced by us,
         // and fence us back, for as long as both run.
         let check = directory.clone();
-        let checked = tokio::task::spawn_blocking(move || check.refuse_duplicate(Duration::from_secs(30)))
+        let ask = {
+            let (runtime, me) = (tokio::runtime::Handle::current(), directory.clone());
+            let tls = self.config.http.tls.as_ref().map(|t| t.connector.clone());
+            move |predecessor: &super::members::Member| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let predecessor = predecessor.clone();
+                runtime.spawn(async move {
+                    let p = super::predecessor::presence(&predecessor, &me.me.instance, &me.incarnation, tls.as_ref()).await;
+                    let _ = tx.send(p);
+                });
+                rx
+            }
+        };
+        let checked = tokio::task::spawn_blocking(move || check.refuse_duplicate(Duration::from_secs(30), ask))
             .await
             .expect("the duplicate check does not panic");
         if let Err(e) = checked {

@@ -20,7 +20,7 @@ use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// How often an instance publishes its claims when nothing changed.
@@ -43,6 +43,18 @@ pub struct Member {
     /// with one instance id publish different incarnations.
     #[serde(default)]
     pub incarnation: String,
+}
+
+/// What the address a possible twin advertised says about it (`Directory::refuse_duplicate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Nothing listens there, or another instance, or this very run: it is not serving.
+    Gone,
+    /// Another run of this instance id answers there: a live twin.
+    Serving,
+    /// No answer that tells (a timeout, an unreachable host, a version that does not say
+    /// who it is): its heartbeat decides.
+    Unknown,
 }
 
 /// The owner of one store partition.
@@ -162,7 +174,15 @@ impl Directory {
     /// Waits for the reader to load the topic (at most `load_timeout`), then, only if
     /// another run left a recent record (a crash a moment ago, or a live twin), for one
     /// heartbeat and a second: a live twin publishes again, a dead one does not.
-    pub fn refuse_duplicate(&self, load_timeout: Duration) -> Result<(), RuntimeError> {
+    ///
+    /// Meanwhile `ask` asks the address that run advertised who serves there
+    /// (`runtime/predecessor.rs`), and its answer ends the wait early. A restart on a new
+    /// address (a rescheduled pod with a new IP) would otherwise wait the 3 s every time.
+    pub fn refuse_duplicate(
+        &self,
+        load_timeout: Duration,
+        ask: impl FnOnce(&Member) -> mpsc::Receiver<Presence>,
+    ) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + load_timeout;
         while !self.loaded.load(Ordering::SeqCst) {
             if Instant::now() >= deadline {
@@ -172,10 +192,21 @@ impl Directory {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if self.may_have_a_twin() {
+        if let Some(predecessor) = self.possible_twin() {
+            let answer = ask(&predecessor);
             let until = Instant::now() + HEARTBEAT + Duration::from_secs(1);
             while Instant::now() < until && self.duplicate.read().expect("directory lock").is_none() {
-                std::thread::sleep(Duration::from_millis(50));
+                match answer.try_recv() {
+                    Ok(Presence::Gone) => {
+                        tracing::info!(address = %predecessor.http, "the last run under this instance id no longer serves at its address");
+                        break;
+                    }
+                    Ok(Presence::Serving) => {
+                        *self.duplicate.write().expect("directory lock") = Some(predecessor.http.clone());
+                        break;
+                    }
+                    Ok(Presence::Unknown) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
             }
         }
         match self.duplicate.read().expect("directory lock").clone() {
@@ -187,14 +218,14 @@ impl Directory {
         }
     }
 
-    /// Whether the last record another run left under this id could be a live twin's, so
-    /// the check must wait a heartbeat to see: it is recent, and it advertised another
-    /// address than this run's. A predecessor that advertised the address this run now
-    /// listens on cannot be serving there any more (two processes cannot hold one
-    /// listening address): a restart after a crash, with its fixed address, starts at
-    /// once. (Advertised addresses are per instance, or forwarding would not work.)
-    fn may_have_a_twin(&self) -> bool {
-        self.predecessor.read().expect("directory lock").as_ref().is_some_and(|p| {
+    /// The last record another run left under this id, if it could be a live twin's, so
+    /// the check must find out: it is recent, and it advertised another address than this
+    /// run's. A predecessor that advertised the address this run now listens on cannot be
+    /// serving there any more (two processes cannot hold one listening address): a restart
+    /// after a crash, with its fixed address, starts at once. (Advertised addresses are per
+    /// instance, or forwarding would not work.)
+    fn possible_twin(&self) -> Option<Member> {
+        self.predecessor.read().expect("directory lock").clone().filter(|p| {
             // Generous with clock skew: a record this recent may be a live twin's.
             let recent = now_ms() - p.heartbeat_ms < (self.stale_after + Duration::from_secs(10)).as_millis() as i64;
             recent && p.http != self.me.http
@@ -415,11 +446,59 @@ mod tests {
                 d.apply("a", Some(&record));
             }
             d.mark_loaded();
-            d.may_have_a_twin()
+            d.possible_twin().is_some()
         };
         assert!(!starting("a:80", None), "nothing left under the id");
         assert!(!starting("a:80", Some(member("a", &[0], now - 1_000))), "a crash a moment ago, restarted on its address");
         assert!(starting("a:81", Some(member("a", &[0], now - 1_000))), "a recent record from elsewhere: wait and see");
         assert!(!starting("a:81", Some(member("a", &[0], now - 600_000))), "an old record is no twin");
+    }
+
+    /// A directory that has loaded a recent record of instance `a` from another address.
+    fn with_recent_predecessor() -> Directory {
+        let d = Directory::new(Owner { instance: "a".into(), http: "a:81".into() }, Duration::from_secs(10));
+        d.apply("a", Some(&member("a", &[0], now_ms() - 1_000)));
+        d.mark_loaded();
+        d
+    }
+
+    fn answering(presence: Option<Presence>) -> impl FnOnce(&Member) -> mpsc::Receiver<Presence> {
+        move |_| {
+            let (tx, rx) = mpsc::channel();
+            if let Some(p) = presence {
+                tx.send(p).unwrap();
+            } else {
+                // An answer that never comes: the asking side keeps its sender.
+                std::mem::forget(tx);
+            }
+            rx
+        }
+    }
+
+    /// The predecessor's address decides at once when it can: nobody there (or another
+    /// instance) starts this run without the heartbeat's wait, a live twin there refuses
+    /// it. Without an answer the wait runs its course and, with no new heartbeat, passes.
+    #[test]
+    fn the_predecessors_address_ends_the_wait_early() {
+        let wait = HEARTBEAT + Duration::from_secs(1);
+        let started = Instant::now();
+        let d = with_recent_predecessor();
+        d.refuse_duplicate(Duration::from_secs(1), answering(Some(Presence::Gone))).expect("gone: starts");
+        assert!(started.elapsed() < wait / 2, "gone ended the wait: {:?}", started.elapsed());
+        assert!(d.checked.load(Ordering::SeqCst));
+
+        let started = Instant::now();
+        let d = with_recent_predecessor();
+        let refused = d.refuse_duplicate(Duration::from_secs(1), answering(Some(Presence::Serving)));
+        assert!(matches!(&refused, Err(RuntimeError::DuplicateInstance { http, .. }) if http == "a:80"), "{refused:?}");
+        assert!(started.elapsed() < wait / 2, "a live twin is refused at once: {:?}", started.elapsed());
+        assert!(!d.checked.load(Ordering::SeqCst), "a refused run publishes nothing");
+
+        for answer in [Some(Presence::Unknown), None] {
+            let started = Instant::now();
+            let d = with_recent_predecessor();
+            d.refuse_duplicate(Duration::from_secs(1), answering(answer)).expect("no heartbeat came: starts");
+            assert!(started.elapsed() >= wait, "{answer:?}: waited the heartbeat out: {:?}", started.elapsed());
+        }
     }
 }

@@ -18,6 +18,7 @@ mod registry;
 mod kafka_ports;
 mod opening;
 mod poll_loop;
+mod predecessor;
 pub mod metrics_catalog;
 pub mod partition_gauges;
 pub(crate) mod ports;
