@@ -1,6 +1,7 @@
-//! The broker restarts in the middle of the load: the processors recover by themselves,
-//! and nothing is lost or doubled (issue 5). The only test in its binary, because it takes
-//! the shared broker away for a while; cargo runs test binaries one after another.
+//! The broker is killed and restarted in the middle of the load: the processors recover
+//! by themselves, and nothing is lost or doubled (issue 5). The only test in its binary,
+//! because it takes the shared broker away for a while; cargo runs test binaries one
+//! after another.
 
 mod common;
 
@@ -48,9 +49,11 @@ fn processors_recover_from_a_broker_restart_by_themselves() {
     while sent.load(Ordering::SeqCst) < COMMANDS / 3 {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Killed, as a crash would (a controlled shutdown leaves the same kind of undecided
+    // transaction behind with Kafka 4.3: docs/operations.md, the failure table).
     let _guard = BrokerBack;
     let down_at = Instant::now();
-    kafka_local("down");
+    kafka_local("down --crash");
     std::thread::sleep(Duration::from_secs(3));
     kafka_local("up");
     eprintln!("broker was away for {:?}", down_at.elapsed());

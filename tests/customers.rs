@@ -505,6 +505,26 @@ fn at_least_once_mode_processes_and_commits_offsets_without_transactions() {
     assert_eq!(inst.metric_sum("millrace_transactions_total"), 0.0, "no transactions in at-least-once mode");
 }
 
+/// A new producer releases every partition it writes (the aggregate's events and replies,
+/// its store's changelog, the dead-letter topic): an aborted empty record keyed
+/// `millrace.release` on each, whose ABORT marker ends whatever an earlier epoch of its
+/// producer id left pending there (a Kafka 4.3 broker restart leaves such transactions;
+/// docs/operations.md, the failure table). Read committed, none of them is there.
+#[test]
+fn a_new_producer_releases_every_partition_it_writes() {
+    let s = Setup::new("release", 2, "json");
+    let inst = s.start();
+    assert_eq!(inst.get("/ready").0, 200, "ready comes after the release");
+    for topic in [&s.events, &s.replies, &s.changelog, &s.dead_letters] {
+        let (all, parts) = read_all_isolated(topic, "read_uncommitted");
+        let released: std::collections::BTreeSet<i32> =
+            all.iter().filter(|r| r.key.as_deref() == Some("millrace.release")).map(|r| r.partition).collect();
+        assert_eq!(released, (0..parts as i32).collect(), "{topic}: a release record on every partition");
+        let committed = read_all(topic);
+        assert!(committed.iter().all(|r| r.key.as_deref() != Some("millrace.release")), "{topic}: never visible read_committed");
+    }
+}
+
 /// Two live processes with one instance id would fence each other for as long as both run:
 /// the second refuses to start (exit 2, naming the id). A restart of the same id after a
 /// SIGKILL is no twin: it starts, without waiting a heartbeat when its predecessor's

@@ -357,6 +357,26 @@ impl App {
         }
     }
 
+    /// Every partition a processing thread's transactions write as a rule: the aggregates'
+    /// events and replies, the stores' changelogs and the dead-letter topic. A new producer
+    /// releases them (`TransactionalSink::release_offsets`). Repartition topics are left
+    /// out: they are inputs too, and a released partition's consumer lag would show the
+    /// aborted record and its marker until the next record comes.
+    fn written_partitions(&self) -> Vec<crate::record::TopicPartition> {
+        let mut topics: BTreeMap<String, i32> = BTreeMap::new();
+        for a in self.topology.aggregates.values() {
+            topics.insert(a.events.name.clone(), a.events.partitions);
+            topics.insert(a.replies.name.clone(), a.replies.partitions);
+        }
+        for n in self.topic_needs() {
+            use crate::topology::TopicRole;
+            if matches!(n.role, TopicRole::Changelog | TopicRole::DeadLetters) || n.name == self.topology.dead_letter_topic() {
+                topics.insert(n.name, n.partitions);
+            }
+        }
+        topics.into_iter().flat_map(|(t, n)| (0..n).map(move |p| crate::record::TopicPartition::new(t.clone(), p))).collect()
+    }
+
     /// Every topic this application needs, internal ones included.
     pub fn topic_needs(&self) -> Vec<TopicNeed> {
         self.topology.topic_needs()
@@ -496,7 +516,8 @@ impl App {
             // thread taking turns (`alternating_sink`), each id fencing its own older
             // incarnation; restores through the client factory.
             let (clients, exactly_once) = (self.config.kafka.clone(), self.topology.processing.exactly_once);
-            let new_sink: SinkFactory = Box::new(move || new_thread_sink(&clients, &member, exactly_once));
+            let written = self.written_partitions();
+            let new_sink: SinkFactory = Box::new(move || new_thread_sink(&clients, &member, exactly_once, &written));
             let reader: Arc<dyn ChangelogReader> = Arc::new(KafkaChangelog { clients: self.config.kafka.clone() });
             // Offset lookups of this thread's engine, on a connection of their own.
             let offsets = Arc::new(super::reader::PartitionReader::new(&self.config.kafka, "end offsets", format!("{}-offsets", self.member_id(thread)), &[])?);
@@ -672,15 +693,16 @@ fn advertised(local: std::net::SocketAddr) -> String {
 /// `<member>-alternate`, initialised side by side (each `init_transactions` is a round
 /// trip to its coordinator, and restarts wait for them). At-least-once has no transactions
 /// to alternate: one idempotent producer.
-fn new_thread_sink(clients: &crate::kafka::Clients, member: &str, exactly_once: bool) -> Result<Box<dyn Sink>, SinkError> {
+fn new_thread_sink(clients: &crate::kafka::Clients, member: &str, exactly_once: bool, written: &[crate::record::TopicPartition]) -> Result<Box<dyn Sink>, SinkError> {
     use crate::sink::TransactionalSink;
     if !exactly_once {
         return Ok(Box::new(TransactionalSink::new(clients, member, false)?));
     }
     let alternate = format!("{member}-alternate");
+    let sink = |id: &str| TransactionalSink::new(clients, id, true).map(|s| s.releasing(written.to_vec()));
     let (first, second) = std::thread::scope(|s| {
-        let second = s.spawn(|| TransactionalSink::new(clients, &alternate, true));
-        let first = TransactionalSink::new(clients, member, true);
+        let second = s.spawn(|| sink(&alternate));
+        let first = sink(member);
         (first, second.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
     Ok(Box::new(super::alternating_sink::AlternatingSink::new(Box::new(first?), Box::new(second?))))

@@ -104,9 +104,9 @@ pub trait Sink: Send {
     /// Aborts the open transaction, if any: none of its records ever becomes visible.
     fn abort(&mut self) -> Result<(), SinkError>;
 
-    /// Ends any transactional offset commit an earlier epoch of this producer left pending
-    /// for the group (see `TransactionalSink::release_offsets`). Not while a transaction
-    /// is open. Sinks without such a limbo do nothing.
+    /// Ends any transaction an earlier epoch of this producer left pending, on the group's
+    /// offsets and on the partitions it writes (see `TransactionalSink::release_offsets`).
+    /// Not while a transaction is open. Sinks without such a limbo do nothing.
     fn release_offsets(&mut self, partition: &TopicPartition, group: &GroupToken) -> Result<(), SinkError> {
         let _ = (partition, group);
         Ok(())

@@ -149,12 +149,11 @@ pub fn restore(
 }
 
 /// Fails with `StoreAhead` when the store holds a transaction the broker aborted after
-/// acknowledging its commit. Kafka 4.3.1 was seen to do so to a transaction committed as
-/// the broker shut down (`tests/broker_restart.rs`): the coordinator recorded the commit
-/// and answered it, but no marker reached the partitions, and the abort that fenced the
-/// producer's next epoch took the records with it. millrace had written the store on the
-/// answer, so the store ran ahead of its changelog, and the commands read again were
-/// taken as done.
+/// acknowledging its commit. Kafka 4.3 was seen to leave a transaction committed as the
+/// broker stopped without a marker on any of its partitions (`tests/broker_restart.rs`);
+/// the new producer's release (`TransactionalSink::release_offsets`) then aborts it
+/// everywhere. millrace had written the store on the answer, so the store ran ahead of
+/// its changelog, and the commands read again would have been taken as done.
 ///
 /// Called when the restore's committed-only read, started at the checkpoint, did not
 /// deliver the checkpoint's record first, though the store applied it: compaction removed

@@ -59,6 +59,10 @@ pub struct Poisoned {
 type OriginIndex = usize;
 const NO_ORIGIN: OriginIndex = usize::MAX;
 
+/// The key of the empty records a release writes and aborts (`release_offsets`): a key,
+/// because compacted topics refuse records without one.
+pub const RELEASE_KEY: &[u8] = b"millrace.release";
+
 /// How much longer than its own timeout a call to librdkafka may take before it counts as
 /// hung (`SinkError::Hung`).
 const HUNG_MARGIN: Duration = Duration::from_secs(15);
@@ -224,6 +228,9 @@ pub struct TransactionalSink {
     /// Input records of the open transaction whose outputs were sent, by origin index.
     origins: Origins,
     current: OriginIndex,
+    /// Every partition this producer may write: `release_offsets` ends there too what an
+    /// earlier epoch of its producer id left pending.
+    release_to: Vec<TopicPartition>,
 }
 
 impl TransactionalSink {
@@ -265,6 +272,7 @@ impl TransactionalSink {
             timeout,
             origins: Origins::default(),
             current: NO_ORIGIN,
+            release_to: Vec::new(),
         };
         let started = Instant::now();
         while exactly_once {
@@ -278,6 +286,13 @@ impl TransactionalSink {
             }
         }
         Ok(sink)
+    }
+
+    /// The partitions `release_offsets` also ends an earlier epoch's pending transaction
+    /// on: every partition of every topic this producer writes (see there).
+    pub fn releasing(mut self, partitions: Vec<TopicPartition>) -> Self {
+        self.release_to = partitions;
+        self
     }
 
     pub fn is_open(&self) -> bool {
@@ -540,14 +555,7 @@ impl TransactionalSink {
             self.producer.context().failed.store(0, Ordering::Relaxed);
             return Err(p);
         }
-        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
-        if self.producer.in_flight_count() > 0 || failed > 0 {
-            return Err(SinkError::Failed {
-                transactional_id: self.transactional_id.clone(),
-                op: "flush",
-                source: KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut),
-            });
-        }
+        self.all_delivered("flush")?;
         self.open = false;
         metrics::histogram!("millrace_commit_seconds").record(started.elapsed().as_secs_f64());
         Ok(self.producer.context().take_delivered())
@@ -561,29 +569,65 @@ impl TransactionalSink {
         drain(&self.producer, self.timeout);
     }
 
-    /// Opens a transaction that holds nothing but `offsets` for the group, and aborts it.
+    /// Opens a transaction that holds nothing but `offsets` for the group and an empty
+    /// record on every partition of `release_to`, and aborts it.
     ///
-    /// Its ABORT marker, written for this producer id to the group's offsets partition,
-    /// ends whatever transactional offset commit an earlier epoch of the same producer id
-    /// left pending there. Such a commit can outlive its transaction: when a Kafka 4.3
-    /// broker restarted right after a commit, the transaction's outputs were committed but
-    /// its marker never reached `__consumer_offsets`, and the group's offsets stayed
-    /// unstable for ever, so no read_committed member could fetch them (Kafka's own remedy
-    /// is the admin tool `kafka-transactions.sh abort`, which librdkafka cannot call).
-    /// Dropping them moves the input back to before that transaction; the aggregate
-    /// processor passes over the commands its snapshots already hold. The values sent
-    /// here are never committed. No-op while a transaction is open, and for at-least-once.
+    /// Its ABORT markers, written for this producer id, end whatever transaction an
+    /// earlier epoch of the same producer id left pending on those partitions and on the
+    /// group's offsets partition. Kafka 4.3 brokers leave such transactions behind: a
+    /// transaction in PrepareCommit when the broker stopped (SIGTERM or SIGKILL) was
+    /// marked CompleteCommit after the restart without a marker on any of its partitions
+    /// (`tests/broker_restart.rs`; docs/operations.md, the failure table). Its records then
+    /// wait, holding each partition's last stable offset, until this producer id writes
+    /// its next marker there, and that marker decides them. Before, only the offsets
+    /// partition was released, by an abort, while the next commit on the data partitions
+    /// committed the same transaction's outputs: its commands were read again and
+    /// answered twice. Now every partition gets the same abort, so such a transaction is
+    /// aborted everywhere and its commands run once more, once. (Kafka's own remedy is the
+    /// admin tool `kafka-transactions.sh abort`, which librdkafka cannot call.)
+    ///
+    /// The empty records are never visible to read_committed readers, and compaction
+    /// removes aborted records. The offsets sent here are never committed. No-op while a
+    /// transaction is open, and for at-least-once.
     pub fn release_offsets(&mut self, offsets: &TopicPartitionList, group: Arc<ConsumerGroupMetadata>) -> Result<(), SinkError> {
         if self.open || !self.exactly_once || offsets.count() == 0 {
             return Ok(());
         }
         self.begin()?;
-        let sent = self.send_offsets(offsets, group);
+        let sent = self.send_offsets(offsets, group).and_then(|()| self.send_release_records());
         // Aborted even if the offsets could not be sent: the transaction may hold the
         // group's partition already (AddOffsetsToTxn comes first).
         let aborted = self.abort();
         sent.and(aborted)?;
         metrics::counter!("millrace_offsets_released_total").increment(1);
+        Ok(())
+    }
+
+    /// An empty record (key `RELEASE_KEY`, no value) on every partition of `release_to`,
+    /// delivered: a partition joins the transaction, and gets its marker, only once
+    /// a record reached it.
+    fn send_release_records(&mut self) -> Result<(), SinkError> {
+        for tp in &self.release_to {
+            let record: BaseRecord<'_, [u8], [u8], OriginIndex> = BaseRecord::with_opaque_to(&tp.topic, NO_ORIGIN).partition(tp.partition).key(RELEASE_KEY);
+            if let Err((e, _)) = self.producer.send(record) {
+                return Err(self.classify("release", e));
+            }
+        }
+        self.drain();
+        self.all_delivered("release")
+    }
+
+    /// After a drain: every record sent was delivered (none still in flight, none failed
+    /// since the last look).
+    fn all_delivered(&self, op: &'static str) -> Result<(), SinkError> {
+        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
+        if self.producer.in_flight_count() > 0 || failed > 0 {
+            return Err(SinkError::Failed {
+                transactional_id: self.transactional_id.clone(),
+                op,
+                source: KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut),
+            });
+        }
         Ok(())
     }
 

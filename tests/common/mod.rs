@@ -383,9 +383,15 @@ impl Rec {
 
 /// Every committed record of `topic` (read_committed), up to the current end.
 pub fn read_all(topic: &str) -> Vec<Rec> {
+    read_all_isolated(topic, "read_committed").0
+}
+
+/// Every record of `topic` up to the current end, as `isolation` reads them
+/// (`read_uncommitted` also returns aborted ones), and the topic's partition count.
+pub fn read_all_isolated(topic: &str, isolation: &str) -> (Vec<Rec>, usize) {
     let c: BaseConsumer = client_config()
         .set("group.id", unique("reader"))
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
         .create()
@@ -416,7 +422,7 @@ pub fn read_all(topic: &str) -> Vec<Rec> {
             _ => {}
         }
     }
-    out
+    (out, parts)
 }
 
 /// Waits until `topic` holds at least `n` committed records; returns them.
@@ -581,7 +587,7 @@ pub fn broker_is_ours() -> bool {
 
 /// Runs `deploy/kafka-local <arg>` (`up`, `down`).
 pub fn kafka_local(arg: &str) {
-    let status = kafka_local_script().arg(arg).status().expect("run deploy/kafka-local");
+    let status = kafka_local_script().args(arg.split_whitespace()).status().expect("run deploy/kafka-local");
     assert!(status.success(), "deploy/kafka-local {arg} failed");
 }
 

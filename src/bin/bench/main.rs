@@ -15,7 +15,8 @@
 //!                                             default 20000), local and forwarded
 //! (bootstrap from KAFKA_BOOTSTRAP; processing threads from MILLRACE_BENCH_THREADS,
 //! default 1; a secondary index on the aggregate's store from MILLRACE_BENCH_INDEX, a
-//! field name; the dedup window from MILLRACE_BENCH_DEDUP, default 32; command ids shaped
+//! field name; the dedup window from MILLRACE_BENCH_DEDUP, default 32; the padding of
+//! each command from MILLRACE_BENCH_PAD, default 900 (~1 KB commands); command ids shaped
 //! like UUIDs (36 characters, as most clients make them) instead of `b-N` from
 //! MILLRACE_BENCH_UUID_IDS=1; the Kafka Streams application from MILLRACE_BENCH_KSTREAMS)
 
@@ -67,8 +68,12 @@ fn main() {
     ])
     .expect("create bench topics");
 
-    eprintln!("loading {n} commands of ~1 KB over {keys} keys into {input}");
-    load(&bootstrap, &input, n, keys);
+    // MILLRACE_BENCH_PAD: the padding in each command's name (900, ~1 KB commands, unless
+    // set): smaller commands weigh the per-record costs more than the per-byte ones.
+    let pad: usize = std::env::var("MILLRACE_BENCH_PAD").ok().and_then(|p| p.parse().ok()).unwrap_or(900);
+    let size = if pad == 900 { "1 KB".to_string() } else { format!("{pad} B of padding") };
+    eprintln!("loading {n} commands ({size}) over {keys} keys into {input}");
+    load_padded(&bootstrap, &input, n, keys, pad);
 
     // Alternate the contenders, three rounds each, on the same input: one run of any is
     // noisy on a 2-core machine that also hosts the broker. Report medians.
@@ -105,7 +110,7 @@ fn main() {
     let millrace_rate = n as f64 / millrace_secs;
     let per_10k = |u: &[ProcessUsage]| median(&mut u.iter().map(|u| u.cpu_secs * 10_000.0 / n as f64).collect::<Vec<_>>());
     let peak = |u: &[ProcessUsage]| u.iter().map(ProcessUsage::peak_mib).fold(0.0, f64::max);
-    println!("commands                 {n} (1 KB, {keys} keys, {PARTITIONS} partitions, commit every {COMMIT_MS} ms, 1 instance)");
+    println!("commands                 {n} ({size}, {keys} keys, {PARTITIONS} partitions, commit every {COMMIT_MS} ms, 1 instance)");
     println!("raw transactional copy   {copy_rate:>10.0} records/s  (median of {ROUNDS}: {copy_secs:.2} s)");
     println!("millrace exactly-once    {millrace_rate:>10.0} commands/s (median of {ROUNDS}: {millrace_secs:.2} s)");
     println!("ratio millrace/copy      {:>10.2}", millrace_rate / copy_rate);
