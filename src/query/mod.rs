@@ -108,9 +108,9 @@ pub fn router(
 #[utoipa::path(get, path = "/health", tag = "probes", security(()),
     responses((status = 200, description = "alive", body = api::Health), (status = 503, description = "a processing thread died; the process exits", body = api::Health)))]
 async fn health(State(ctx): State<Ctx>) -> Response {
-    let mut body = match ctx.catalog.failure() {
-        None => json!({"status": "ok"}),
-        Some(reason) => json!({"status": "failed", "reason": reason}),
+    let (status, mut body) = match ctx.catalog.failure() {
+        None => (StatusCode::OK, json!({"status": "ok"})),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "failed", "reason": reason})),
     };
     // Who answers: a run restarting under this instance id asks the address its
     // predecessor advertised whether that one still serves (`runtime/predecessor.rs`).
@@ -118,7 +118,6 @@ async fn health(State(ctx): State<Ctx>) -> Response {
         body["instance"] = json!(d.me.instance);
         body["incarnation"] = json!(d.incarnation);
     }
-    let status = if body["status"] == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 
