@@ -3,8 +3,9 @@
 //! Exit codes:
 //! - 0: clean shutdown;
 //! - 1: runtime failure: a processing thread died (a fatal error, or a transient one that
-//!   did not pass within its retry budget). `/health` answers 503 while the instance stops;
-//!   an orchestrator should restart it;
+//!   did not pass within its retry budget; `/health` answers 503 while the instance stops),
+//!   or a shutdown did not finish within `--shutdown-timeout`. An orchestrator should
+//!   restart it;
 //! - 2: bad topology, arguments or Kafka settings (a setting that would break exactly-once
 //!   or partitioning is named);
 //! - 3: `plan` found mismatches that need a human.
@@ -95,6 +96,12 @@ enum Command {
         /// or read-side (projections only), to scale and restart them apart.
         #[arg(long = "run", env = "MILLRACE_RUN", default_value = "all", value_parser = ["all", "processing", "read-side"])]
         run: String,
+        /// Seconds a shutdown (SIGTERM, Ctrl-C) may take to commit what was processed and
+        /// leave the group. Past them the process exits with code 1, as after a crash: the
+        /// next start aborts what it left open and restores only the stores' tails. Keep it
+        /// under the orchestrator's grace period (Kubernetes: 30 s by default).
+        #[arg(long, env = "MILLRACE_SHUTDOWN_TIMEOUT", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
+        shutdown_timeout: u64,
     },
     /// Check a topology file; prints file:line:col and what was expected on error.
     Validate { file: PathBuf },
@@ -375,7 +382,7 @@ fn main() -> ExitCode {
             // Mismatches need a human: a non-zero exit lets a deploy pipeline stop on them.
             if steps.iter().any(|s| s.is_problem()) { ExitCode::from(3) } else { ExitCode::SUCCESS }
         }
-        Command::Run { topology, bootstrap_servers, state_dir, http, advertised_http, instance_id, kafka_config, consumer_config, producer_config, http_args, postgres_url, run } => {
+        Command::Run { topology, bootstrap_servers, state_dir, http, advertised_http, instance_id, kafka_config, consumer_config, producer_config, http_args, postgres_url, run, shutdown_timeout } => {
             let topo = match topology::load(&topology) {
                 Ok(t) => t,
                 Err(e) => {
@@ -448,7 +455,7 @@ fn main() -> ExitCode {
             let result: Result<(), RuntimeError> = rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.map_err(RuntimeError::Http)?;
                 tracing::info!(addr = %listener.local_addr().map_err(RuntimeError::Http)?, "http listening");
-                app.run(listener, metrics, shutdown_signal()).await
+                app.run(listener, metrics, shutdown_signal(std::time::Duration::from_secs(shutdown_timeout))).await
             });
             match result {
                 Ok(()) => {
@@ -688,12 +695,32 @@ fn default_instance_id(state_dir: &std::path::Path) -> std::io::Result<String> {
     Ok(format!("{host}-{:08x}", hash as u32))
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or Ctrl-C, and bounds the shutdown that follows by `limit`.
+async fn shutdown_signal(limit: std::time::Duration) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("install SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutdown requested");
+    tracing::info!(limit_s = limit.as_secs(), "shutdown requested");
+    // With the broker away, the calls a shutdown makes (the last commit, the abort after
+    // it, a producer a failed transaction replaces) each wait out librdkafka's timeouts, one
+    // after another: an instance SIGTERMed under load while its broker was down still ran
+    // minutes later (tests/shutdown_outage.rs). Those calls cannot be interrupted. Past the
+    // limit the process goes as a crash would, which exactly-once is built to survive.
+    let watchdog = std::thread::Builder::new().name("millrace-shutdown-limit".into()).spawn(move || {
+        std::thread::sleep(limit);
+        tracing::error!(
+            limit_s = limit.as_secs(),
+            "shutdown did not finish within --shutdown-timeout; exiting as after a crash: the next start aborts the open transaction and restores the stores' changelog tails"
+        );
+        // SAFETY: _exit ends the process at once. Destructors and atexit handlers are what
+        // must not run here: they would tear RocksDB and librdkafka down under the threads
+        // still blocked in them.
+        unsafe { libc::_exit(1) };
+    });
+    if let Err(e) = watchdog {
+        tracing::warn!(error = %e, "the shutdown is not bounded: its watchdog thread did not start");
+    }
 }

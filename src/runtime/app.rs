@@ -517,7 +517,15 @@ impl App {
             // incarnation; restores through the client factory.
             let (clients, exactly_once) = (self.config.kafka.clone(), self.topology.processing.exactly_once);
             let written = self.written_partitions();
-            let new_sink: SinkFactory = Box::new(move || new_thread_sink(&clients, &member, exactly_once, &written));
+            // Once the instance stops, a failed transaction's producer is not replaced
+            // (`SinkError::ShuttingDown`).
+            let stopping = stop.clone();
+            let new_sink: SinkFactory = Box::new(move || {
+                if stopping.load(Ordering::SeqCst) {
+                    return Err(crate::sink::SinkError::ShuttingDown);
+                }
+                new_thread_sink(&clients, &member, exactly_once, &written)
+            });
             let reader: Arc<dyn ChangelogReader> = Arc::new(KafkaChangelog { clients: self.config.kafka.clone() });
             // Offset lookups of this thread's engine, on a connection of their own.
             let offsets = Arc::new(super::reader::PartitionReader::new(&self.config.kafka, "end offsets", format!("{}-offsets", self.member_id(thread)), &[])?);
@@ -529,6 +537,11 @@ impl App {
                         // Every log line of this thread names it (a field of JSON logs).
                         let _span = tracing::info_span!("processing", thread).entered();
                         let r = super::poll_loop::poll_loop(consumer_cfg, settings, resources, catalog.clone(), (new_sink, reader, offsets), stop.clone());
+                        // Stopped before its first producer: nothing was processed.
+                        let r = match r {
+                            Err(RuntimeError::Sink(crate::sink::SinkError::ShuttingDown)) => Ok(()),
+                            r => r,
+                        };
                         if let Err(e) = &r {
                             // /health says so (503) while the instance shuts down.
                             tracing::error!(thread, error = %e, "processing thread failed; the instance stops");

@@ -44,6 +44,11 @@ pub enum SinkError {
     /// #5511). The producer is left to its call and a new one takes over.
     #[error("producer {transactional_id}: {op} did not return within {waited_s} s; the producer is abandoned and a new one takes over")]
     Hung { transactional_id: String, op: &'static str, waited_s: u64 },
+    /// Asked for a new producer while the instance stops: none starts. Its
+    /// init_transactions would wait out its timeouts against a broker that may be away,
+    /// and the next start fences and aborts what the last producer left open anyway.
+    #[error("the instance is shutting down: no new producer starts; the next start aborts what the last one left open")]
+    ShuttingDown,
 }
 
 /// The input record whose output a topic refused, and why.
@@ -131,6 +136,8 @@ impl SinkError {
             SinkError::Poisoned { .. } => Recovery::AbortAndRewind,
             SinkError::Unattributable { .. } => Recovery::Fatal,
             SinkError::Hung { .. } => Recovery::Retry,
+            // The processing loop, which retries, sees the stop and ends.
+            SinkError::ShuttingDown => Recovery::Retry,
         }
     }
 

@@ -1,0 +1,90 @@
+//! SIGTERM while the broker is away, under load: the instance exits within its shutdown
+//! limit (`--shutdown-timeout`), and the next start answers every command exactly once.
+//! Before the limit, such an instance was still running minutes later, each of its Kafka
+//! calls waiting out its timeout in turn. The only test in its binary, because it takes
+//! the shared broker away for a while; cargo runs test binaries one after another.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const COMMANDS: usize = 12_000;
+const KEYS: usize = 1_000;
+const LIMIT_S: u64 = 5;
+
+#[test]
+fn sigterm_with_the_broker_away_exits_within_the_limit_and_loses_nothing() {
+    if !broker_is_ours() {
+        eprintln!("skipped: the broker at {} was not started by deploy/kafka-local, so this test cannot stop it", bootstrap());
+        return;
+    }
+    let s = Setup::new("shutdownoutage", 4, "json");
+    let state = s.dir.path().join("state-a");
+    let limit = ["--shutdown-timeout".into(), LIMIT_S.to_string()].map(std::ffi::OsString::from);
+    let limit: Vec<&std::ffi::OsStr> = limit.iter().map(|a| a.as_os_str()).collect();
+    let mut a = Instance::spawn_with(&s, "a", &state, &limit);
+    a.wait_ready();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let loader = {
+        let (topic, sent) = (s.commands.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let p = producer();
+            for i in 0..COMMANDS {
+                let key = format!("k{}", i % KEYS);
+                let (ty, payload) = if i < KEYS {
+                    ("CreateCustomer", json!({"name": format!("n{i}"), "email": "a@b"}))
+                } else {
+                    ("UpdateCustomer", json!({"name": format!("n{i}"), "email": format!("{i}@b")}))
+                };
+                // The producer buffers and retries while the broker is away.
+                send(&p, &topic, &key, &command_json(&format!("cmd-{i}"), &key, None, ty, payload), &[]);
+                sent.store(i + 1, Ordering::SeqCst);
+                if i % 4 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            rdkafka::producer::Producer::flush(&p, Duration::from_secs(180)).expect("the loader's records reach the restarted broker");
+        })
+    };
+    // Processing is under way: transactions open and commit every 100 ms.
+    wait_for(&s.replies, COMMANDS / 10, Duration::from_secs(60));
+    let _guard = BrokerBack;
+    kafka_local("down --crash");
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = a.child.id() as libc::pid_t;
+    let asked = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            break status;
+        }
+        // The limit, and time for a loaded machine to schedule the watchdog.
+        assert!(asked.elapsed() < Duration::from_secs(LIMIT_S + 10), "still running {:?} after SIGTERM (limit {LIMIT_S} s); log:\n{}", asked.elapsed(), a.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = asked.elapsed();
+    let log = a.log_text();
+    eprintln!("exited with {status} {took:?} after SIGTERM");
+    // Either the shutdown finished (it found nothing it could not end at once), or the
+    // limit ended it, as a crash would, and said so.
+    match status.code() {
+        Some(0) => assert!(log.contains("clean shutdown"), "exit 0 without a clean shutdown; log:\n{log}"),
+        Some(1) => assert!(log.contains("shutdown did not finish within --shutdown-timeout"), "exit 1 without the limit's reason; log:\n{log}"),
+        other => panic!("exit {other:?} after SIGTERM; log:\n{log}"),
+    }
+    kafka_local("up");
+    loader.join().unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), COMMANDS);
+    // The same instance again, on its state directory: what the last one left open is
+    // aborted, and every command is answered once.
+    let a = Instance::start(&s, "a", &state);
+    let replies = replies_by_id(&wait_for(&s.replies, COMMANDS, Duration::from_secs(180)));
+    assert_eq!(replies.len(), COMMANDS, "every command answered after the restart; log:\n{}", a.log_text());
+    check_exactly_once(&s, COMMANDS, KEYS, &[&a]);
+    assert!(a.terminate().success(), "with the broker up, a shutdown is clean");
+}
