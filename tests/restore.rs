@@ -154,3 +154,87 @@ fn a_store_holding_an_aborted_transaction_is_rebuilt_from_the_committed_changelo
     assert_eq!(snapshots(&second), before, "every key as committed, r0 included");
     assert!(second.terminate().success());
 }
+
+/// SIGTERM in the middle of a full restore (a new instance, a lost disk, a scale-out):
+/// the restore stops where it is, keeps what it applied, and the instance exits cleanly at
+/// once, not when the restore would have ended or its shutdown limit would have cut it
+/// off (exit 1). The next start goes on from the checkpoint it reached, and the first
+/// command sees the whole state.
+#[test]
+fn sigterm_during_a_full_restore_exits_cleanly_and_the_next_start_goes_on() {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+    use std::ffi::OsStr;
+    use std::time::Instant;
+    const FILLER: usize = 60_000;
+    let s = Setup::new("restoreinterrupt", 1, "json");
+    let a = s.start_instance("a");
+    // Snapshots of other keys ahead of x, written straight to the changelog in small
+    // batches (a restore copies them as they are).
+    let p: ThreadedProducer<DefaultProducerContext> = client_config().set("linger.ms", "0").set("batch.size", "400").create().unwrap();
+    let filler = vec![b'f'; 200];
+    for i in 0..FILLER {
+        let key = format!("filler-{i}");
+        while p.send(BaseRecord::to(&s.changelog).key(&key).payload(&filler[..]).partition(0)).is_err() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    let c = producer();
+    send(&c, &s.commands, "x", &command_json("x1", "x", None, "CreateCustomer", json!({"name": "x", "email": "x@example.org"})), &[]);
+    send(&c, &s.commands, "x", &command_json("x2", "x", Some(1), "UpdateCustomer", json!({"name": "x2", "email": "x@example.org"})), &[]);
+    flush(&c);
+    assert_eq!(wait_for(&s.replies, 2, Duration::from_secs(60)).len(), 2);
+    assert!(a.terminate().success());
+
+    // A new instance on an empty state directory restores the whole changelog, slowly:
+    // one small record batch a fetch.
+    let slow = s.dir.path().join("slow-fetch.properties");
+    std::fs::write(&slow, "max.partition.fetch.bytes=1\n").unwrap();
+    let state = s.dir.path().join("state-b");
+    let mut b = Instance::spawn_with(&s, "b", &state, &[OsStr::new("--kafka-config"), slow.as_os_str()]);
+    // Under way, with a batch applied (the gauge is set as each batch is written).
+    let remaining = |i: &Instance| -> Option<f64> {
+        let page = http_get(&i.http, "/metrics").map(|r| r.1).unwrap_or_default();
+        let line = page.lines().find(|l| l.starts_with("millrace_restore_remaining{store=\"customers\",partition=\"0\"}"))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    let started = Instant::now();
+    while !remaining(&b).is_some_and(|r| r > 0.0) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the restore never began; log:\n{}", b.log_text());
+        assert!(b.child.try_wait().unwrap().is_none(), "exited during the restore; log:\n{}", b.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = remaining(&b).unwrap();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGTERM) };
+    let asked = Instant::now();
+    let status = loop {
+        if let Some(status) = b.child.try_wait().unwrap() {
+            break status;
+        }
+        // Before the restore could end (it reads 9,000 records a second at this fetch
+        // size here: some 6 s are left), and well under the shutdown limit (25 s), which
+        // would end it with exit 1.
+        assert!(asked.elapsed() < Duration::from_secs(4), "still running {:?} after SIGTERM, {left} records of the restore left; log:\n{}", asked.elapsed(), b.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = b.log_text();
+    eprintln!("SIGTERM with {left} records of the restore left: exited with {status} after {:?}", asked.elapsed());
+    assert!(status.success(), "a clean exit; log:\n{log}");
+    assert!(log.contains("interrupted: the instance is shutting down"), "the log says the restore was interrupted:\n{log}");
+
+    // Started again on the same directory, at full speed: the restore goes on from the
+    // checkpoint the interrupted one reached, not from the beginning.
+    let b = Instance::start(&s, "b", &state);
+    let log = b.log_text();
+    let resumed = log.lines().find(|l| l.contains("restored changelog tail")).unwrap_or_else(|| panic!("no restore logged:\n{log}"));
+    assert!(resumed.contains("from=Some("), "resumed from a checkpoint: {resumed}");
+    send(&c, &s.commands, "x", &command_json("x3", "x", Some(2), "UpdateCustomer", json!({"name": "x3", "email": "x@example.org"})), &[]);
+    flush(&c);
+    let replies = replies_by_id(&wait_for(&s.replies, 3, Duration::from_secs(90)));
+    let x3 = &replies["x3"];
+    assert_eq!(x3.len(), 1, "{x3:?}");
+    assert_eq!(x3[0]["outcome"], "accepted", "decided on the whole state: {x3:?}");
+    assert_eq!(x3[0]["version"], 3, "{x3:?}");
+    assert!(b.terminate().success());
+}

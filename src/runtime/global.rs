@@ -117,7 +117,8 @@ impl GlobalTable {
         let stores = self.stores.read().expect("global table lock").clone();
         let mut total = 0;
         for s in &stores {
-            total += restore(s, &self.topic, clients, &|_| true, true)?;
+            // Before any processing thread starts: a shutdown then waits for it.
+            total += restore(s, &self.topic, clients, &|_| true, true, None)?;
         }
         Ok(total)
     }

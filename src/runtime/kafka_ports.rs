@@ -15,6 +15,7 @@ use crate::sink::{SinkError, TransactionalSink};
 use crate::store::RocksStore;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance};
 use rdkafka::ClientContext;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use rdkafka::{Offset, TopicPartitionList};
@@ -179,15 +180,17 @@ fn metadata(group: &GroupToken) -> Option<std::sync::Arc<ConsumerGroupMetadata>>
 /// The restore readers, each a consumer outside the group made by the client factory.
 pub(crate) struct KafkaChangelog {
     pub clients: Clients,
+    /// The instance's stop: a restore or history read in progress ends when it is set.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl ChangelogReader for KafkaChangelog {
     fn restore(&self, store: &RocksStore, changelog: &str, accept: &dyn Fn(Option<&[u8]>) -> bool, versions: bool) -> Result<u64, RuntimeError> {
-        super::restore::restore(store, changelog, &self.clients, accept, versions)
+        super::restore::restore(store, changelog, &self.clients, accept, versions, self.stop.clone())
     }
 
     fn ensure_event_history(&self, store: &RocksStore, source: &EventSource, restored: u64) -> Result<(), RuntimeError> {
-        super::restore::ensure_event_history(store, source, &self.clients, restored)
+        super::restore::ensure_event_history(store, source, &self.clients, restored, self.stop.clone())
     }
 }
 

@@ -82,6 +82,8 @@ pub enum RuntimeError {
     NoGroupMetadata,
     #[error("the group member failed for good ({reason}); a new member takes its place")]
     MemberLost { reason: String },
+    #[error("{what} of {partition} interrupted: the instance is shutting down; what it applied is kept, and the next start goes on from there")]
+    Interrupted { what: &'static str, partition: String },
     #[error("projection node {node}: no projection is registered as {name:?}; this binary registers {known:?}")]
     UnknownProjection { node: String, name: String, known: Vec<String> },
     #[error("the topology has a read side (projections and outboxes: {nodes}) but no PostgreSQL for it: give --postgres-url or MILLRACE_POSTGRES_URL (postgres://user:password@host:port/database), or run with --run processing")]
@@ -118,7 +120,9 @@ impl RuntimeError {
             | RuntimeError::StoreAhead { .. }
             | RuntimeError::UnstableOffsets { .. }
             | RuntimeError::NoGroupMetadata
-            | RuntimeError::MemberLost { .. } => Recovery::Retry,
+            | RuntimeError::MemberLost { .. }
+            // The processing loop, which retries, sees the stop and ends.
+            | RuntimeError::Interrupted { .. } => Recovery::Retry,
             RuntimeError::Store(e) => e.recovery(),
             RuntimeError::Sink(e) => e.recovery(),
             RuntimeError::Process(e) => e.recovery(),

@@ -24,6 +24,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long one poll of `read_to_end` waits. Short: a tail that holds only an aborted
@@ -74,6 +76,8 @@ pub struct PartitionReader {
     consumer: Closing,
     what: &'static str,
     stall: Duration,
+    /// Set when the instance stops: a read in progress ends (`interruptible`).
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl PartitionReader {
@@ -96,7 +100,16 @@ impl PartitionReader {
             cfg.set(*k, *v);
         }
         let consumer = cfg.create_with_context(ReaderContext).map_err(|source| RuntimeError::Kafka { op: what, topic: String::new(), source })?;
-        Ok(Self { consumer: Closing(Some(consumer)), what, stall: STALL })
+        Ok(Self { consumer: Closing(Some(consumer)), what, stall: STALL, stop: None })
+    }
+
+    /// Reads of this reader end with `Interrupted` once `stop` is set. A full restore of a
+    /// large store takes minutes, and one waiting out a broker that went away takes as
+    /// long as the outage; an instance asked to stop meanwhile would go on until its
+    /// shutdown limit ended it as a crash (exit 1). What was read is kept.
+    pub fn interruptible(mut self, stop: Option<Arc<AtomicBool>>) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// A different stall limit (tests).
@@ -165,6 +178,9 @@ impl PartitionReader {
         self.assign(&[(tp.clone(), Some(first))])?;
         let mut idle_since = Instant::now();
         loop {
+            if self.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                return Err(RuntimeError::Interrupted { what: self.what, partition: tp.to_string() });
+            }
             match self.consumer.poll(POLL) {
                 Some(Ok(m)) => {
                     on_record(&m)?;

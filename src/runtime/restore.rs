@@ -10,6 +10,8 @@ use crate::kafka::Clients;
 use crate::record::TopicPartition;
 use crate::store::{BulkLoad, RocksStore};
 use rdkafka::Message;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 const BATCH: usize = 2_000;
@@ -42,17 +44,19 @@ impl Batch {
 /// Replays `changelog`'s partition into `store`; returns the number of records read.
 /// Records `accept` refuses are skipped (an input topic used as changelog may hold records
 /// the processor dead-lettered). With `versions`, each record is also kept as a version at
-/// its timestamp (a global table's history, for as-of lookups).
+/// its timestamp (a global table's history, for as-of lookups). Once `stop` is set, the
+/// read ends with `Interrupted`, what it read applied and checkpointed.
 pub fn restore(
     store: &RocksStore,
     changelog: &str,
     clients: &Clients,
     accept: &dyn Fn(Option<&[u8]>) -> bool,
     versions: bool,
+    stop: Option<Arc<AtomicBool>>,
 ) -> Result<u64, RuntimeError> {
     let partition = store.partition();
     let tp = TopicPartition::new(changelog, partition);
-    let reader = PartitionReader::new(clients, "restore", format!("millrace-restore-{changelog}"), &[])?;
+    let reader = PartitionReader::new(clients, "restore", format!("millrace-restore-{changelog}"), &[])?.interruptible(stop);
     let checkpoint = store.checkpoint().map_err(RuntimeError::Store)?;
     let labels = [("store", store.name().to_string()), ("partition", partition.to_string())];
     let started = Instant::now();
@@ -110,9 +114,12 @@ pub fn restore(
     let read = match read {
         Ok(r) => r,
         Err(e) => {
-            // What was read is applied and checkpointed: a retry goes on from there.
-            if matches!(e, RuntimeError::RestoreStalled { .. }) {
+            // What was read is applied and checkpointed: a retry, or the next start after
+            // a shutdown, goes on from there.
+            if matches!(e, RuntimeError::RestoreStalled { .. } | RuntimeError::Interrupted { .. }) {
                 flush(&mut batch, last)?;
+            }
+            if matches!(e, RuntimeError::RestoreStalled { .. }) {
                 metrics::counter!("millrace_restore_stalls_total", &labels).increment(1);
             }
             if let Batch::Bulk(load) = batch {
@@ -182,6 +189,7 @@ pub(crate) fn ensure_event_history(
     source: &super::route::EventSource,
     clients: &Clients,
     restored: u64,
+    stop: Option<Arc<AtomicBool>>,
 ) -> Result<(), RuntimeError> {
     let complete = store.events_complete().map_err(RuntimeError::Store)?;
     if complete && restored == 0 {
@@ -201,7 +209,8 @@ pub(crate) fn ensure_event_history(
         if source.partitions == source.input_partitions { vec![mine] } else { (0..source.partitions).collect() };
     let started = Instant::now();
     let mut applied = 0usize;
-    let reader = PartitionReader::new(clients, "read event history", format!("millrace-rebuild-{}", source.topic), &[])?;
+    // Interrupted, the history stays incomplete and the next start reads it again.
+    let reader = PartitionReader::new(clients, "read event history", format!("millrace-rebuild-{}", source.topic), &[])?.interruptible(stop);
     for p in partitions {
         // Events are written idempotently (key = aggregate id + version): re-applying one
         // the history has is harmless.
