@@ -67,6 +67,11 @@ pub fn restore(
     // before reading, as a broker call in the middle of the read could swallow its end
     // report.
     let (low, high) = reader.watermarks(&tp)?;
+    // Snapshots are about to move ahead of a complete event history: say so first
+    // (`ensure_event_history` catches it up, and clears the mark).
+    if checkpoint.map_or(low, |c| c + 1) < high && store.events_complete().map_err(RuntimeError::Store)? {
+        store.mark_events_behind().map_err(RuntimeError::Store)?;
+    }
     let mut batch = if bulk {
         Batch::Bulk(store.begin_bulk_load((high - low).max(0) as u64).map_err(RuntimeError::Store)?)
     } else {
@@ -177,7 +182,8 @@ fn check_first(store: &RocksStore, clients: &Clients, tp: &TopicPartition, check
 
 /// Makes the event history of an aggregate store complete, from the events topic (the
 /// history's source, as a table's input topic can be its changelog):
-/// - a history marked complete, with nothing restored: nothing to do;
+/// - a history marked complete, with nothing restored and no earlier catch-up left
+///   unfinished (`RocksStore::events_behind`): nothing to do;
 /// - a store brought forward from its changelog (after a crash, or a rolled-back state
 ///   directory): the events after the history's checkpointed events offsets are applied,
 ///   so the history catches up with the snapshots;
@@ -192,7 +198,9 @@ pub(crate) fn ensure_event_history(
     stop: Option<Arc<AtomicBool>>,
 ) -> Result<(), RuntimeError> {
     let complete = store.events_complete().map_err(RuntimeError::Store)?;
-    if complete && restored == 0 {
+    // Nothing restored this time, but an earlier catch-up may not have finished.
+    let behind = store.events_behind().map_err(RuntimeError::Store)?;
+    if complete && restored == 0 && !behind {
         return Ok(());
     }
     if !complete && store.is_empty() {

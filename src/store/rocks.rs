@@ -22,6 +22,8 @@ const CHECKPOINT_KEY: &[u8] = b"changelog-offset";
 const EVENTS_CF: &str = "events";
 /// Set once the event history holds every event of the store's aggregates.
 const EVENTS_COMPLETE_KEY: &[u8] = b"events-complete";
+/// Set while the event history is behind the snapshots (`mark_events_behind`).
+const EVENTS_BEHIND_KEY: &[u8] = b"events-behind";
 /// `events-offset/<partition>`: the events topic offset the history has every event up to.
 const EVENTS_OFFSET_PREFIX: &str = "events-offset/";
 
@@ -318,7 +320,8 @@ impl RocksStore {
         Ok(self.db.get_cf(&cf, EVENTS_COMPLETE_KEY).map_err(self.io("read events flag"))?.is_some())
     }
 
-    /// Rebuilt history entries (from the events topic), and then, with `complete`, the flag.
+    /// Rebuilt history entries (from the events topic), and then, with `complete`, the flag
+    /// (which also ends `events_behind`).
     pub fn put_events(&self, events: &[(Vec<u8>, u64, Vec<u8>)], complete: bool) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         let cf = self.db.cf_handle(EVENTS_CF).expect("events column family is created at open");
@@ -328,8 +331,26 @@ impl RocksStore {
         if complete {
             let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
             batch.put_cf(&meta, EVENTS_COMPLETE_KEY, []);
+            batch.delete_cf(&meta, EVENTS_BEHIND_KEY);
         }
         self.commit_batch(batch, None)
+    }
+
+    /// Marks the event history as behind the snapshots until the next `put_events` that
+    /// completes it. A restore applies snapshots from the changelog whose events the
+    /// history does not have; the history is caught up from the events topic after it.
+    /// Were that catch-up interrupted (a shutdown, a crash), the next start restores
+    /// nothing and could not otherwise tell the history is short. Written with the WAL
+    /// before the restore's first write, so no crash leaves the snapshots ahead unmarked.
+    pub fn mark_events_behind(&self) -> Result<(), StoreError> {
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
+        self.db.put_cf(&meta, EVENTS_BEHIND_KEY, []).map_err(self.io("mark events behind"))
+    }
+
+    /// Whether `mark_events_behind` was not followed by a completed history yet.
+    pub fn events_behind(&self) -> Result<bool, StoreError> {
+        let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
+        Ok(self.db.get_cf(&meta, EVENTS_BEHIND_KEY).map_err(self.io("read events behind"))?.is_some())
     }
 
     /// Whether the store holds any value at all.
@@ -645,6 +666,26 @@ mod tests {
         assert!(!s.events_complete().unwrap());
         s.put_events(&[], true).unwrap();
         assert!(s.events_complete().unwrap());
+    }
+
+    /// A history marked behind stays so across a reopen (a catch-up cut off by a shutdown
+    /// or a crash) and through partial catch-ups, until one completes it.
+    #[test]
+    fn a_history_marked_behind_stays_so_until_it_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = StoreResources::new(&StoreTuning::default());
+        {
+            let s = RocksStore::open(dir.path(), "a", 0, &res, None).unwrap();
+            s.put_events(&[], true).unwrap();
+            assert!(!s.events_behind().unwrap());
+            s.mark_events_behind().unwrap();
+            s.put_events(&[(b"x".to_vec(), 1, b"{}".to_vec())], false).unwrap();
+        }
+        let s = RocksStore::open(dir.path(), "a", 0, &res, None).unwrap();
+        assert!(s.events_behind().unwrap(), "still behind after a reopen and a partial catch-up");
+        assert!(s.events_complete().unwrap());
+        s.put_events(&[], true).unwrap();
+        assert!(!s.events_behind().unwrap());
     }
 
     #[test]
