@@ -51,7 +51,7 @@ fn sigterm_with_the_broker_away_exits_within_the_limit_and_loses_nothing() {
         })
     };
     // Processing is under way: transactions open and commit every 100 ms.
-    wait_for(&s.replies, COMMANDS / 10, Duration::from_secs(60));
+    assert!(wait_for(&s.replies, COMMANDS / 10, Duration::from_secs(60)).len() >= COMMANDS / 10, "processing got going");
     let _guard = BrokerBack;
     kafka_local("down --crash");
     std::thread::sleep(Duration::from_millis(500));

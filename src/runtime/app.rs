@@ -521,7 +521,9 @@ impl App {
             // (`SinkError::ShuttingDown`).
             let stopping = stop.clone();
             let new_sink: SinkFactory = Box::new(move || {
-                if stopping.load(Ordering::SeqCst) {
+                // At-least-once producers start without a broker round trip, and the
+                // rewind after a failed batch needs one before the shutdown commits again.
+                if exactly_once && stopping.load(Ordering::SeqCst) {
                     return Err(crate::sink::SinkError::ShuttingDown);
                 }
                 new_thread_sink(&clients, &member, exactly_once, &written)
@@ -537,9 +539,14 @@ impl App {
                         // Every log line of this thread names it (a field of JSON logs).
                         let _span = tracing::info_span!("processing", thread).entered();
                         let r = super::poll_loop::poll_loop(consumer_cfg, settings, resources, catalog.clone(), (new_sink, reader, offsets), stop.clone());
-                        // Stopped before its first producer: nothing was processed.
+                        // Refused a new producer while stopping: before its first one (nothing
+                        // processed), or after the last transaction failed, which the next
+                        // start aborts. Neither is this thread's failure.
                         let r = match r {
-                            Err(RuntimeError::Sink(crate::sink::SinkError::ShuttingDown)) => Ok(()),
+                            Err(e @ RuntimeError::Sink(crate::sink::SinkError::ShuttingDown)) => {
+                                tracing::warn!(error = %e, "stopped without committing the open transaction, if any");
+                                Ok(())
+                            }
                             r => r,
                         };
                         if let Err(e) = &r {

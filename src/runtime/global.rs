@@ -117,7 +117,8 @@ impl GlobalTable {
         let stores = self.stores.read().expect("global table lock").clone();
         let mut total = 0;
         for s in &stores {
-            // Before any processing thread starts: a shutdown then waits for it.
+            // Not interruptible: it runs before the shutdown signal is listened to, so a
+            // SIGTERM now ends the process at once, as a crash would.
             total += restore(s, &self.topic, clients, &|_| true, true, None)?;
         }
         Ok(total)

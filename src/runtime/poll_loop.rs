@@ -152,6 +152,13 @@ pub(super) fn poll_loop(
                 // a restore that stalled): retried with bounded backoff, from the last
                 // commit, never taken as permanent. Past the budget the thread ends and
                 // the instance exits (a restart is the next thing to try).
+                // Stopping: what failed was cut short by the stop itself (a restore
+                // interrupted, a producer refused) or has no retry left to wait for. The
+                // shutdown below ends whatever is open.
+                Err(e) if e.recovery() == Recovery::Retry && stop.load(Ordering::SeqCst) => {
+                    tracing::info!(error = %e, "stopping");
+                    break;
+                }
                 Err(e) if e.recovery() == Recovery::Retry => {
                     if e.is_coordinator_lookup() {
                         coordinator_failures += 1;

@@ -67,11 +67,8 @@ pub fn restore(
     // before reading, as a broker call in the middle of the read could swallow its end
     // report.
     let (low, high) = reader.watermarks(&tp)?;
-    // Snapshots are about to move ahead of a complete event history: say so first
-    // (`ensure_event_history` catches it up, and clears the mark).
-    if checkpoint.map_or(low, |c| c + 1) < high && store.events_complete().map_err(RuntimeError::Store)? {
-        store.mark_events_behind().map_err(RuntimeError::Store)?;
-    }
+    // Whether the first record to apply must first mark the event history behind.
+    let mut mark_behind = store.events_complete().map_err(RuntimeError::Store)?;
     let mut batch = if bulk {
         Batch::Bulk(store.begin_bulk_load((high - low).max(0) as u64).map_err(RuntimeError::Store)?)
     } else {
@@ -107,6 +104,12 @@ pub fn restore(
             check_first(store, clients, &tp, c)?;
         }
         if let (Some(k), true) = (m.key(), accept(m.payload())) {
+            // Snapshots are about to move ahead of a complete event history: say so first
+            // (`ensure_event_history` catches it up, and clears the mark). Only when a
+            // record is applied: the offsets after a checkpoint usually hold only markers.
+            if std::mem::take(&mut mark_behind) {
+                store.mark_events_behind().map_err(RuntimeError::Store)?;
+            }
             batch.push(store, k, m.payload(), m.timestamp().to_millis().unwrap_or(i64::MIN))?;
         }
         last = Some(m.offset());

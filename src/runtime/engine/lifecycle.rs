@@ -266,7 +266,11 @@ impl Engine {
             }
         }
         if let Err(e) = self.open_tasks(assigned) {
-            tracing::error!(error = %e, "cannot open assigned tasks");
+            if matches!(e, RuntimeError::Interrupted { .. }) {
+                tracing::info!(error = %e, "stopped opening the assigned tasks");
+            } else {
+                tracing::error!(error = %e, "cannot open assigned tasks");
+            }
             self.failure = Some(e);
         }
     }
