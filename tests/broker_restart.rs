@@ -6,9 +6,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const COMMANDS: usize = 20_000;
@@ -22,30 +20,9 @@ fn processors_recover_from_a_broker_restart_by_themselves() {
     }
     let s = Setup::new("brokerrestart", 4, "json");
     let mut instances = [s.start_instance("a"), s.start_instance("b")];
-    let sent = Arc::new(AtomicUsize::new(0));
-    let loader = {
-        let (topic, sent) = (s.commands.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let p = producer();
-            for i in 0..COMMANDS {
-                let key = format!("k{}", i % KEYS);
-                let (ty, payload) = if i < KEYS {
-                    ("CreateCustomer", json!({"name": format!("n{i}"), "email": "a@b"}))
-                } else {
-                    ("UpdateCustomer", json!({"name": format!("n{i}"), "email": format!("{i}@b")}))
-                };
-                // The producer buffers and retries while the broker is away.
-                send(&p, &topic, &key, &command_json(&format!("cmd-{i}"), &key, None, ty, payload), &[]);
-                sent.store(i + 1, Ordering::SeqCst);
-                if i % 2 == 0 {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            // Records queued while the broker was away go out once it is back; the idempotent
-            // producer re-establishes its session first, so allow more than the usual flush.
-            rdkafka::producer::Producer::flush(&p, Duration::from_secs(180)).expect("the loader's records reach the restarted broker");
-        })
-    };
+    // Records queued while the broker is away go out once it is back; the idempotent
+    // producer re-establishes its session first, so the flush allows more than usual.
+    let (loader, sent) = spawn_loader(&s.commands, COMMANDS, |i| create_then_update(i, KEYS), (2, Duration::from_millis(1)), Duration::from_secs(180));
     while sent.load(Ordering::SeqCst) < COMMANDS / 3 {
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -8,8 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const COMMANDS: usize = 20_000;
@@ -36,20 +35,7 @@ fn sigkill_mid_stream_loses_and_doubles_nothing() {
     let mut inst = s.start();
     // Commands flow steadily for several seconds, so every kill lands while commands are
     // being processed and a transaction is open.
-    let sent = Arc::new(AtomicUsize::new(0));
-    let loader = {
-        let (topic, sent) = (s.commands.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let p = producer();
-            for i in 0..COMMANDS {
-                let (key, bytes) = command(i);
-                send(&p, &topic, &key, &bytes, &[]);
-                sent.store(i + 1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            flush(&p);
-        })
-    };
+    let (loader, sent) = spawn_loader(&s.commands, COMMANDS, command, (1, Duration::from_millis(1)), Duration::from_secs(30));
     let mut restored_after_kill = Vec::new();
     let mut in_flight_kills = 0;
     let mut answered = 0i64;

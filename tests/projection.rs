@@ -143,23 +143,8 @@ fn exactly_once_through_kills(apart: bool) {
     let _processing = apart.then(|| start(&s, "w0", "processing"));
     let mut projectors = vec![start(&s, "p0", side), start(&s, "p1", side)];
 
-    let sent = Arc::new(AtomicUsize::new(0));
-    let loader = {
-        let (topic, sent) = (s.commands.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let p = producer();
-            for i in 0..COMMANDS {
-                let (key, bytes) = command(i);
-                send(&p, &topic, &key, &bytes, &[]);
-                sent.store(i + 1, Ordering::SeqCst);
-                // About 4,000 commands a second: the kills land while events flow.
-                if i % 40 == 39 {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            flush(&p);
-        })
-    };
+    // About 4,000 commands a second: the kills land while events flow.
+    let (loader, sent) = spawn_loader(&s.commands, COMMANDS, command, (40, Duration::from_millis(10)), Duration::from_secs(30));
     let mut progress = 0;
     for k in 0..KILLS {
         while sent.load(Ordering::SeqCst) < (k + 1) * COMMANDS / (KILLS + 1) {

@@ -166,36 +166,13 @@ fn a_store_holding_an_aborted_transaction_is_rebuilt_from_the_committed_changelo
 /// command sees the whole state.
 #[test]
 fn sigterm_during_a_full_restore_exits_cleanly_and_the_next_start_goes_on() {
-    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
-    use std::ffi::OsStr;
     use std::time::Instant;
     const FILLER: usize = 60_000;
     let s = Setup::new("restoreinterrupt", 1, "json");
-    let a = s.start_instance("a");
-    // Snapshots of other keys ahead of x, written straight to the changelog in small
-    // batches (a restore copies them as they are).
-    let p: ThreadedProducer<DefaultProducerContext> = client_config().set("linger.ms", "0").set("batch.size", "400").create().unwrap();
-    let filler = vec![b'f'; 200];
-    for i in 0..FILLER {
-        let key = format!("filler-{i}");
-        while p.send(BaseRecord::to(&s.changelog).key(&key).payload(&filler[..]).partition(0)).is_err() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
-    let c = producer();
-    send(&c, &s.commands, "x", &command_json("x1", "x", None, "CreateCustomer", json!({"name": "x", "email": "x@example.org"})), &[]);
-    send(&c, &s.commands, "x", &command_json("x2", "x", Some(1), "UpdateCustomer", json!({"name": "x2", "email": "x@example.org"})), &[]);
-    flush(&c);
-    assert_eq!(wait_for(&s.replies, 2, Duration::from_secs(60)).len(), 2);
-    assert!(a.terminate().success());
-
-    // A new instance on an empty state directory restores the whole changelog, slowly:
-    // one small record batch a fetch.
-    let slow = s.dir.path().join("slow-fetch.properties");
-    std::fs::write(&slow, "max.partition.fetch.bytes=1\n").unwrap();
+    let c = x_at_version_2_behind_filler(&s, FILLER);
+    // A new instance on an empty state directory restores the whole changelog, slowly.
     let state = s.dir.path().join("state-b");
-    let mut b = Instance::spawn_with(&s, "b", &state, &[OsStr::new("--kafka-config"), slow.as_os_str()]);
+    let mut b = spawn_slow_restore(&s, "b", &state);
     // Under way, with a batch applied (the gauge is set as each batch is written).
     let remaining = |i: &Instance| -> Option<f64> {
         let page = http_get(&i.http, "/metrics").map(|r| r.1).unwrap_or_default();
@@ -233,12 +210,6 @@ fn sigterm_during_a_full_restore_exits_cleanly_and_the_next_start_goes_on() {
     let log = b.log_text();
     let resumed = log.lines().find(|l| l.contains("restored changelog tail")).unwrap_or_else(|| panic!("no restore logged:\n{log}"));
     assert!(resumed.contains("from=Some("), "resumed from a checkpoint: {resumed}");
-    send(&c, &s.commands, "x", &command_json("x3", "x", Some(2), "UpdateCustomer", json!({"name": "x3", "email": "x@example.org"})), &[]);
-    flush(&c);
-    let replies = replies_by_id(&wait_for(&s.replies, 3, Duration::from_secs(90)));
-    let x3 = &replies["x3"];
-    assert_eq!(x3.len(), 1, "{x3:?}");
-    assert_eq!(x3[0]["outcome"], "accepted", "decided on the whole state: {x3:?}");
-    assert_eq!(x3[0]["version"], 3, "{x3:?}");
+    x_is_at_version_2(&s, &c);
     assert!(b.terminate().success());
 }

@@ -10,9 +10,6 @@
 mod common;
 
 use common::*;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
-use serde_json::json;
-use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 /// Snapshots of other keys ahead of the one the test checks.
@@ -27,35 +24,10 @@ fn a_stalled_restore_keeps_the_task_unready_and_resumes_when_the_broker_returns(
     let s = Setup::new("restorestall", 1, "json");
     // The first instance builds the state: key x at version 2, after many other snapshots
     // (written straight to the changelog; a restore copies them without reading them).
-    let a = s.start_instance("a");
-    let p: ThreadedProducer<DefaultProducerContext> = client_config()
-        .set("linger.ms", "0")
-        .set("batch.size", "400")
-        .create()
-        .unwrap();
-    let filler = vec![b'f'; 200];
-    for i in 0..FILLER {
-        let key = format!("filler-{i}");
-        loop {
-            match p.send(BaseRecord::to(&s.changelog).key(&key).payload(&filler[..]).partition(0)) {
-                Ok(()) => break,
-                Err((_, _)) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
-    let c = producer();
-    send(&c, &s.commands, "x", &command_json("x1", "x", None, "CreateCustomer", json!({"name": "x", "email": "x@example.org"})), &[]);
-    send(&c, &s.commands, "x", &command_json("x2", "x", Some(1), "UpdateCustomer", json!({"name": "x2", "email": "x@example.org"})), &[]);
-    flush(&c);
-    assert_eq!(wait_for(&s.replies, 2, Duration::from_secs(60)).len(), 2);
-    assert!(a.terminate().success());
+    let c = x_at_version_2_behind_filler(&s, FILLER);
 
-    // A new instance with an empty state directory restores the whole changelog, slowly:
-    // one small record batch a fetch.
-    let slow = s.dir.path().join("slow-fetch.properties");
-    std::fs::write(&slow, "max.partition.fetch.bytes=1\n").unwrap();
-    let b = Instance::spawn_with(&s, "b", &s.dir.path().join("state-b"), &[OsStr::new("--kafka-config"), slow.as_os_str()]);
+    // A new instance with an empty state directory restores the whole changelog, slowly.
+    let b = spawn_slow_restore(&s, "b", &s.dir.path().join("state-b"));
     let started = Instant::now();
     let metrics = |i: &Instance| http_get(&i.http, "/metrics").map(|r| r.1).unwrap_or_default();
     while !metrics(&b).lines().any(|l| l.starts_with("millrace_restore_remaining{") && !l.ends_with(" 0")) {
@@ -88,13 +60,7 @@ fn a_stalled_restore_keeps_the_task_unready_and_resumes_when_the_broker_returns(
     // Back: the restore finishes, and the first command sees x at version 2.
     let mut b = b;
     b.wait_ready();
-    send(&c, &s.commands, "x", &command_json("x3", "x", Some(2), "UpdateCustomer", json!({"name": "x3", "email": "x@example.org"})), &[]);
-    flush(&c);
-    let replies = replies_by_id(&wait_for(&s.replies, 3, Duration::from_secs(90)));
-    let x3 = &replies["x3"];
-    assert_eq!(x3.len(), 1, "{x3:?}");
-    assert_eq!(x3[0]["outcome"], "accepted", "decided on the whole state: {x3:?}");
-    assert_eq!(x3[0]["version"], 3, "{x3:?}");
+    x_is_at_version_2(&s, &c);
     // Whether the outage outlasted the session timeout and the static member had to be
     // replaced varies from run to run; say which path this run took.
     eprintln!("members replaced after the outage: {}", b.log_text().matches("the group member is lost").count());

@@ -7,9 +7,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const COMMANDS: usize = 12_000;
@@ -28,28 +26,7 @@ fn sigterm_with_the_broker_away_exits_within_the_limit_and_loses_nothing() {
     let limit: Vec<&std::ffi::OsStr> = limit.iter().map(|a| a.as_os_str()).collect();
     let mut a = Instance::spawn_with(&s, "a", &state, &limit);
     a.wait_ready();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let loader = {
-        let (topic, sent) = (s.commands.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let p = producer();
-            for i in 0..COMMANDS {
-                let key = format!("k{}", i % KEYS);
-                let (ty, payload) = if i < KEYS {
-                    ("CreateCustomer", json!({"name": format!("n{i}"), "email": "a@b"}))
-                } else {
-                    ("UpdateCustomer", json!({"name": format!("n{i}"), "email": format!("{i}@b")}))
-                };
-                // The producer buffers and retries while the broker is away.
-                send(&p, &topic, &key, &command_json(&format!("cmd-{i}"), &key, None, ty, payload), &[]);
-                sent.store(i + 1, Ordering::SeqCst);
-                if i % 4 == 0 {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            rdkafka::producer::Producer::flush(&p, Duration::from_secs(180)).expect("the loader's records reach the restarted broker");
-        })
-    };
+    let (loader, sent) = spawn_loader(&s.commands, COMMANDS, |i| create_then_update(i, KEYS), (4, Duration::from_millis(1)), Duration::from_secs(180));
     // Processing is under way: transactions open and commit every 100 ms.
     assert!(wait_for(&s.replies, COMMANDS / 10, Duration::from_secs(60)).len() >= COMMANDS / 10, "processing got going");
     let _guard = BrokerBack;

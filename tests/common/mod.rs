@@ -364,6 +364,95 @@ pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) {
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// A load running beside a test: `commands` records made by `command(i)` (key, value)
+/// sent to `topic`, with `pause` after every `every`-th, so faults land while commands
+/// flow. The producer buffers and retries while the broker is away; the end waits up to
+/// `flush_within` for everything to be delivered. The counter says how many were handed
+/// to the producer so far.
+pub fn spawn_loader(
+    topic: &str,
+    commands: usize,
+    command: impl Fn(usize) -> (String, Vec<u8>) + Send + 'static,
+    (every, pause): (usize, Duration),
+    flush_within: Duration,
+) -> (std::thread::JoinHandle<()>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (topic, counter) = (topic.to_string(), sent.clone());
+    let loader = std::thread::spawn(move || {
+        let p = producer();
+        for i in 0..commands {
+            let (key, value) = command(i);
+            send(&p, &topic, &key, &value, &[]);
+            counter.store(i + 1, Ordering::SeqCst);
+            if (i + 1) % every == 0 {
+                std::thread::sleep(pause);
+            }
+        }
+        p.flush(flush_within).expect("the loader's records are delivered");
+    });
+    (loader, sent)
+}
+
+/// Command `i` of a load over `keys` customers: each key's first is a create, the rest
+/// are updates.
+pub fn create_then_update(i: usize, keys: usize) -> (String, Vec<u8>) {
+    let key = format!("k{}", i % keys);
+    let (ty, payload) = if i < keys {
+        ("CreateCustomer", serde_json::json!({"name": format!("n{i}"), "email": "a@b"}))
+    } else {
+        ("UpdateCustomer", serde_json::json!({"name": format!("n{i}"), "email": format!("{i}@b")}))
+    };
+    let value = command_json(&format!("cmd-{i}"), &key, None, ty, payload);
+    (key, value)
+}
+
+/// `n` records of 200 bytes (keys `filler-<i>`) written straight to partition 0 of a
+/// store's changelog, in small batches: a restore copies them as they are, and one
+/// reading with `max.partition.fetch.bytes=1` reads two or three a fetch.
+pub fn write_filler(changelog: &str, n: usize) {
+    let p: ThreadedProducer<DefaultProducerContext> = client_config().set("linger.ms", "0").set("batch.size", "400").create().unwrap();
+    let filler = vec![b'f'; 200];
+    for i in 0..n {
+        let key = format!("filler-{i}");
+        send_record(&p, BaseRecord::to(changelog).key(key.as_str()).payload(&filler[..]).partition(0));
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// Where the restore tests start (one partition): `filler` records (`write_filler`)
+/// ahead of customer x at version 2, built by an instance `a` that has stopped since.
+/// Returns the commands' producer.
+pub fn x_at_version_2_behind_filler(s: &Setup, filler: usize) -> ThreadedProducer<DefaultProducerContext> {
+    let a = s.start_instance("a");
+    write_filler(&s.changelog, filler);
+    let c = producer();
+    send(&c, &s.commands, "x", &command_json("x1", "x", None, "CreateCustomer", serde_json::json!({"name": "x", "email": "x@example.org"})), &[]);
+    send(&c, &s.commands, "x", &command_json("x2", "x", Some(1), "UpdateCustomer", serde_json::json!({"name": "x2", "email": "x@example.org"})), &[]);
+    flush(&c);
+    assert_eq!(wait_for(&s.replies, 2, Duration::from_secs(60)).len(), 2);
+    assert!(a.terminate().success());
+    c
+}
+
+/// After `x_at_version_2_behind_filler`: a command expecting version 2 is accepted at
+/// version 3, so the instance decided it on the whole restored state.
+pub fn x_is_at_version_2(s: &Setup, c: &ThreadedProducer<DefaultProducerContext>) {
+    send(c, &s.commands, "x", &command_json("x3", "x", Some(2), "UpdateCustomer", serde_json::json!({"name": "x3", "email": "x@example.org"})), &[]);
+    flush(c);
+    let replies = replies_by_id(&wait_for(&s.replies, 3, Duration::from_secs(90)));
+    let x3 = &replies["x3"];
+    assert_eq!(x3.len(), 1, "{x3:?}");
+    assert_eq!(x3[0]["outcome"], "accepted", "decided on the whole state: {x3:?}");
+    assert_eq!(x3[0]["version"], 3, "{x3:?}");
+}
+
+/// Starts instance `id` on `state`, restoring slowly: one small record batch a fetch.
+pub fn spawn_slow_restore(s: &Setup, id: &str, state: &Path) -> Instance {
+    let slow = s.dir.path().join("slow-fetch.properties");
+    std::fs::write(&slow, "max.partition.fetch.bytes=1\n").unwrap();
+    Instance::spawn_with(s, id, state, &[std::ffi::OsStr::new("--kafka-config"), slow.as_os_str()])
+}
+
 /// A committed record, read back.
 #[derive(Debug, Clone)]
 pub struct Rec {
