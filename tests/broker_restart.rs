@@ -14,8 +14,7 @@ const KEYS: usize = 2_000;
 
 #[test]
 fn processors_recover_from_a_broker_restart_by_themselves() {
-    if !broker_is_ours() {
-        eprintln!("skipped: the broker at {} was not started by deploy/kafka-local, so this test cannot restart it", bootstrap());
+    if !may_stop_the_broker() {
         return;
     }
     let s = Setup::new("brokerrestart", 4, "json");

@@ -9,6 +9,9 @@ use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 
+/// The restore gauge of the one-partition setups' store.
+const REMAINING_0: &str = "millrace_restore_remaining{store=\"customers\",partition=\"0\"}";
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -174,11 +177,7 @@ fn sigterm_during_a_full_restore_exits_cleanly_and_the_next_start_goes_on() {
     let state = s.dir.path().join("state-b");
     let mut b = spawn_slow_restore(&s, "b", &state);
     // Under way, with a batch applied (the gauge is set as each batch is written).
-    let remaining = |i: &Instance| -> Option<f64> {
-        let page = http_get(&i.http, "/metrics").map(|r| r.1).unwrap_or_default();
-        let line = page.lines().find(|l| l.starts_with("millrace_restore_remaining{store=\"customers\",partition=\"0\"}"))?;
-        line.rsplit(' ').next()?.parse().ok()
-    };
+    let remaining = |i: &Instance| i.series(REMAINING_0);
     let started = Instant::now();
     while !remaining(&b).is_some_and(|r| r > 0.0) {
         assert!(started.elapsed() < Duration::from_secs(60), "the restore never began; log:\n{}", b.log_text());
@@ -186,21 +185,12 @@ fn sigterm_during_a_full_restore_exits_cleanly_and_the_next_start_goes_on() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let left = remaining(&b).unwrap();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGTERM) };
-    let asked = Instant::now();
-    let status = loop {
-        if let Some(status) = b.child.try_wait().unwrap() {
-            break status;
-        }
-        // Before the restore could end (it reads 9,000 records a second at this fetch
-        // size here: some 6 s are left), and well under the shutdown limit (25 s), which
-        // would end it with exit 1.
-        assert!(asked.elapsed() < Duration::from_secs(4), "still running {:?} after SIGTERM, {left} records of the restore left; log:\n{}", asked.elapsed(), b.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Before the restore could end (it reads 9,000 records a second at this fetch size
+    // here: some 6 s are left), and well under the shutdown limit (25 s), which would end
+    // it with exit 1.
+    let (status, took) = b.terminate_within(Duration::from_secs(4));
     let log = b.log_text();
-    eprintln!("SIGTERM with {left} records of the restore left: exited with {status} after {:?}", asked.elapsed());
+    eprintln!("SIGTERM with {left} records of the restore left: exited with {status} after {took:?}");
     assert!(status.success(), "a clean exit; log:\n{log}");
     assert!(log.contains("interrupted: the instance is shutting down"), "the log says the restore was interrupted:\n{log}");
 

@@ -17,8 +17,7 @@ const FILLER: usize = 5_000;
 
 #[test]
 fn a_stalled_restore_keeps_the_task_unready_and_resumes_when_the_broker_returns() {
-    if !broker_is_ours() {
-        eprintln!("skipped: the broker at {} was not started by deploy/kafka-local, so this test cannot stop it", bootstrap());
+    if !may_stop_the_broker() {
         return;
     }
     let s = Setup::new("restorestall", 1, "json");
@@ -39,11 +38,7 @@ fn a_stalled_restore_keeps_the_task_unready_and_resumes_when_the_broker_returns(
     let _back = BrokerBack;
     kafka_local("down");
     let down = Instant::now();
-    let remaining = |i: &Instance| -> Option<f64> {
-        let page = metrics(i);
-        let line = page.lines().find(|l| l.starts_with("millrace_restore_remaining{store=\"customers\",partition=\"0\"}"))?;
-        line.rsplit(' ').next()?.parse().ok()
-    };
+    let remaining = |i: &Instance| i.series("millrace_restore_remaining{store=\"customers\",partition=\"0\"}");
     let mut ready_while_down = false;
     while down.elapsed() < Duration::from_secs(15) {
         ready_while_down |= matches!(http_get(&b.http, "/ready"), Ok((200, _)));

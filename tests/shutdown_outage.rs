@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const COMMANDS: usize = 12_000;
 const KEYS: usize = 1_000;
@@ -16,8 +16,7 @@ const LIMIT_S: u64 = 5;
 
 #[test]
 fn sigterm_with_the_broker_away_exits_within_the_limit_and_loses_nothing() {
-    if !broker_is_ours() {
-        eprintln!("skipped: the broker at {} was not started by deploy/kafka-local, so this test cannot stop it", bootstrap());
+    if !may_stop_the_broker() {
         return;
     }
     let s = Setup::new("shutdownoutage", 4, "json");
@@ -32,19 +31,8 @@ fn sigterm_with_the_broker_away_exits_within_the_limit_and_loses_nothing() {
     let _guard = BrokerBack;
     kafka_local("down --crash");
     std::thread::sleep(Duration::from_millis(500));
-    let pid = a.child.id() as libc::pid_t;
-    let asked = Instant::now();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = loop {
-        if let Some(status) = a.child.try_wait().unwrap() {
-            break status;
-        }
-        // The limit, and time for a loaded machine to schedule the watchdog.
-        assert!(asked.elapsed() < Duration::from_secs(LIMIT_S + 10), "still running {:?} after SIGTERM (limit {LIMIT_S} s); log:\n{}", asked.elapsed(), a.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let took = asked.elapsed();
+    // The limit, and time for a loaded machine to schedule the watchdog.
+    let (status, took) = a.terminate_within(Duration::from_secs(LIMIT_S + 10));
     let log = a.log_text();
     eprintln!("exited with {status} {took:?} after SIGTERM");
     // Either the shutdown finished (it found nothing it could not end at once), or the

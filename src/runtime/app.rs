@@ -528,7 +528,7 @@ impl App {
                 }
                 new_thread_sink(&clients, &member, exactly_once, &written)
             });
-            let reader: Arc<dyn ChangelogReader> = Arc::new(KafkaChangelog { clients: self.config.kafka.clone(), stop: Some(stop.clone()) });
+            let reader: Arc<dyn ChangelogReader> = Arc::new(KafkaChangelog { clients: self.config.kafka.clone(), stop: stop.clone() });
             // Offset lookups of this thread's engine, on a connection of their own.
             let offsets = Arc::new(super::reader::PartitionReader::new(&self.config.kafka, "end offsets", format!("{}-offsets", self.member_id(thread)), &[])?);
             let (resources, catalog, stop) = (resources.clone(), self.catalog.clone(), stop.clone());

@@ -181,16 +181,16 @@ fn metadata(group: &GroupToken) -> Option<std::sync::Arc<ConsumerGroupMetadata>>
 pub(crate) struct KafkaChangelog {
     pub clients: Clients,
     /// The instance's stop: a restore or history read in progress ends when it is set.
-    pub stop: Option<Arc<AtomicBool>>,
+    pub stop: Arc<AtomicBool>,
 }
 
 impl ChangelogReader for KafkaChangelog {
     fn restore(&self, store: &RocksStore, changelog: &str, accept: &dyn Fn(Option<&[u8]>) -> bool, versions: bool) -> Result<u64, RuntimeError> {
-        super::restore::restore(store, changelog, &self.clients, accept, versions, self.stop.clone())
+        super::restore::restore(store, changelog, &self.clients, accept, versions, Some(self.stop.clone()))
     }
 
     fn ensure_event_history(&self, store: &RocksStore, source: &EventSource, restored: u64) -> Result<(), RuntimeError> {
-        super::restore::ensure_event_history(store, source, &self.clients, restored, self.stop.clone())
+        super::restore::ensure_event_history(store, source, &self.clients, restored, Some(self.stop.clone()))
     }
 }
 

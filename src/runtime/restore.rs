@@ -124,11 +124,13 @@ pub fn restore(
         Err(e) => {
             // What was read is applied and checkpointed: a retry, or the next start after
             // a shutdown, goes on from there.
-            if matches!(e, RuntimeError::RestoreStalled { .. } | RuntimeError::Interrupted { .. }) {
-                flush(&mut batch, last)?;
-            }
-            if matches!(e, RuntimeError::RestoreStalled { .. }) {
-                metrics::counter!("millrace_restore_stalls_total", &labels).increment(1);
+            match e {
+                RuntimeError::RestoreStalled { .. } => {
+                    flush(&mut batch, last)?;
+                    metrics::counter!("millrace_restore_stalls_total", &labels).increment(1);
+                }
+                RuntimeError::Interrupted { .. } => flush(&mut batch, last)?,
+                _ => {}
             }
             if let Batch::Bulk(load) = batch {
                 store.finish_bulk_load(load).map_err(RuntimeError::Store)?;

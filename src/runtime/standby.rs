@@ -178,6 +178,13 @@ impl Standbys {
                     // The active task of this partition may still hold the directory (it is
                     // closing after a move): try again on the next round.
                     if let Ok(r) = RocksStore::open(&self.state_dir, &s.name, *p, &self.resources, s.indexer.clone()) {
+                        // A copy of a partition this instance once owned has a complete
+                        // event history, which the snapshots it follows move ahead of: the
+                        // owner-to-be catches it up (`ensure_event_history`), though it
+                        // restores nothing itself. Marked before the copy's first write.
+                        if r.events_complete()? {
+                            r.mark_events_behind()?;
+                        }
                         held.insert((store.clone(), *p), Arc::new(r.keep_history(s.history_ms)));
                     }
                 }
@@ -212,12 +219,6 @@ impl Standbys {
             for (key, records) in batch {
                 // Released to an active task meanwhile: that task restores the rest itself.
                 let (Some(store), Some(last)) = (held.get(&key), records.last().map(|r| r.3)) else { continue };
-                // A copy of a partition this instance once owned has a complete event
-                // history, which these snapshots move ahead of: the owner-to-be catches it
-                // up (`ensure_event_history`), though it restores nothing itself.
-                if store.events_complete()? && !store.events_behind()? {
-                    store.mark_events_behind()?;
-                }
                 if store.history_ms_kept() {
                     store.write_versions(records.iter().map(|(k, v, ts, _)| (k.as_slice(), v.as_deref(), *ts)), Some(last))?;
                 } else {

@@ -263,17 +263,30 @@ impl Instance {
 
     /// SIGTERM, then wait for the clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as libc::pid_t;
+        self.terminate_within(Duration::from_secs(60)).0
+    }
+
+    /// SIGTERM; the exit status and how long after the signal it came. Panics, with the
+    /// log, if the process is still running `within` after it.
+    pub fn terminate_within(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
         // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let asked = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
+                return (s, asked.elapsed());
             }
-            assert!(Instant::now() < deadline, "no exit 60 s after SIGTERM; log:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(50));
+            assert!(asked.elapsed() < within, "still running {:?} after SIGTERM; log:\n{}", asked.elapsed(), self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The value of one metric series (`name{labels}` exactly as exported), or None when it
+    /// is not exported or the server does not answer (yet).
+    pub fn series(&self, series: &str) -> Option<f64> {
+        let page = http_get(&self.http, "/metrics").ok()?.1;
+        let line = page.lines().find(|l| l.strip_prefix(series).is_some_and(|v| v.starts_with(' ')))?;
+        line.rsplit(' ').next()?.parse().ok()
     }
 }
 
@@ -672,6 +685,16 @@ pub fn broker_is_ours() -> bool {
     let out = kafka_local_script().arg("status").output().expect("run deploy/kafka-local status");
     let status = String::from_utf8_lossy(&out.stdout);
     status.starts_with(&format!("up {} pid ", bootstrap()))
+}
+
+/// Whether this test may stop and restart the broker (`broker_is_ours`); says why not,
+/// for the test to pass as skipped.
+pub fn may_stop_the_broker() -> bool {
+    let ours = broker_is_ours();
+    if !ours {
+        eprintln!("skipped: the broker at {} was not started by deploy/kafka-local, so this test cannot stop it", bootstrap());
+    }
+    ours
 }
 
 /// Runs `deploy/kafka-local <arg>` (`up`, `down`).
