@@ -14,6 +14,7 @@ use rocksdb::{
 use std::path::{Path, PathBuf};
 
 mod bulk;
+mod loaded_keys;
 pub use bulk::BulkLoad;
 
 const META_CF: &str = "meta";

@@ -3,6 +3,7 @@
 //! index entries written as they load when the load can tell which values replace others.
 //! The store's own writes are in `rocks.rs`.
 
+use super::loaded_keys::LoadedKeys;
 use super::{no_wal, RocksStore, CHECKPOINT_KEY, META_CF};
 use super::super::index::{DEFINITION_KEY, INDEX_CF};
 use super::super::StoreError;
@@ -11,11 +12,11 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 /// The largest partition (in records, from its watermarks) whose load writes index
-/// entries as it goes. Doing so needs a hash of every key loaded (to notice a key loaded
-/// twice, whose earlier entries must go): 8 bytes a key, about 18 MiB at this size with
-/// the hash table's spare room. A larger partition has its index built in one scan at the
-/// end instead.
-pub const INDEX_AS_LOADED_MAX: u64 = 1_000_000;
+/// entries as it goes. Doing so needs to know which keys were loaded before (a key loaded
+/// twice must lose its earlier value's entries): 1.5 bytes a key (`LoadedKeys`), 12 MiB
+/// at this size, per partition restoring. A larger partition has its index built in one
+/// scan at the end instead, which decodes every value a second time.
+pub const INDEX_AS_LOADED_MAX: u64 = 8_000_000;
 
 /// A bulk load in progress (`RocksStore::begin_bulk_load`): the batch being filled and
 /// how the index is kept.
@@ -27,12 +28,12 @@ pub struct BulkLoad {
 enum LoadIndex {
     /// The store has no indexes.
     None,
-    /// Entries are written with the values. `seen` holds a hash of every key loaded so
-    /// far, `in_batch` of those in the batch not yet written. A key that hashes like an
-    /// earlier one may have entries to remove: they are those of the value the store
-    /// holds for it (a hash collision finds none: nothing is removed), once the batch is
-    /// written if the earlier value is in it.
-    AsLoaded { seen: HashSet<u64, Prehashed>, in_batch: HashSet<u64, Prehashed>, hasher: RandomState },
+    /// Entries are written with the values. `seen` knows (approximately) every key loaded
+    /// so far, `in_batch` the hashes of those in the batch not yet written. A key that may
+    /// have been loaded before may have entries to remove: they are those of the value the
+    /// store holds for it (after a false "maybe", there is none: nothing is removed), once
+    /// the batch is written if the earlier value is in it.
+    AsLoaded { seen: LoadedKeys, in_batch: HashSet<u64, Prehashed>, hasher: RandomState },
     /// Built in one scan of the values when the load ends.
     AtEnd,
 }
@@ -64,7 +65,7 @@ impl RocksStore {
         let index = match &self.indexer {
             None => LoadIndex::None,
             Some(_) if records <= INDEX_AS_LOADED_MAX => LoadIndex::AsLoaded {
-                seen: HashSet::with_capacity_and_hasher(records as usize, Prehashed::default()),
+                seen: LoadedKeys::with_capacity(records),
                 in_batch: HashSet::default(),
                 hasher: RandomState::new(),
             },
@@ -86,7 +87,7 @@ impl RocksStore {
         if let (LoadIndex::AsLoaded { seen, in_batch, hasher }, Some(indexer)) = (&mut load.index, &self.indexer) {
             let idx = self.db.cf_handle(INDEX_CF).expect("index column family is created at open");
             let hash = hasher.hash_one(key);
-            if !seen.insert(hash) {
+            if seen.insert(hash) {
                 if in_batch.contains(&hash) {
                     // Written without a checkpoint: values ahead of the checkpoint are
                     // overwritten again by a restore that goes on from it.
@@ -126,7 +127,12 @@ impl RocksStore {
             let cf = self.db.cf_handle(META_CF).expect("meta column family is created at open");
             batch.put_cf(&cf, CHECKPOINT_KEY, offset.to_be_bytes());
         }
+        let bytes = batch.size_in_bytes();
         self.db.write_opt(batch, &no_wal()).map_err(self.io("bulk write"))?;
+        // The next batch starts as large as this one, on the memory this one just gave
+        // back, rather than growing by doubling: each doubling copied the batch into
+        // memory faulted in afresh (page faults under `realloc` in `perf` of a restore).
+        load.batch = WriteBatch::with_capacity_bytes(bytes);
         // A store far larger than the write buffers piles files up in level 0; well before
         // RocksDB would stall writes on them (20 files), compactions resume for the rest
         // of the load, so a load of any size finishes.
