@@ -53,7 +53,8 @@ impl LoadedKeys {
     }
 
     /// Bytes held.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<[u32; 8]>()
     }
 }
