@@ -36,6 +36,14 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long a read may see no progress, short of the end, before it fails.
 pub const STALL: Duration = Duration::from_secs(10);
 
+/// Errors that say the client lost (or could not make) its connections, which it goes on
+/// retrying: nothing about the partition being read.
+fn connection_trouble(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure, NetworkException, OperationTimedOut, RequestTimedOut, Resolve};
+    matches!(e, KafkaError::MessageConsumption(c) | KafkaError::Global(c)
+        if matches!(c, AllBrokersDown | BrokerTransportFailure | Resolve | OperationTimedOut | RequestTimedOut | NetworkException))
+}
+
 /// The readers' context: reaching the end of a partition is how a read finishes, not an
 /// error; rdkafka reports it as a global error too, so that report stays at debug level.
 pub struct ReaderContext;
@@ -189,6 +197,7 @@ impl PartitionReader {
                     idle_since = Instant::now();
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(done),
+                Some(Err(e)) if connection_trouble(&e) => self.connection_trouble(tp, &e, high, idle_since)?,
                 // Named by partition: the log line says which restore could not finish.
                 Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
                 None if self.passed_end(tp, high, idle_since)? => return Ok(done),
@@ -211,11 +220,23 @@ impl PartitionReader {
             match self.consumer.poll(POLL) {
                 Some(Ok(m)) => return Ok(Some(m.offset())),
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+                Some(Err(e)) if connection_trouble(&e) => self.connection_trouble(tp, &e, high, idle_since)?,
                 Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
                 None if self.passed_end(tp, high, idle_since)? => return Ok(None),
                 None => {}
             }
         }
+    }
+
+    /// A read that lost its broker connections goes on: librdkafka reconnects by itself,
+    /// and the stall limit (`RestoreStalled`) bounds an outage that lasts. Failing at
+    /// once turned a connection dropped for a moment (seen as "2/2 brokers are down"
+    /// right after a large load into the broker) into a failed assignment, reopened
+    /// whole after a pause.
+    fn connection_trouble(&self, tp: &TopicPartition, e: &KafkaError, high: i64, idle_since: Instant) -> Result<(), RuntimeError> {
+        tracing::debug!(reader = self.what, partition = %tp, error = %e, "connection trouble; reading on");
+        // Reported errors are not progress: the stall limit still counts.
+        self.passed_end(tp, high, idle_since).map(|_| ())
     }
 
     /// After a poll that delivered nothing: whether the position reached `high`, or
@@ -395,5 +416,24 @@ pub(crate) fn in_record(m: &BorrowedMessage<'_>) -> InRecord {
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
         headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lost connections are read on (librdkafka retries them; the stall limit bounds an
+    /// outage); anything about the partition itself ends the read.
+    #[test]
+    fn only_connection_errors_are_read_on() {
+        for code in [RDKafkaErrorCode::AllBrokersDown, RDKafkaErrorCode::BrokerTransportFailure, RDKafkaErrorCode::RequestTimedOut] {
+            assert!(connection_trouble(&KafkaError::MessageConsumption(code)), "{code:?}");
+            assert!(connection_trouble(&KafkaError::Global(code)), "{code:?}");
+        }
+        for code in [RDKafkaErrorCode::UnknownTopicOrPartition, RDKafkaErrorCode::TopicAuthorizationFailed, RDKafkaErrorCode::OffsetOutOfRange] {
+            assert!(!connection_trouble(&KafkaError::MessageConsumption(code)), "{code:?}");
+        }
+        assert!(!connection_trouble(&KafkaError::PartitionEOF(0)));
     }
 }
