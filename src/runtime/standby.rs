@@ -231,9 +231,17 @@ impl Standbys {
                 last_lag = Instant::now();
                 for (store, p) in &wanted {
                     let Some(s) = self.stores.iter().find(|s| &s.name == store) else { continue };
-                    if let Some((_, high)) = reader.watermarks_once(&TopicPartition::new(s.changelog.as_str(), *p), Duration::from_secs(5)) {
+                    let tp = TopicPartition::new(s.changelog.as_str(), *p);
+                    if let Some((_, high)) = reader.watermarks_once(&tp, Duration::from_secs(5)) {
+                        // Where the copy's reader stands, when that is past the checkpoint:
+                        // what it read is applied above, and past the last applied record
+                        // it has also gone over what it never applies (commit markers, an
+                        // aborted transaction: every new producer's release leaves one on
+                        // every changelog partition). From the checkpoint alone, a copy
+                        // that had read everything showed up to 3 of lag on a quiet
+                        // partition until the next committed record.
                         let next = match held.get(&(store.clone(), *p)) {
-                            Some(r) => r.checkpoint()?.map_or(0, |o| o + 1),
+                            Some(r) => r.checkpoint()?.map_or(0, |o| o + 1).max(reader.position(&tp).unwrap_or(0)),
                             None => 0,
                         };
                         partition_gauges::set(partition_gauges::STANDBY_LAG, store, *p, (high - next).max(0) as f64);
