@@ -134,7 +134,7 @@ impl Rebuild {
             runtime: runtime.clone(),
             codecs: self.topics.iter().cloned().collect(),
             dead_letter_topic: self.dead_letter_topic.clone(),
-            dead_letters: Mutex::new(crate::sink::TransactionalSink::new(&self.clients, &format!("{}-rebuild", self.live), false)?),
+            dead_letters: Mutex::new(crate::sink::TransactionalSink::new(&self.clients, &format!("{}-rebuild", self.live), false, None)?),
         };
         let records = self.catch_up(runtime, &db, &writer, on_progress)?;
         // A passing fault (a deadlock PostgreSQL broke, a connection lost) leaves the

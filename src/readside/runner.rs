@@ -129,7 +129,7 @@ impl ProjectionRunner {
             runtime: self.runtime.clone(),
             codecs: self.topics.iter().cloned().collect(),
             dead_letter_topic: self.dead_letter_topic.clone(),
-            dead_letters: Mutex::new(crate::sink::TransactionalSink::new(&self.clients, &self.group, false)?),
+            dead_letters: Mutex::new(crate::sink::TransactionalSink::new(&self.clients, &self.group, false, None)?),
         };
         let mut pending: Vec<InRecord> = Vec::new();
         let mut started: Option<Instant> = None;

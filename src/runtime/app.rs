@@ -716,10 +716,11 @@ fn advertised(local: std::net::SocketAddr) -> String {
 fn new_thread_sink(clients: &crate::kafka::Clients, member: &str, exactly_once: bool, written: &[crate::record::TopicPartition]) -> Result<Box<dyn Sink>, SinkError> {
     use crate::sink::TransactionalSink;
     if !exactly_once {
-        return Ok(Box::new(TransactionalSink::new(clients, member, false)?));
+        return Ok(Box::new(TransactionalSink::new(clients, member, false, None)?));
     }
     let alternate = format!("{member}-alternate");
-    let sink = |id: &str| TransactionalSink::new(clients, id, true).map(|s| s.releasing(written.to_vec()));
+    let writes = written.first().map(|tp| tp.topic.as_str());
+    let sink = |id: &str| TransactionalSink::new(clients, id, true, writes).map(|s| s.releasing(written.to_vec()));
     let (first, second) = std::thread::scope(|s| {
         let second = s.spawn(|| sink(&alternate));
         let first = sink(member);

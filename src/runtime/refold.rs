@@ -160,7 +160,7 @@ impl StoreRebuild {
     /// Writes the changed snapshots to the changelog, a thousand per transaction.
     /// `progress(written, total)` after each transaction.
     pub fn apply(&self, plan: &Plan, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, RuntimeError> {
-        let mut sink = TransactionalSink::new(&self.clients, &self.transactional_id, true)?;
+        let mut sink = TransactionalSink::new(&self.clients, &self.transactional_id, true, Some(self.changelog.as_str()))?;
         let mut written = 0u64;
         for chunk in plan.changed.chunks(1_000) {
             sink.begin()?;

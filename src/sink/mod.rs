@@ -243,7 +243,9 @@ pub struct TransactionalSink {
 impl TransactionalSink {
     /// Creates the producer and runs `init_transactions`, which also aborts whatever a
     /// previous incarnation with the same transactional id left open (a SIGKILLed process).
-    pub fn new(clients: &Clients, transactional_id: &str, exactly_once: bool) -> Result<Self, SinkError> {
+    /// `writes` names a topic the producer writes: under exactly-once, its metadata is
+    /// asked for first (see `await_broker`).
+    pub fn new(clients: &Clients, transactional_id: &str, exactly_once: bool, writes: Option<&str>) -> Result<Self, SinkError> {
         let mut cfg = clients.client();
         if exactly_once {
             // A transaction its producer left open (a SIGKILLed instance that does not come
@@ -282,8 +284,8 @@ impl TransactionalSink {
             release_to: Vec::new(),
         };
         let started = Instant::now();
-        if exactly_once {
-            await_broker(&sink.producer, CONNECT_WAIT);
+        if let (true, Some(topic)) = (exactly_once, writes) {
+            await_broker(&sink.producer, topic, CONNECT_WAIT);
         }
         while exactly_once {
             match sink.producer.init_transactions(timeout) {
@@ -674,7 +676,7 @@ impl TransactionalSink {
 /// event queue in 100 ms slices that the poll thread drains first; and not a wait on
 /// the queue alone, which sits out the linger (5 ms) on every commit. Past the
 /// timeout records are still in flight, which the callers check.
-#[allow(unsafe_code)] // rdkafka offers no safe form of it
+#[allow(unsafe_code)] // the one FFI call of the crate; rdkafka offers no safe form of it
 fn drain(producer: &ThreadedProducer<SinkContext>, timeout: Duration) {
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the client pointer is valid for as long as `producer` lives, and
@@ -684,29 +686,32 @@ fn drain(producer: &ThreadedProducer<SinkContext>, timeout: Duration) {
 
 /// How long a new transactional producer waits for a broker connection before
 /// `init_transactions`; past it, `init_transactions` waits and retries on its own.
-const CONNECT_WAIT: Duration = Duration::from_secs(5);
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
-/// Waits (up to `timeout`) until the producer has a broker connection up, by asking for
-/// the cluster's brokers: a metadata request that names no topic.
+/// Waits (up to `timeout`) until a broker the producer learned of (not the bootstrap
+/// address) has answered it, by asking for the metadata of `topic`, one it writes anyway
+/// (a request that names no topic asks for every topic of the cluster).
 ///
 /// librdkafka's `init_transactions` looks for a connected broker to find its coordinator
 /// through, and if there is none at that moment, looks again only on a 500 ms timer. A
-/// new producer's bootstrap connection is often gone by then (replaced by the connection
-/// to the broker it learned of), and the next one not up yet: half of the starts in a row
-/// waited 0.45 s more for their producers (time to the group's assignment, 0.22 s or
-/// 0.67 s; always 0.22 s with this wait), and so did every producer taking over after a
-/// failure. Once a broker answered here, the coordinator lookup finds it up.
-#[allow(unsafe_code)] // rdkafka's `fetch_metadata` asks for one topic or for all of them
-fn await_broker(producer: &ThreadedProducer<SinkContext>, timeout: Duration) {
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    let mut metadata: *const rdkafka::bindings::rd_kafka_metadata = std::ptr::null();
-    // SAFETY: the client pointer is valid for as long as `producer` lives; with
-    // `all_topics` 0 and no topic, only the topics the client already knows (none yet)
-    // are asked for. The result, when there is one, is ours to destroy, once.
-    unsafe {
-        let err = rdkafka::bindings::rd_kafka_metadata(producer.client().native_ptr(), 0, std::ptr::null_mut(), &mut metadata, ms);
-        if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && !metadata.is_null() {
-            rdkafka::bindings::rd_kafka_metadata_destroy(metadata);
+/// new producer drops its bootstrap connection as soon as the first metadata names the
+/// brokers, and connects to them afresh: in between, none is up (librdkafka's broker
+/// debug log shows the bootstrap terminated at the first answer). Half of the starts in
+/// a row waited 0.45 s more for their producers (time to the group's assignment, 0.22 s
+/// or 0.67 s), and so did every producer taking over after a failure. An answer from a
+/// learned broker (a node id, where the bootstrap has -1) means that one is up. A failure
+/// is left to `init_transactions`, which waits and retries on its own.
+fn await_broker(producer: &ThreadedProducer<SinkContext>, topic: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.client().fetch_metadata(Some(topic), deadline.saturating_duration_since(Instant::now())) {
+            Ok(m) if m.orig_broker_id() >= 0 => return,
+            Ok(_) if Instant::now() < deadline => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(topic, error = %e, "no broker answered before init_transactions");
+                return;
+            }
         }
     }
 }
