@@ -37,10 +37,11 @@ const POLL: Duration = Duration::from_millis(20);
 pub const STALL: Duration = Duration::from_secs(10);
 
 /// Errors that say the client lost (or could not make) its connections, which it goes on
-/// retrying: nothing about the partition being read.
+/// retrying: nothing about the partition being read. (rdkafka's poll reports every
+/// error event, global ones included, as a consumption error; fatal ones are not these.)
 fn connection_trouble(e: &KafkaError) -> bool {
     use RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure, NetworkException, OperationTimedOut, RequestTimedOut, Resolve};
-    matches!(e, KafkaError::MessageConsumption(c) | KafkaError::Global(c)
+    matches!(e, KafkaError::MessageConsumption(c)
         if matches!(c, AllBrokersDown | BrokerTransportFailure | Resolve | OperationTimedOut | RequestTimedOut | NetworkException))
 }
 
@@ -429,7 +430,7 @@ mod tests {
     fn only_connection_errors_are_read_on() {
         for code in [RDKafkaErrorCode::AllBrokersDown, RDKafkaErrorCode::BrokerTransportFailure, RDKafkaErrorCode::RequestTimedOut] {
             assert!(connection_trouble(&KafkaError::MessageConsumption(code)), "{code:?}");
-            assert!(connection_trouble(&KafkaError::Global(code)), "{code:?}");
+            assert!(!connection_trouble(&KafkaError::MessageConsumptionFatal(code)), "fatal {code:?}");
         }
         for code in [RDKafkaErrorCode::UnknownTopicOrPartition, RDKafkaErrorCode::TopicAuthorizationFailed, RDKafkaErrorCode::OffsetOutOfRange] {
             assert!(!connection_trouble(&KafkaError::MessageConsumption(code)), "{code:?}");

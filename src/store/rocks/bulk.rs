@@ -132,7 +132,7 @@ impl RocksStore {
         // The next batch starts as large as this one, on the memory this one just gave
         // back, rather than growing by doubling: each doubling copied the batch into
         // memory faulted in afresh (page faults under `realloc` in `perf` of a restore).
-        load.batch = WriteBatch::with_capacity_bytes(bytes);
+        load.batch = WriteBatch::with_capacity_bytes(bytes.min(BULK_BATCH_RESERVE_MAX));
         // A store far larger than the write buffers piles files up in level 0; well before
         // RocksDB would stall writes on them (20 files), compactions resume for the rest
         // of the load, so a load of any size finishes.
@@ -192,6 +192,10 @@ impl Hasher for Identity {
         self.0 = n;
     }
 }
+
+/// The most a bulk batch reserves ahead (a batch of a few huge records must not make
+/// every later one reserve as much); past it, a batch grows as it needs.
+const BULK_BATCH_RESERVE_MAX: usize = 16 << 20;
 
 /// Level-0 files at which a bulk load lets compactions run again: below RocksDB's
 /// `level0_slowdown_writes_trigger` (20), so a load is never throttled by its own files.
