@@ -44,6 +44,35 @@ outboxes:
     .unwrap();
 }
 
+/// An application relaying a new outbox table (created by the user's migration, as
+/// docs/read-side.md gives it) to a new topic of `partitions`: (setup, table, topic, pg).
+fn outbox_setup(name: &str, partitions: i32) -> (Setup, String, String, Pg) {
+    let s = Setup::new(name, partitions, "json");
+    let table = unique_table(name);
+    let out = format!("{}-out", s.app);
+    topology(&s, &table, &out);
+    let pg = Pg::connect();
+    pg.execute(&format!(
+        "CREATE TABLE {table} (id bigserial PRIMARY KEY, topic text NOT NULL, key text, value jsonb, headers jsonb,
+           created_at timestamptz NOT NULL DEFAULT now(), txid xid8 NOT NULL DEFAULT pg_current_xact_id());
+         CREATE INDEX ON {table} (txid)"
+    ));
+    (s, table, out, pg)
+}
+
+/// Waits until the relay has deleted every row of `table`.
+fn outbox_empties(pg: &Pg, table: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: i64 = pg.query(&format!("SELECT count(*)::bigint FROM {table}"))[0].get(0);
+        if left == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{left} relayed rows are still in the outbox");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn start(s: &Setup, id: &str) -> Instance {
     let url = postgres_url();
     let args = [OsStr::new("--postgres-url"), OsStr::new(&url)];
@@ -68,17 +97,7 @@ fn relaying(instances: &[Instance]) -> usize {
 
 #[test]
 fn every_committed_row_reaches_kafka_once_in_commit_order_through_relay_kills() {
-    let s = Setup::new("outbox", 4, "json");
-    let table = unique_table("outbox");
-    let out = format!("{}-out", s.app);
-    topology(&s, &table, &out);
-    let pg = Pg::connect();
-    // The user's migration, as docs/read-side.md gives it.
-    pg.execute(&format!(
-        "CREATE TABLE {table} (id bigserial PRIMARY KEY, topic text NOT NULL, key text, value jsonb, headers jsonb,
-           created_at timestamptz NOT NULL DEFAULT now(), txid xid8 NOT NULL DEFAULT pg_current_xact_id());
-         CREATE INDEX ON {table} (txid)"
-    ));
+    let (s, table, out, pg) = outbox_setup("outbox", 4);
     let mut relays = vec![start(&s, "r0"), start(&s, "r1")];
 
     // Each writer: transactions of 1 to 20 rows, a pause between inserts, one in ten rolled
@@ -160,15 +179,7 @@ fn every_committed_row_reaches_kafka_once_in_commit_order_through_relay_kills() 
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key}: rows out of commit order: {seqs:?}");
     }
     // Relayed rows are deleted from the outbox.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left: i64 = pg.query(&format!("SELECT count(*)::bigint FROM {table}"))[0].get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{left} relayed rows are still in the outbox");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    outbox_empties(&pg, &table, Duration::from_secs(30));
     eprintln!("{} committed rows relayed exactly once, {} rolled back, through {KILLS} kills", committed.len(), aborted.len());
 }
 
@@ -179,16 +190,7 @@ fn every_committed_row_reaches_kafka_once_in_commit_order_through_relay_kills() 
 /// every snapshot the relay takes.
 #[test]
 fn rows_left_behind_by_a_relay_are_deleted_without_a_new_leader() {
-    let s = Setup::new("outboxsweep", 1, "json");
-    let table = unique_table("outboxsweep");
-    let out = format!("{}-out", s.app);
-    topology(&s, &table, &out);
-    let pg = Pg::connect();
-    pg.execute(&format!(
-        "CREATE TABLE {table} (id bigserial PRIMARY KEY, topic text NOT NULL, key text, value jsonb, headers jsonb,
-           created_at timestamptz NOT NULL DEFAULT now(), txid xid8 NOT NULL DEFAULT pg_current_xact_id());
-         CREATE INDEX ON {table} (txid)"
-    ));
+    let (s, table, out, pg) = outbox_setup("outboxsweep", 1);
     let _relay = start(&s, "r0");
     let insert = |what: &str, txid: &str| {
         pg.execute(&format!("INSERT INTO {table} (topic, key, value, txid) VALUES ('{out}', 'k', '{{\"row\": \"{what}\"}}', {txid})"))
@@ -198,15 +200,7 @@ fn rows_left_behind_by_a_relay_are_deleted_without_a_new_leader() {
     // The relay leads already: only its own steps can delete this one.
     insert("left behind", "'3'::xid8");
     insert("second", "DEFAULT");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left: i64 = pg.query(&format!("SELECT count(*)::bigint FROM {table}"))[0].get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{left} rows still in the outbox");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    outbox_empties(&pg, &table, Duration::from_secs(20));
     // Give a wrongly relayed leftover time to show up.
     std::thread::sleep(Duration::from_secs(2));
     let rows: Vec<String> = wait_for(&out, 2, Duration::from_secs(30)).iter().map(|r| r.json()["row"].as_str().unwrap_or("").to_string()).collect();
