@@ -68,8 +68,8 @@ pub enum RuntimeError {
     Unreachable { bootstrap: String, reason: String },
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
-    #[error("restore of {topic}-{partition} made no progress for {waited_s} s at position {position:?}, short of its end {end}; the task stays unready and the restore is retried")]
-    RestoreStalled { topic: String, partition: i32, position: Option<i64>, end: i64, waited_s: u64 },
+    #[error("restore of {topic}-{partition} made no progress for {waited_s} s at position {position:?}, short of its end {end}: {cause}; the task stays unready and the restore is retried")]
+    RestoreStalled { topic: String, partition: i32, position: Option<i64>, end: i64, waited_s: u64, cause: String },
     #[error("store {store} partition {partition} holds a transaction the broker aborted after acknowledging its commit (the changelog record at its checkpoint, offset {checkpoint}, is aborted); it is rebuilt from the committed changelog")]
     StoreAhead { store: String, partition: i32, checkpoint: i64 },
     #[error("a transient failure did not pass within {after_s} s; giving up: {last}")]

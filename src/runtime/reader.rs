@@ -36,6 +36,22 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long a read may see no progress, short of the end, before it fails.
 pub const STALL: Duration = Duration::from_secs(10);
 
+/// Since when a read has made no progress, and the last connection error since then.
+struct Idle {
+    since: Instant,
+    trouble: Option<String>,
+}
+
+impl Idle {
+    fn new() -> Idle {
+        Idle { since: Instant::now(), trouble: None }
+    }
+}
+
+/// Why a read stalled that saw no error: what holds a committed-only read back.
+pub(crate) const NOTHING_DELIVERED: &str =
+    "nothing was delivered (a transaction still open holds the last stable offset back, or the partition has no leader)";
+
 /// Errors that say the client lost (or could not make) its connections, which it goes on
 /// retrying: nothing about the partition being read. (rdkafka's poll reports every
 /// error event, global ones included, as a consumption error; fatal ones are not these.)
@@ -185,26 +201,32 @@ impl PartitionReader {
             return Ok(done);
         }
         self.assign(&[(tp.clone(), Some(first))])?;
-        let mut idle_since = Instant::now();
+        let mut idle = Idle::new();
         loop {
-            if self.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
-                return Err(RuntimeError::Interrupted { what: self.what, partition: tp.to_string() });
-            }
+            self.check_stop(tp)?;
             match self.consumer.poll(POLL) {
                 Some(Ok(m)) => {
                     on_record(&m)?;
                     done.records += 1;
                     done.last_offset = Some(m.offset());
-                    idle_since = Instant::now();
+                    idle = Idle::new();
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(done),
-                Some(Err(e)) if connection_trouble(&e) => self.connection_trouble(tp, &e, high, idle_since)?,
+                Some(Err(e)) if connection_trouble(&e) => self.connection_trouble(tp, &e, high, &mut idle)?,
                 // Named by partition: the log line says which restore could not finish.
                 Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
-                None if self.passed_end(tp, high, idle_since)? => return Ok(done),
+                None if self.passed_end(tp, high, &idle)? => return Ok(done),
                 None => {}
             }
         }
+    }
+
+    /// Once the instance stops, a read ends with `Interrupted`.
+    fn check_stop(&self, tp: &TopicPartition) -> Result<(), RuntimeError> {
+        if self.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(RuntimeError::Interrupted { what: self.what, partition: tp.to_string() });
+        }
+        Ok(())
     }
 
     /// The offset of the first record at or after `from` this reader delivers (one that
@@ -216,14 +238,15 @@ impl PartitionReader {
             return Ok(None);
         }
         self.assign(&[(tp.clone(), Some(from))])?;
-        let idle_since = Instant::now();
+        let mut idle = Idle::new();
         loop {
+            self.check_stop(tp)?;
             match self.consumer.poll(POLL) {
                 Some(Ok(m)) => return Ok(Some(m.offset())),
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
-                Some(Err(e)) if connection_trouble(&e) => self.connection_trouble(tp, &e, high, idle_since)?,
+                Some(Err(e)) if connection_trouble(&e) => self.connection_trouble(tp, &e, high, &mut idle)?,
                 Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
-                None if self.passed_end(tp, high, idle_since)? => return Ok(None),
+                None if self.passed_end(tp, high, &idle)? => return Ok(None),
                 None => {}
             }
         }
@@ -234,26 +257,31 @@ impl PartitionReader {
     /// once turned a connection dropped for a moment (seen as "2/2 brokers are down"
     /// right after a large load into the broker) into a failed assignment, reopened
     /// whole after a pause.
-    fn connection_trouble(&self, tp: &TopicPartition, e: &KafkaError, high: i64, idle_since: Instant) -> Result<(), RuntimeError> {
+    fn connection_trouble(&self, tp: &TopicPartition, e: &KafkaError, high: i64, idle: &mut Idle) -> Result<(), RuntimeError> {
         tracing::debug!(reader = self.what, partition = %tp, error = %e, "connection trouble; reading on");
+        idle.trouble = Some(e.to_string());
         // Reported errors are not progress: the stall limit still counts.
-        self.passed_end(tp, high, idle_since).map(|_| ())
+        self.passed_end(tp, high, idle).map(|_| ())
     }
 
     /// After a poll that delivered nothing: whether the position reached `high`, or
-    /// `RestoreStalled` once nothing came for the stall limit since `idle_since`.
-    fn passed_end(&self, tp: &TopicPartition, high: i64, idle_since: Instant) -> Result<bool, RuntimeError> {
+    /// `RestoreStalled` once nothing came for the stall limit.
+    fn passed_end(&self, tp: &TopicPartition, high: i64, idle: &Idle) -> Result<bool, RuntimeError> {
         let pos = self.position(tp);
         if pos.is_some_and(|p| p >= high) {
             return Ok(true);
         }
-        if idle_since.elapsed() > self.stall {
+        if idle.since.elapsed() > self.stall {
             return Err(RuntimeError::RestoreStalled {
                 topic: tp.topic.clone(),
                 partition: tp.partition,
                 position: pos,
                 end: high,
                 waited_s: self.stall.as_secs(),
+                cause: match &idle.trouble {
+                    Some(e) => format!("the broker connections failed (last: {e})"),
+                    None => NOTHING_DELIVERED.to_string(),
+                },
             });
         }
         Ok(false)

@@ -454,6 +454,7 @@ impl ChangelogReader for MemoryChangelog {
                 position: tail.last().map(|r| r.offset + 1),
                 end: self.log.end(&tp),
                 waited_s: 10,
+                cause: crate::runtime::reader::NOTHING_DELIVERED.to_string(),
             });
         }
         Ok(tail.len() as u64)
