@@ -212,7 +212,7 @@ impl PartitionReader {
                     idle = Idle::new();
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(done),
-                Some(Err(e)) if connection_trouble(&e) => self.connection_trouble(tp, &e, high, &mut idle)?,
+                Some(Err(e)) if connection_trouble(&e) => self.read_on(tp, &e, high, &mut idle)?,
                 // Named by partition: the log line says which restore could not finish.
                 Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
                 None if self.passed_end(tp, high, &idle)? => return Ok(done),
@@ -244,7 +244,7 @@ impl PartitionReader {
             match self.consumer.poll(POLL) {
                 Some(Ok(m)) => return Ok(Some(m.offset())),
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
-                Some(Err(e)) if connection_trouble(&e) => self.connection_trouble(tp, &e, high, &mut idle)?,
+                Some(Err(e)) if connection_trouble(&e) => self.read_on(tp, &e, high, &mut idle)?,
                 Some(Err(e)) => return Err(self.kafka(&tp.to_string())(e)),
                 None if self.passed_end(tp, high, &idle)? => return Ok(None),
                 None => {}
@@ -257,7 +257,7 @@ impl PartitionReader {
     /// once turned a connection dropped for a moment (seen as "2/2 brokers are down"
     /// right after a large load into the broker) into a failed assignment, reopened
     /// whole after a pause.
-    fn connection_trouble(&self, tp: &TopicPartition, e: &KafkaError, high: i64, idle: &mut Idle) -> Result<(), RuntimeError> {
+    fn read_on(&self, tp: &TopicPartition, e: &KafkaError, high: i64, idle: &mut Idle) -> Result<(), RuntimeError> {
         tracing::debug!(reader = self.what, partition = %tp, error = %e, "connection trouble; reading on");
         idle.trouble = Some(e.to_string());
         // Reported errors are not progress: the stall limit still counts.

@@ -229,6 +229,8 @@ impl Standbys {
             // open yet: a missing copy shows as the whole changelog, not as silence.
             if last_lag.elapsed() >= Duration::from_secs(2) {
                 last_lag = Instant::now();
+                // Where the copies' reader stands, asked once for every partition.
+                let positions = reader.positions();
                 for (store, p) in &wanted {
                     let Some(s) = self.stores.iter().find(|s| &s.name == store) else { continue };
                     let tp = TopicPartition::new(s.changelog.as_str(), *p);
@@ -241,7 +243,7 @@ impl Standbys {
                         // that had read everything showed up to 3 of lag on a quiet
                         // partition until the next committed record.
                         let next = match held.get(&(store.clone(), *p)) {
-                            Some(r) => r.checkpoint()?.map_or(0, |o| o + 1).max(reader.position(&tp).unwrap_or(0)),
+                            Some(r) => r.checkpoint()?.map_or(0, |o| o + 1).max(positions.get(&tp).copied().unwrap_or(0)),
                             None => 0,
                         };
                         partition_gauges::set(partition_gauges::STANDBY_LAG, store, *p, (high - next).max(0) as f64);
