@@ -1,7 +1,8 @@
 //! Interactive queries at a fixed offered rate: two instances of the customer
 //! application share a store of KEYS customers, and one of them is asked for random keys
 //! at RATE requests a second, first keys it owns, then keys the other owns (each request
-//! forwarded over the instances' keep-alive pool).
+//! forwarded over the instances' keep-alive pool). Before both, the same load on the
+//! health probe, which reads no store: the floor the machine itself puts under the tail.
 //!
 //! The load is open-loop, as wrk2's: request i is due at `i / RATE` seconds, whatever
 //! happened to the ones before it. A request that waits for a busy connection counts
@@ -11,6 +12,9 @@
 //!
 //! `MILLRACE_BENCH_CACHE_MIB` sets the instances' block cache (`rocksdb.block_cache_mib`),
 //! to compare a cache that holds the queried keys with the default.
+//! `MILLRACE_BENCH_GENERATOR_FIFO=1` runs the load generator's thread under SCHED_FIFO
+//! (root only), so that on cores it shares with the instances it answers at once: what
+//! its own waits for a core add to the tail then shows as the difference.
 
 use super::{customer_topology, load_padded, wait_committed, MillraceInstance, PARTITIONS};
 use millrace::codec::murmur2::partition_for_key;
@@ -80,17 +84,22 @@ pub fn run(keys: usize) {
     for i in 0..keys {
         let key = format!("cust-{i}");
         let owner = owners[partition_for_key(key.as_bytes(), PARTITIONS as i32) as usize].as_deref();
-        if owner == Some(a.http.as_str()) { local.push(key) } else { remote.push(key) }
+        let path = format!("/stores/customers/keys/{key}");
+        if owner == Some(a.http.as_str()) { local.push(path) } else { remote.push(path) }
     }
+    // The floor: the same load on an answer that reads no store (the health probe). What a
+    // lookup's tail has above it is the lookup's; what this has is the machine's, the load
+    // generator's share of the same two cores and loopback TCP included.
+    let floor = vec!["/health".to_string()];
     println!(
         "store customers, {keys} keys over {PARTITIONS} partitions, 2 instances; asking instance a at {rate} requests/s, {CONNECTIONS} keep-alive connections, {} s warm-up, {} s measured",
         WARMUP.as_secs(),
         MEASURED.as_secs()
     );
-    for (what, keys) in [("owned by a (local)", &local), ("owned by b (forwarded)", &remote)] {
+    for (what, paths) in [("none (/health)", &floor), ("owned by a (local)", &local), ("owned by b (forwarded)", &remote)] {
         let cpu_a = a.usage();
         let cpu_b = b.usage();
-        let r = offer(&a.http, keys, rate);
+        let r = offer(&a.http, paths, rate);
         let (ua, ub) = (a.usage().since(cpu_a), b.usage().since(cpu_b));
         println!(
             "keys {what:<24} p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  max {:>7.2} ms  achieved {:>6.0}/s  non-200 {}  CPU a {:.1} s, b {:.1} s ({:.0} + {:.0} µs a request)",
@@ -132,24 +141,31 @@ impl Offered {
     }
 }
 
-/// Offers GETs of random `keys` to `http` at `rate` a second for the warm-up and the
+/// Offers GETs of random `paths` to `http` at `rate` a second for the warm-up and the
 /// measured time; the measured requests' latencies.
-fn offer(http: &str, keys: &[String], rate: usize) -> Offered {
+fn offer(http: &str, paths: &[String], rate: usize) -> Offered {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("load runtime");
+    if std::env::var("MILLRACE_BENCH_GENERATOR_FIFO").is_ok_and(|v| v == "1") {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: plain system call on the calling thread (pid 0), which runs the load.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            eprintln!("SCHED_FIFO for the load generator refused: {}", std::io::Error::last_os_error());
+        }
+    }
     let total = rate * (WARMUP + MEASURED).as_secs() as usize;
     let warm = rate * WARMUP.as_secs() as usize;
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new((Vec::with_capacity(total - warm), 0usize)));
-    let keys = Arc::new(keys.to_vec());
+    let paths = Arc::new(paths.to_vec());
     let started = Instant::now();
     rt.block_on(async {
         let t0 = tokio::time::Instant::now();
         let mut conns = Vec::new();
         for c in 0..CONNECTIONS {
-            let (next, results, keys, http) = (next.clone(), results.clone(), keys.clone(), http.to_string());
+            let (next, results, paths, http) = (next.clone(), results.clone(), paths.clone(), http.to_string());
             conns.push(tokio::spawn(async move {
                 let mut conn = None;
-                // A cheap generator per connection: random keys without a shared lock.
+                // A cheap generator per connection: random paths without a shared lock.
                 let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
                 let mut free_at = t0;
                 let (mut mine, mut failed) = (Vec::new(), 0usize);
@@ -164,8 +180,8 @@ fn offer(http: &str, keys: &[String], rate: usize) -> Offered {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
-                    let key = &keys[(seed % keys.len() as u64) as usize];
-                    let ok = get(&mut conn, &http, key).await;
+                    let path = &paths[(seed % paths.len() as u64) as usize];
+                    let ok = get(&mut conn, &http, path).await;
                     let done = tokio::time::Instant::now();
                     let from = if free_at > due { due } else { sent };
                     free_at = done;
@@ -189,16 +205,16 @@ fn offer(http: &str, keys: &[String], rate: usize) -> Offered {
     Offered { achieved: total as f64 / elapsed, latencies, failed }
 }
 
-/// One keep-alive GET of a customer; false unless it answered 200. A broken connection
-/// is reopened on the next request.
-async fn get(conn: &mut Option<BufReader<tokio::net::TcpStream>>, http: &str, key: &str) -> bool {
+/// One keep-alive GET; false unless it answered 200. A broken connection is reopened on
+/// the next request.
+async fn get(conn: &mut Option<BufReader<tokio::net::TcpStream>>, http: &str, path: &str) -> bool {
     if conn.is_none() {
         let Ok(s) = tokio::net::TcpStream::connect(http).await else { return false };
         let _ = s.set_nodelay(true);
         *conn = Some(BufReader::new(s));
     }
     let c = conn.as_mut().expect("connected above");
-    let request = format!("GET /stores/customers/keys/{key} HTTP/1.1\r\nHost: {http}\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\n\r\n");
     let answered = async {
         c.get_mut().write_all(request.as_bytes()).await.ok()?;
         let mut line = String::new();
