@@ -3,6 +3,9 @@
 //! tables, standbys, members, gateway replies), the gateway and members producers, and the
 //! admin clients of topic creation and `plan`.
 //!
+//! `PolledProducer` is how the process runs a producer: its events served by a thread
+//! that sleeps until there are any.
+//!
 //! `Clients` carries the bootstrap servers and the user's settings (a properties file such
 //! as `deploy/kafka-local client-config` prints: TLS, SASL, timeouts), and hands every
 //! client the same base. Settings that would silently break exactly-once or partitioning
@@ -11,10 +14,13 @@
 //! Secrets never reach a log: `Debug` shows the keys, with the values of secret ones
 //! redacted.
 //!
-//! May use: nothing of millrace; only rdkafka's `ClientConfig`.
+//! May use: nothing of millrace; only rdkafka's `ClientConfig` and producer (and libc for
+//! `PolledProducer`'s wake-ups).
 
+mod producer;
 mod properties;
 
+pub use producer::PolledProducer;
 pub use properties::parse_properties;
 
 use rdkafka::ClientConfig;

@@ -8,16 +8,17 @@
 
 use super::reader::{Followed, PartitionReader};
 use crate::record::TopicPartition;
-use crate::kafka::Clients;
+use crate::kafka::{Clients, PolledProducer};
 use super::RuntimeError;
 use crate::codec::Format;
 use crate::processor::wire::{self, Reply};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::{ClientContext, Message};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Replies remembered for status URLs (a few MiB): status URLs are for recent commands.
@@ -59,10 +60,26 @@ pub enum GatewayError {
     Produce(String),
 }
 
+/// How long a command waits for room in the producer's queue before the request fails.
+const QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// Hands each command's delivery report to the request that sent it (what rdkafka's
+/// `FutureProducer` does, on a `PolledProducer`: kafka/producer.rs says why).
+struct Delivery;
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = Box<oneshot::Sender<Result<(), String>>>;
+    fn delivery(&self, report: &DeliveryResult<'_>, to: Self::DeliveryOpaque) {
+        let _ = to.send(report.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()));
+    }
+}
+
 pub struct Gateway {
     /// By aggregate name and by node name.
     targets: BTreeMap<String, GatewayTarget>,
-    producer: FutureProducer,
+    producer: PolledProducer<Delivery>,
     pending: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
     recent: Mutex<(HashMap<String, Reply>, VecDeque<String>)>,
     instance: String,
@@ -71,13 +88,15 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(targets: BTreeMap<String, GatewayTarget>, clients: &Clients, instance: &str) -> Result<Self, RuntimeError> {
-        let producer: FutureProducer = clients
+        let kafka = |source| RuntimeError::Kafka { op: "gateway producer", topic: String::new(), source };
+        let producer: BaseProducer<Delivery> = clients
             .client()
             .set("partitioner", "murmur2_random")
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
-            .create()
-            .map_err(|source| RuntimeError::Kafka { op: "gateway producer", topic: String::new(), source })?;
+            .create_with_context(Delivery)
+            .map_err(kafka)?;
+        let producer = PolledProducer::new(producer).map_err(|e| kafka(KafkaError::ClientCreation(e.to_string())))?;
         Ok(Self {
             targets,
             producer,
@@ -133,10 +152,28 @@ impl Gateway {
         if let Some(op) = admin {
             headers = headers.insert(rdkafka::message::Header { key: crate::record::header::ADMIN, value: Some(op) });
         }
-        let record = FutureRecord::to(&target.commands).key(aggregate_id).payload(command).headers(headers);
-        if let Err((e, _)) = self.producer.send(record, Duration::from_secs(10)).await {
+        let (delivered, delivery) = oneshot::channel();
+        let mut record =
+            BaseRecord::with_opaque_to(&target.commands, Box::new(delivered)).key(aggregate_id).payload(command).headers(headers);
+        let queue_wait = Instant::now() + QUEUE_WAIT;
+        let sent = loop {
+            match self.producer.send(record) {
+                Ok(()) => break Ok(()),
+                // The producer's queue is full: wait for room, as long as a caller would.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) if Instant::now() < queue_wait => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => break Err(e.to_string()),
+            }
+        };
+        let delivered = match sent {
+            Ok(()) => delivery.await.unwrap_or_else(|_| Err("the producer closed before delivering".into())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = delivered {
             self.pending.lock().expect("gateway lock").remove(command_id);
-            return Err(GatewayError::Produce(e.to_string()));
+            return Err(GatewayError::Produce(e));
         }
         let reply = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
         self.pending.lock().expect("gateway lock").remove(command_id);

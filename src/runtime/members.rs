@@ -13,9 +13,10 @@ use super::catalog::Catalog;
 use super::reader::{Followed, PartitionReader};
 use crate::record::TopicPartition;
 use rdkafka::message::BorrowedMessage;
-use crate::kafka::Clients;
+use crate::kafka::{Clients, PolledProducer};
 use super::RuntimeError;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -347,12 +348,13 @@ fn publish_loop(
     stop: &AtomicBool,
 ) -> Result<(), RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "publish members", topic: topic.to_string(), source };
-    let producer: ThreadedProducer<DefaultProducerContext> = clients
+    let producer: BaseProducer<DefaultProducerContext> = clients
         .client()
         .set("linger.ms", "0")
         .set("enable.idempotence", "true")
         .create()
         .map_err(kafka)?;
+    let producer = PolledProducer::new(producer).map_err(|e| kafka(KafkaError::ClientCreation(e.to_string())))?;
     let me = &directory.me;
     type Claims = (BTreeMap<String, Vec<i32>>, BTreeMap<String, Vec<i32>>);
     let mut last: Option<(Claims, Instant)> = None;

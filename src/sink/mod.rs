@@ -15,8 +15,8 @@ use crate::record::{OutRecord, TopicPartition};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use crate::kafka::Clients;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use crate::kafka::{Clients, PolledProducer};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -223,7 +223,7 @@ impl ProducerContext for SinkContext {
 
 pub struct TransactionalSink {
     /// Shared with a call that may not return (see `send_offsets`).
-    producer: Arc<ThreadedProducer<SinkContext>>,
+    producer: Arc<PolledProducer<SinkContext>>,
     /// A call hung: nothing more is asked of this producer, and the engine makes a new one.
     hung: bool,
     transactional_id: String,
@@ -269,8 +269,9 @@ impl TransactionalSink {
             .set("retry.backoff.ms", "20");
         clients.apply_producer(&mut cfg);
         let failed = |op, source| SinkError::Failed { transactional_id: transactional_id.into(), op, source };
-        let producer: ThreadedProducer<SinkContext> =
+        let producer: BaseProducer<SinkContext> =
             cfg.create_with_context(SinkContext::default()).map_err(|e| failed("create", e))?;
+        let producer = PolledProducer::new(producer).map_err(|e| failed("create", KafkaError::ClientCreation(e.to_string())))?;
         let timeout = Duration::from_secs(30);
         let sink = Self {
             producer: Arc::new(producer),
@@ -676,8 +677,8 @@ impl TransactionalSink {
 /// event queue in 100 ms slices that the poll thread drains first; and not a wait on
 /// the queue alone, which sits out the linger (5 ms) on every commit. Past the
 /// timeout records are still in flight, which the callers check.
-#[allow(unsafe_code)] // the one FFI call of the crate; rdkafka offers no safe form of it
-fn drain(producer: &ThreadedProducer<SinkContext>, timeout: Duration) {
+#[allow(unsafe_code)] // rdkafka offers no safe form of it (the other FFI calls: kafka/producer.rs)
+fn drain(producer: &PolledProducer<SinkContext>, timeout: Duration) {
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the client pointer is valid for as long as `producer` lives, and
     // rd_kafka_flush is thread-safe (the poll thread serves reports meanwhile).
@@ -701,7 +702,7 @@ const CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// or 0.67 s), and so did every producer taking over after a failure. An answer from a
 /// learned broker (a node id, where the bootstrap has -1) means that one is up. A failure
 /// is left to `init_transactions`, which waits and retries on its own.
-fn await_broker(producer: &ThreadedProducer<SinkContext>, topic: &str, timeout: Duration) {
+fn await_broker(producer: &PolledProducer<SinkContext>, topic: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         match producer.client().fetch_metadata(Some(topic), deadline.saturating_duration_since(Instant::now())) {
