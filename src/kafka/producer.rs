@@ -109,11 +109,12 @@ fn serve<C: ProducerContext>(producer: &BaseProducer<C>, queue: &MainQueue, wake
         let mut pfd = libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let mut counter = [0u8; 8];
         #[allow(unsafe_code)]
-        // SAFETY: one valid pollfd; an 8-byte buffer for the eventfd's counter (a read
-        // with nothing written fails with EAGAIN, harmlessly: the fd is non-blocking).
+        // SAFETY: one valid pollfd; an 8-byte buffer for the eventfd's counter, read
+        // (reset) only when it was written.
         unsafe {
-            libc::poll(&mut pfd, 1, IDLE_WAKE_MS);
-            libc::read(wake.as_raw_fd(), counter.as_mut_ptr().cast(), counter.len());
+            if libc::poll(&mut pfd, 1, IDLE_WAKE_MS) > 0 {
+                libc::read(wake.as_raw_fd(), counter.as_mut_ptr().cast(), counter.len());
+            }
         }
     }
 }
