@@ -167,14 +167,24 @@ impl Gateway {
                 Err((e, _)) => break Err(e.to_string()),
             }
         };
+        // The reply's wait includes the delivery's: past it, the command may still be
+        // delivered and processed, as when its reply is late.
+        let waited = Instant::now();
         let delivered = match sent {
-            Ok(()) => delivery.await.unwrap_or_else(|_| Err("the producer closed before delivering".into())),
+            Ok(()) => match tokio::time::timeout(timeout, delivery).await {
+                Ok(report) => report.unwrap_or_else(|_| Err("the producer closed before delivering".into())),
+                Err(_) => {
+                    self.pending.lock().expect("gateway lock").remove(command_id);
+                    return Ok(None);
+                }
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = delivered {
             self.pending.lock().expect("gateway lock").remove(command_id);
             return Err(GatewayError::Produce(e));
         }
+        let timeout = timeout.saturating_sub(waited.elapsed());
         let reply = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
         self.pending.lock().expect("gateway lock").remove(command_id);
         Ok(reply)
