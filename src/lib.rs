@@ -9,7 +9,7 @@
 //! | [`store`] | RocksDB stores, the changelogged overlay, shared memory budget |
 //! | [`processor`] | the `Aggregate` trait (pure decide/evolve) and its processor, dead letters |
 //! | [`topology`] | topology files: schema, validation with file:line:col errors |
-//! | [`kafka`] | the client factory: every Kafka client's settings, the user's included; refuses unsafe ones |
+//! | [`kafka`] | the client factory: every Kafka client's settings, the user's included; refuses unsafe ones; the producer whose events a sleeping thread serves |
 //! | [`sink`] | the transactional producer and its fencing rules |
 //! | [`runtime`] | `App`: consumer group, tasks, restore, commit cycle, rebalances |
 //! | [`query`] | the HTTP query server |

@@ -13,7 +13,7 @@ use super::RuntimeError;
 use crate::codec::Format;
 use crate::processor::wire::{self, Reply};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::{ClientContext, Message};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,6 +76,20 @@ impl ProducerContext for Delivery {
     }
 }
 
+/// Removes a submitted command's entry from `Gateway::pending` when dropped.
+struct PendingEntry<'a> {
+    gateway: &'a Gateway,
+    command_id: &'a str,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.gateway.pending.lock() {
+            pending.remove(self.command_id);
+        }
+    }
+}
+
 pub struct Gateway {
     /// By aggregate name and by node name.
     targets: BTreeMap<String, GatewayTarget>,
@@ -89,14 +103,11 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(targets: BTreeMap<String, GatewayTarget>, clients: &Clients, instance: &str) -> Result<Self, RuntimeError> {
         let kafka = |source| RuntimeError::Kafka { op: "gateway producer", topic: String::new(), source };
-        let producer: BaseProducer<Delivery> = clients
-            .client()
-            .set("partitioner", "murmur2_random")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .create_with_context(Delivery)
-            .map_err(kafka)?;
-        let producer = PolledProducer::new(producer).map_err(|e| kafka(KafkaError::ClientCreation(e.to_string())))?;
+        let producer = PolledProducer::create(
+            clients.client().set("partitioner", "murmur2_random").set("enable.idempotence", "true").set("linger.ms", "1"),
+            Delivery,
+        )
+        .map_err(kafka)?;
         Ok(Self {
             targets,
             producer,
@@ -145,6 +156,10 @@ impl Gateway {
         }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("gateway lock").insert(command_id.to_string(), tx);
+        // However this ends, the entry goes: also when the request's future is dropped (a
+        // client that hung up, the request time limit), or it would count against
+        // `max_pending_commands` for ever.
+        let _pending = PendingEntry { gateway: self, command_id };
         let mut headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
             key: crate::record::header::CORRELATION_ID,
             value: Some(command_id),
@@ -156,38 +171,25 @@ impl Gateway {
         let mut record =
             BaseRecord::with_opaque_to(&target.commands, Box::new(delivered)).key(aggregate_id).payload(command).headers(headers);
         let queue_wait = Instant::now() + QUEUE_WAIT;
-        let sent = loop {
+        loop {
             match self.producer.send(record) {
-                Ok(()) => break Ok(()),
-                // The producer's queue is full: wait for room, as long as a caller would.
+                Ok(()) => break,
+                // The producer's queue is full: wait for room, up to QUEUE_WAIT.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) if Instant::now() < queue_wait => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((e, _)) => break Err(e.to_string()),
+                Err((e, _)) => return Err(GatewayError::Produce(e.to_string())),
             }
-        };
-        // The reply's wait includes the delivery's: past it, the command may still be
-        // delivered and processed, as when its reply is late.
-        let waited = Instant::now();
-        let delivered = match sent {
-            Ok(()) => match tokio::time::timeout(timeout, delivery).await {
-                Ok(report) => report.unwrap_or_else(|_| Err("the producer closed before delivering".into())),
-                Err(_) => {
-                    self.pending.lock().expect("gateway lock").remove(command_id);
-                    return Ok(None);
-                }
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(e) = delivered {
-            self.pending.lock().expect("gateway lock").remove(command_id);
-            return Err(GatewayError::Produce(e));
         }
-        let timeout = timeout.saturating_sub(waited.elapsed());
-        let reply = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
-        self.pending.lock().expect("gateway lock").remove(command_id);
-        Ok(reply)
+        // An answer (202 included) means the broker has the command: the wait for its
+        // delivery report is not bounded by `timeout`, only by the producer's own
+        // `message.timeout.ms`, past which the report is a failure.
+        delivery
+            .await
+            .unwrap_or_else(|_| Err("the producer closed before delivering".into()))
+            .map_err(GatewayError::Produce)?;
+        Ok(tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok))
     }
 
     /// The reply of a recent command, if this instance has seen it.

@@ -15,8 +15,7 @@ use crate::record::TopicPartition;
 use rdkafka::message::BorrowedMessage;
 use crate::kafka::{Clients, PolledProducer};
 use super::RuntimeError;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -348,13 +347,8 @@ fn publish_loop(
     stop: &AtomicBool,
 ) -> Result<(), RuntimeError> {
     let kafka = |source| RuntimeError::Kafka { op: "publish members", topic: topic.to_string(), source };
-    let producer: BaseProducer<DefaultProducerContext> = clients
-        .client()
-        .set("linger.ms", "0")
-        .set("enable.idempotence", "true")
-        .create()
+    let producer = PolledProducer::create(clients.client().set("linger.ms", "0").set("enable.idempotence", "true"), DefaultProducerContext)
         .map_err(kafka)?;
-    let producer = PolledProducer::new(producer).map_err(|e| kafka(KafkaError::ClientCreation(e.to_string())))?;
     let me = &directory.me;
     type Claims = (BTreeMap<String, Vec<i32>>, BTreeMap<String, Vec<i32>>);
     let mut last: Option<(Claims, Instant)> = None;

@@ -15,7 +15,7 @@ use crate::record::{OutRecord, TopicPartition};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use crate::kafka::{Clients, PolledProducer};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use std::collections::HashMap;
@@ -269,9 +269,7 @@ impl TransactionalSink {
             .set("retry.backoff.ms", "20");
         clients.apply_producer(&mut cfg);
         let failed = |op, source| SinkError::Failed { transactional_id: transactional_id.into(), op, source };
-        let producer: BaseProducer<SinkContext> =
-            cfg.create_with_context(SinkContext::default()).map_err(|e| failed("create", e))?;
-        let producer = PolledProducer::new(producer).map_err(|e| failed("create", KafkaError::ClientCreation(e.to_string())))?;
+        let producer = PolledProducer::create(&cfg, SinkContext::default()).map_err(|e| failed("create", e))?;
         let timeout = Duration::from_secs(30);
         let sink = Self {
             producer: Arc::new(producer),

@@ -145,7 +145,8 @@ impl Offered {
 /// measured time; the measured requests' latencies.
 fn offer(http: &str, paths: &[String], rate: usize) -> Offered {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("load runtime");
-    if std::env::var("MILLRACE_BENCH_GENERATOR_FIFO").is_ok_and(|v| v == "1") {
+    let fifo = std::env::var("MILLRACE_BENCH_GENERATOR_FIFO").is_ok_and(|v| v == "1");
+    if fifo {
         let param = libc::sched_param { sched_priority: 1 };
         // SAFETY: plain system call on the calling thread (pid 0), which runs the load.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
@@ -199,6 +200,12 @@ fn offer(http: &str, paths: &[String], rate: usize) -> Offered {
             c.await.expect("connection task");
         }
     });
+    if fifo {
+        // Back to the default policy for what this thread does between the phases.
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: as above.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let (mut latencies, failed) = Arc::try_unwrap(results).ok().expect("all tasks done").into_inner().expect("results");
     latencies.sort_unstable();
