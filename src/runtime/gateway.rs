@@ -296,3 +296,27 @@ fn sent_by_a_gateway(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
     let Some(headers) = m.headers() else { return false };
     headers.iter().any(|h| h.key == crate::record::header::CORRELATION_ID && h.value.is_some() && h.value == m.key())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request given up before the broker answered (a client that hung up, the
+    /// request time limit) leaves no pending command behind: it would count against
+    /// `max_pending_commands` for ever. No broker here, so no delivery report comes.
+    #[tokio::test]
+    async fn a_request_given_up_leaves_no_pending_command() {
+        let target = GatewayTarget {
+            commands: "commands".into(),
+            command_format: Format::Json,
+            replies: "replies".into(),
+            reply_format: Format::Json,
+            reply_partitions: 1,
+            check: Arc::new(|_, _| Ok(())),
+        };
+        let gateway = Gateway::new(BTreeMap::from([("a".to_string(), target.clone())]), &Clients::plain("127.0.0.1:1"), "i").unwrap();
+        let submit = gateway.submit(&target, "id-1", "cmd-1", b"{}", Duration::from_secs(5), None);
+        assert!(tokio::time::timeout(Duration::from_millis(300), submit).await.is_err(), "nothing can be delivered without a broker");
+        assert_eq!(gateway.pending(), 0, "the given-up command's entry is gone");
+    }
+}

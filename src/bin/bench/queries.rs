@@ -147,10 +147,8 @@ fn offer(http: &str, paths: &[String], rate: usize) -> Offered {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("load runtime");
     let fifo = std::env::var("MILLRACE_BENCH_GENERATOR_FIFO").is_ok_and(|v| v == "1");
     if fifo {
-        let param = libc::sched_param { sched_priority: 1 };
-        // SAFETY: plain system call on the calling thread (pid 0), which runs the load.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
-            eprintln!("SCHED_FIFO for the load generator refused: {}", std::io::Error::last_os_error());
+        if let Err(e) = schedule_this_thread(libc::SCHED_FIFO, 1) {
+            eprintln!("SCHED_FIFO for the load generator refused: {e}");
         }
     }
     let total = rate * (WARMUP + MEASURED).as_secs() as usize;
@@ -202,14 +200,22 @@ fn offer(http: &str, paths: &[String], rate: usize) -> Offered {
     });
     if fifo {
         // Back to the default policy for what this thread does between the phases.
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: as above.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+        let _ = schedule_this_thread(libc::SCHED_OTHER, 0);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (mut latencies, failed) = Arc::try_unwrap(results).ok().expect("all tasks done").into_inner().expect("results");
     latencies.sort_unstable();
     Offered { achieved: total as f64 / elapsed, latencies, failed }
+}
+
+/// Sets the calling thread's scheduling policy (pid 0: this thread, not the process).
+fn schedule_this_thread(policy: libc::c_int, priority: libc::c_int) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: plain system call with a valid parameter block.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// One keep-alive GET; false unless it answered 200. A broken connection is reopened on
