@@ -616,7 +616,7 @@ pub struct SnapshotRenderer<A> {
 
 impl<A: Aggregate> ValueRenderer for SnapshotRenderer<A> {
     fn render(&self, value: &[u8]) -> Result<serde_json::Value, String> {
-        let snap = wire::decode_snapshot::<A>(self.format, value).map_err(|e| e.to_string())?;
+        let snap = wire::decode_snapshot_view::<A>(self.format, value).map_err(|e| e.to_string())?;
         let mut doc = serde_json::json!({
             "version": snap.version,
             "state": serde_json::to_value(&snap.state).map_err(|e| e.to_string())?,
@@ -627,9 +627,73 @@ impl<A: Aggregate> ValueRenderer for SnapshotRenderer<A> {
         Ok(doc)
     }
 
+    /// The text `render` and the key would give, written directly.
+    fn render_entry(&self, key: &str, value: &[u8]) -> Result<super::RenderedEntry, String> {
+        let snap = wire::decode_snapshot_view::<A>(self.format, value).map_err(|e| e.to_string())?;
+        let mut json = Vec::with_capacity(value.len() + key.len() + 48);
+        json.extend_from_slice(b"{\"key\":");
+        serde_json::to_writer(&mut json, key).map_err(|e| e.to_string())?;
+        json.extend_from_slice(b",\"version\":");
+        json.extend_from_slice(snap.version.to_string().as_bytes());
+        json.extend_from_slice(b",\"state\":");
+        serde_json::to_writer(&mut json, &snap.state).map_err(|e| e.to_string())?;
+        if let Some(deadline) = snap.await_deadline {
+            json.extend_from_slice(b",\"awaiting_until\":");
+            json.extend_from_slice(deadline.to_string().as_bytes());
+        }
+        json.push(b'}');
+        Ok(super::RenderedEntry { version: Some(snap.version), json })
+    }
+
     /// Only the state is decoded, and only its indexed fields are rendered.
     fn index_fields(&self, value: &[u8], fields: &[String]) -> Result<super::IndexFields, String> {
         let (state, awaiting) = wire::decode_snapshot_state::<A>(self.format, value).map_err(|e| e.to_string())?;
         Ok(super::IndexFields { fields: super::index_fields::from_state(&state, fields)?, awaiting })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::customer::{Customer, CustomerAggregate, Status};
+
+    /// Only `render`: answers through the trait's default `render_entry`.
+    struct ThroughTheTree(SnapshotRenderer<CustomerAggregate>);
+
+    impl ValueRenderer for ThroughTheTree {
+        fn render(&self, value: &[u8]) -> Result<serde_json::Value, String> {
+            self.0.render(value)
+        }
+    }
+
+    /// A lookup's answer, written directly, is byte for byte what the JSON tree gave: in
+    /// both snapshot formats, waiting or not, for keys that need escaping.
+    #[test]
+    fn a_snapshots_direct_answer_equals_its_rendered_document() {
+        for format in [Format::Json, Format::Protobuf] {
+            let direct = SnapshotRenderer::<CustomerAggregate> { format, _aggregate: PhantomData };
+            let tree = ThroughTheTree(SnapshotRenderer { format, _aggregate: PhantomData });
+            for (version, await_deadline) in [(0, None), (3, None), (u64::MAX >> 1, Some(1_700_000_000_000))] {
+                let snap = Snapshot {
+                    version,
+                    state: Customer { name: "Ada \"Countess\" Løvelace\n".into(), email: "ada@example.org".into(), status: Status::Active },
+                    source_offset: 7,
+                    recent: vec![Processed { outcome: Outcome::Accepted, command_id: "c-1".into(), version, reason: None }].into(),
+                    await_deadline,
+                };
+                let bytes = wire::encode_snapshot::<CustomerAggregate>(format, &snap);
+                for key in ["ada", "a \"quoted\"\\key/ü\u{1}"] {
+                    let fast = direct.render_entry(key, &bytes).unwrap();
+                    let general = tree.render_entry(key, &bytes).unwrap();
+                    assert_eq!(String::from_utf8(fast.json.clone()).unwrap(), String::from_utf8(general.json).unwrap(), "{format:?}");
+                    assert_eq!(fast.version, Some(version));
+                    assert_eq!(general.version, Some(version));
+                    let doc: serde_json::Value = serde_json::from_slice(&fast.json).unwrap();
+                    assert_eq!(doc["key"], key);
+                    assert_eq!(doc["state"]["name"], "Ada \"Countess\" Løvelace\n");
+                    assert_eq!(doc.get("awaiting_until").and_then(serde_json::Value::as_i64), await_deadline);
+                }
+            }
+        }
     }
 }

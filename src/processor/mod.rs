@@ -116,10 +116,36 @@ impl ProcessError {
     }
 }
 
+/// `{"key": .., <rendered fields>}`: the key first, as docs/json-contract.md shows it.
+pub fn keyed(key: String, rendered: serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    out.insert("key".into(), serde_json::Value::String(key));
+    if let serde_json::Value::Object(fields) = rendered {
+        out.extend(fields);
+    }
+    serde_json::Value::Object(out)
+}
+
+/// One key's answer, rendered.
+pub struct RenderedEntry {
+    /// The value's version, for values that have one (aggregate snapshots).
+    pub version: Option<u64>,
+    pub json: Vec<u8>,
+}
+
 /// Renders a stored value as JSON for the query server, without the server knowing the
 /// domain type.
 pub trait ValueRenderer: Send + Sync {
     fn render(&self, value: &[u8]) -> Result<serde_json::Value, String>;
+
+    /// One key's answer as JSON text, `{"key": <key>, <the fields of render>}`, with the
+    /// value's version if it has one. The default goes through `render`; a renderer that
+    /// writes the text directly saves building and dropping a JSON tree per lookup.
+    fn render_entry(&self, key: &str, value: &[u8]) -> Result<RenderedEntry, String> {
+        let fields = self.render(value)?;
+        let version = fields.get("version").and_then(serde_json::Value::as_u64);
+        Ok(RenderedEntry { version, json: serde_json::to_vec(&keyed(key.to_string(), fields)).map_err(|e| e.to_string())? })
+    }
 
     /// What the store's secondary indexes read from `value`: the `fields` of its body and
     /// whether it waits. The default renders the whole document; a renderer that reaches

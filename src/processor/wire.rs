@@ -318,8 +318,23 @@ pub fn decode_snapshot<A: Aggregate>(
 /// A snapshot's state and whether it waits, its dedup window passed over: what a store's
 /// index reads, once per value in a full restore.
 pub fn decode_snapshot_state<A: Aggregate>(format: Format, bytes: &[u8]) -> Result<(A::State, bool), CodecError> {
+    let view = decode_snapshot_view::<A>(format, bytes)?;
+    Ok((view.state, view.await_deadline.is_some()))
+}
+
+/// What a reader of a snapshot sees: its version, state and deadline, not its dedup
+/// window or where it was read from.
+pub struct SnapshotView<S> {
+    pub version: u64,
+    pub state: S,
+    pub await_deadline: Option<i64>,
+}
+
+/// A snapshot without its dedup window (a command id per command, most of the decoding):
+/// what the query server and the indexes read.
+pub fn decode_snapshot_view<A: Aggregate>(format: Format, bytes: &[u8]) -> Result<SnapshotView<A::State>, CodecError> {
     let e = read_envelope(bytes, |_| {})?;
-    Ok((decode_state::<A>(format, e.schema_version, e.state)?, e.await_deadline.is_some()))
+    Ok(SnapshotView { version: e.version, state: decode_state::<A>(format, e.schema_version, e.state)?, await_deadline: e.await_deadline })
 }
 
 /// The fields of a `SnapshotEnvelope` but its dedup window, the state still encoded.

@@ -47,12 +47,10 @@ pub(super) async fn history(
     let from = number("from_version", 1, 1, i64::MAX as u64)?;
     let limit = number("limit", 100, 1, MAX_PAGE as u64)? as usize;
     let partition = partition_for_key(id.as_bytes(), view.partitions);
-    let path = format!(
-        "/aggregates/{}/{}/events?from_version={from}&limit={limit}",
-        forward::encode_segment(&aggregate),
-        forward::encode_segment(&id)
-    );
-    let local = match local_or_forward(&ctx, &store, &id, partition, &path, &headers).await? {
+    let path = || {
+        format!("/aggregates/{}/{}/events?from_version={from}&limit={limit}", forward::encode_segment(&aggregate), forward::encode_segment(&id))
+    };
+    let local = match local_or_forward(&ctx, &store, &id, partition, path, &headers).await? {
         Ok(local) => local,
         Err(forwarded) => return Ok(forwarded),
     };
