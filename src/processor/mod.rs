@@ -1,6 +1,7 @@
 //! Processor nodes: what a task runs for each input record. A processor implements one
 //! method, `process`; it reads and writes its store and emits records through the
-//! `Context`, and never touches a Kafka client.
+//! `Context`, and never touches a Kafka client. Each store also says how the query
+//! server renders its values (`ValueRenderer`).
 //!
 //! May use: store, record, codec.
 
@@ -131,6 +132,13 @@ pub struct RenderedEntry {
     /// The value's version, for values that have one (aggregate snapshots).
     pub version: Option<u64>,
     pub json: Vec<u8>,
+}
+
+/// Whether a value with this version is there for a reader: an aggregate at version 0 was
+/// never written, only rejections recorded for it (kept for dedup). Values without
+/// versions always are.
+pub fn written(version: Option<u64>) -> bool {
+    version.is_none_or(|v| v > 0)
 }
 
 /// Renders a stored value as JSON for the query server, without the server knowing the

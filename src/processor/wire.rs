@@ -330,8 +330,8 @@ pub struct SnapshotView<S> {
     pub await_deadline: Option<i64>,
 }
 
-/// A snapshot without its dedup window (a command id per command, most of the decoding):
-/// what the query server and the indexes read.
+/// A snapshot without its dedup window, whose bytes are not even copied: what the query
+/// server and the indexes read.
 pub fn decode_snapshot_view<A: Aggregate>(format: Format, bytes: &[u8]) -> Result<SnapshotView<A::State>, CodecError> {
     let e = read_envelope(bytes, |_| {})?;
     Ok(SnapshotView { version: e.version, state: decode_state::<A>(format, e.schema_version, e.state)?, await_deadline: e.await_deadline })

@@ -23,7 +23,7 @@ pub use error::QueryError;
 pub use guard::{HttpSecurity, Limits};
 
 use crate::codec::murmur2::partition_for_key;
-use crate::processor::RenderedEntry;
+use crate::processor::{written, RenderedEntry};
 use crate::runtime::{Catalog, Directory, StoreView};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -57,9 +57,9 @@ struct Shared {
     /// Sends commands and waits for replies; None: no command gateway.
     gateway: Option<Arc<crate::runtime::gateway::Gateway>>,
     /// Tokens, TLS (forwarding uses its client side) and limits.
-    security: Arc<HttpSecurity>,
+    security: HttpSecurity,
     /// Kept-alive connections to the other instances, for forwarding.
-    peers: Arc<forward::Peers>,
+    peers: forward::Peers,
 }
 
 impl Shared {
@@ -83,7 +83,7 @@ pub fn router(
 ) -> Router {
     let admission = Arc::new(guard::Admission::new(security.clone()));
     let max_body = security.limits.max_body_bytes;
-    let ctx = Ctx(Arc::new(Shared { catalog, metrics, directory, gateway, security: Arc::new(security), peers: Arc::default() }));
+    let ctx = Ctx(Arc::new(Shared { catalog, metrics, directory, gateway, security, peers: forward::Peers::default() }));
     let guarded = |r: Router| {
         r.layer(axum::extract::DefaultBodyLimit::max(max_body))
             .layer(axum::middleware::from_fn_with_state(admission.clone(), guard::admit))
@@ -332,10 +332,10 @@ async fn get_key(
                 // Commits land every commit interval; polling the local store is cheap.
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            // Version 0: never written, only rejections recorded for it (kept for dedup).
-            (_, Some(r)) if r.version.is_none_or(|v| v > 0) => {
+            (_, Some(r)) if written(r.version) => {
                 return Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], r.json).into_response());
             }
+            // Never written, or only rejections recorded for it.
             _ => return Err(QueryError::UnknownKey { store, key }),
         }
     }
@@ -578,6 +578,6 @@ fn render_page(view: &StoreView, parts: Vec<Part>, limit: usize, covered: Vec<i3
 
 /// A snapshot exists for queries once its aggregate has at least one event.
 fn exists(rendered: &Value) -> bool {
-    rendered.get("version").and_then(Value::as_u64).is_none_or(|v| v > 0)
+    written(rendered.get("version").and_then(Value::as_u64))
 }
 
