@@ -635,13 +635,13 @@ impl<A: Aggregate> ValueRenderer for SnapshotRenderer<A> {
         let snap = wire::decode_snapshot_view::<A>(self.format, value).map_err(|e| e.to_string())?;
         let state = serde_json::to_value(&snap.state).map_err(|e| e.to_string())?;
         let mut json = Vec::with_capacity(value.len() + key.len() + 48);
-        let text = |e: serde_json::Error| e.to_string();
         json.extend_from_slice(b"{\"key\":");
-        serde_json::to_writer(&mut json, key).map_err(text)?;
-        write!(json, ",\"version\":{},\"state\":", snap.version).map_err(|e| e.to_string())?;
-        serde_json::to_writer(&mut json, &state).map_err(text)?;
+        serde_json::to_writer(&mut json, key).map_err(|e| e.to_string())?;
+        // Writing into a Vec cannot fail.
+        let _ = write!(json, ",\"version\":{},\"state\":", snap.version);
+        serde_json::to_writer(&mut json, &state).map_err(|e| e.to_string())?;
         if let Some(deadline) = snap.await_deadline {
-            write!(json, ",\"awaiting_until\":{deadline}").map_err(|e| e.to_string())?;
+            let _ = write!(json, ",\"awaiting_until\":{deadline}");
         }
         json.push(b'}');
         Ok(super::RenderedEntry { version: Some(snap.version), json })
@@ -649,8 +649,8 @@ impl<A: Aggregate> ValueRenderer for SnapshotRenderer<A> {
 
     /// Only the state is decoded, and only its indexed fields are rendered.
     fn index_fields(&self, value: &[u8], fields: &[String]) -> Result<super::IndexFields, String> {
-        let (state, awaiting) = wire::decode_snapshot_state::<A>(self.format, value).map_err(|e| e.to_string())?;
-        Ok(super::IndexFields { fields: super::index_fields::from_state(&state, fields)?, awaiting })
+        let snap = wire::decode_snapshot_view::<A>(self.format, value).map_err(|e| e.to_string())?;
+        Ok(super::IndexFields { fields: super::index_fields::from_state(&snap.state, fields)?, awaiting: snap.await_deadline.is_some() })
     }
 }
 

@@ -315,13 +315,6 @@ pub fn decode_snapshot<A: Aggregate>(
     Ok(Snapshot { version: e.version, state, source_offset: e.source_offset, recent, await_deadline: e.await_deadline })
 }
 
-/// A snapshot's state and whether it waits, its dedup window passed over: what a store's
-/// index reads, once per value in a full restore.
-pub fn decode_snapshot_state<A: Aggregate>(format: Format, bytes: &[u8]) -> Result<(A::State, bool), CodecError> {
-    let view = decode_snapshot_view::<A>(format, bytes)?;
-    Ok((view.state, view.await_deadline.is_some()))
-}
-
 /// What a reader of a snapshot sees: its version, state and deadline, not its dedup
 /// window or where it was read from.
 pub struct SnapshotView<S> {
@@ -331,7 +324,7 @@ pub struct SnapshotView<S> {
 }
 
 /// A snapshot without its dedup window, whose bytes are not even copied: what the query
-/// server and the indexes read.
+/// server and the indexes read (the latter once per value in a full restore).
 pub fn decode_snapshot_view<A: Aggregate>(format: Format, bytes: &[u8]) -> Result<SnapshotView<A::State>, CodecError> {
     let e = read_envelope(bytes, |_| {})?;
     Ok(SnapshotView { version: e.version, state: decode_state::<A>(format, e.schema_version, e.state)?, await_deadline: e.await_deadline })
