@@ -1,8 +1,8 @@
 //! The HTTP command gateway, on the real broker with two instances: a command sent over
 //! HTTP to either instance gets its reply as the HTTP answer (200 accepted, 409 rejected or
 //! wrong expected version, 202 with a status URL when it takes longer), retries with the
-//! same command id are safe, any instance answers a status URL, and the reply's version
-//! reads back with `min_version` on either instance.
+//! same command id are safe (also two at once), any instance answers a status URL, and the
+//! reply's version reads back with `min_version` on either instance.
 
 mod common;
 
@@ -33,6 +33,19 @@ fn commands_over_http_answer_with_their_reply_on_any_instance() {
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["version"], 1);
     assert!(matches!(reply["outcome"].as_str(), Some("accepted" | "duplicate")), "{reply}");
+
+    // The same command sent twice at once (a client retrying before its first attempt was
+    // answered): each request gets the reply, neither a 202.
+    let twice = json!({"command_id": "gw-twice", "type": "CreateCustomer", "payload": {"name": "Tw", "email": "tw@example.org"}});
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let sent: Vec<_> =
+            (0..2).map(|_| scope.spawn(|| post(&a, "/aggregates/customer/twice/commands?timeout_ms=30000", &twice))).collect();
+        sent.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (status, _, reply) in &answers {
+        assert_eq!((*status, reply["version"].as_u64()), (200, Some(1)), "{answers:?}");
+        assert!(matches!(reply["outcome"].as_str(), Some("accepted" | "duplicate")), "{reply}");
+    }
 
     // Refused: 409 with the reason; the node name works as well as the aggregate name.
     let (status, _, reply) = post(&b, "/aggregates/customers/ada/commands", &create);

@@ -76,16 +76,32 @@ impl ProducerContext for Delivery {
     }
 }
 
-/// Removes a submitted command's entry from `Gateway::pending` when dropped.
+/// One request waiting for a command's reply. Requests that send the same command id at
+/// the same time (a client retrying before its first attempt was answered) each wait:
+/// the reply answers them all, and each request that ends takes only its own place.
+struct Waiter {
+    ticket: u64,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Removes a request's `Waiter` from `Gateway::pending` when dropped, however the request
+/// ends: also when its future is dropped (a client that hung up, the request time limit),
+/// or it would count against `max_pending_commands` for ever.
 struct PendingEntry<'a> {
     gateway: &'a Gateway,
     command_id: &'a str,
+    ticket: u64,
 }
 
 impl Drop for PendingEntry<'_> {
     fn drop(&mut self) {
         if let Ok(mut pending) = self.gateway.pending.lock() {
-            pending.remove(self.command_id);
+            if let Some(waiters) = pending.get_mut(self.command_id) {
+                waiters.retain(|w| w.ticket != self.ticket);
+                if waiters.is_empty() {
+                    pending.remove(self.command_id);
+                }
+            }
         }
     }
 }
@@ -94,10 +110,13 @@ pub struct Gateway {
     /// By aggregate name and by node name.
     targets: BTreeMap<String, GatewayTarget>,
     producer: PolledProducer<Delivery>,
-    pending: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    /// Requests waiting for a reply, by command id.
+    pending: Mutex<HashMap<String, Vec<Waiter>>>,
     recent: Mutex<(HashMap<String, Reply>, VecDeque<String>)>,
     instance: String,
     counter: AtomicU64,
+    /// Tells apart the requests waiting for one command id.
+    tickets: AtomicU64,
 }
 
 impl Gateway {
@@ -115,6 +134,7 @@ impl Gateway {
             recent: Mutex::new((HashMap::new(), VecDeque::new())),
             instance: instance.to_string(),
             counter: AtomicU64::new(0),
+            tickets: AtomicU64::new(0),
         })
     }
 
@@ -154,12 +174,7 @@ impl Gateway {
             // Answered before (a retry): the aggregate would say duplicate; say it as it was.
             return Ok(Some(r));
         }
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("gateway lock").insert(command_id.to_string(), tx);
-        // However this ends, the entry goes: also when the request's future is dropped (a
-        // client that hung up, the request time limit), or it would count against
-        // `max_pending_commands` for ever.
-        let _pending = PendingEntry { gateway: self, command_id };
+        let (_pending, rx) = self.wait_for(command_id);
         let mut headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
             key: crate::record::header::CORRELATION_ID,
             value: Some(command_id),
@@ -192,16 +207,26 @@ impl Gateway {
         Ok(tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok))
     }
 
+    /// A place among the requests waiting for `command_id`'s reply, and where the reply
+    /// will come; the place goes when the entry is dropped.
+    fn wait_for<'a>(&'a self, command_id: &'a str) -> (PendingEntry<'a>, oneshot::Receiver<Reply>) {
+        let (tx, rx) = oneshot::channel();
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().expect("gateway lock").entry(command_id.to_string()).or_default().push(Waiter { ticket, reply: tx });
+        (PendingEntry { gateway: self, command_id, ticket }, rx)
+    }
+
     /// The reply of a recent command, if this instance has seen it.
     pub fn status(&self, command_id: &str) -> Option<Reply> {
         self.recent.lock().expect("gateway lock").0.get(command_id).cloned()
     }
 
-    /// Whether a command of this instance is still waiting for its reply.
-    /// Commands sent and still waiting for their replies.
+    /// Requests waiting for their commands' replies.
     pub fn pending(&self) -> usize {
-        self.pending.lock().expect("gateway lock").len()
+        self.pending.lock().expect("gateway lock").values().map(Vec::len).sum()
     }
+
+    /// Whether a command of this instance is still waiting for its reply.
 
     pub fn is_pending(&self, command_id: &str) -> bool {
         self.pending.lock().expect("gateway lock").contains_key(command_id)
@@ -220,8 +245,9 @@ impl Gateway {
                 }
             }
         }
-        if let Some(tx) = self.pending.lock().expect("gateway lock").remove(&reply.command_id) {
-            let _ = tx.send(reply);
+        let waiters = self.pending.lock().expect("gateway lock").remove(&reply.command_id).unwrap_or_default();
+        for w in waiters {
+            let _ = w.reply.send(reply.clone());
         }
     }
 
@@ -301,22 +327,77 @@ fn sent_by_a_gateway(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
 mod tests {
     use super::*;
 
-    /// A request given up before the broker answered (a client that hung up, the
-    /// request time limit) leaves no pending command behind: it would count against
-    /// `max_pending_commands` for ever. No broker here, so no delivery report comes.
-    #[tokio::test]
-    async fn a_request_given_up_leaves_no_pending_command() {
-        let target = GatewayTarget {
+    fn target() -> GatewayTarget {
+        GatewayTarget {
             commands: "commands".into(),
             command_format: Format::Json,
             replies: "replies".into(),
             reply_format: Format::Json,
             reply_partitions: 1,
             check: Arc::new(|_, _| Ok(())),
-        };
-        let gateway = Gateway::new(BTreeMap::from([("a".to_string(), target.clone())]), &Clients::plain("127.0.0.1:1"), "i").unwrap();
+        }
+    }
+
+    /// A gateway whose broker never answers: nothing is delivered.
+    fn gateway() -> Gateway {
+        Gateway::new(BTreeMap::from([("a".to_string(), target())]), &Clients::plain("127.0.0.1:1"), "i").unwrap()
+    }
+
+    fn reply(command_id: &str, version: u64) -> Reply {
+        Reply {
+            command_id: command_id.into(),
+            aggregate_id: "id-1".into(),
+            outcome: wire::Outcome::Accepted,
+            version,
+            event_count: Some(1),
+            reason: None,
+            expected: None,
+            actual: None,
+            original_outcome: None,
+        }
+    }
+
+    /// A request given up before the broker answered (a client that hung up, the
+    /// request time limit) leaves no pending command behind: it would count against
+    /// `max_pending_commands` for ever. No broker here, so no delivery report comes.
+    #[tokio::test]
+    async fn a_request_given_up_leaves_no_pending_command() {
+        let (gateway, target) = (gateway(), target());
         let submit = gateway.submit(&target, "id-1", "cmd-1", b"{}", Duration::from_secs(5), None);
         assert!(tokio::time::timeout(Duration::from_millis(300), submit).await.is_err(), "nothing can be delivered without a broker");
         assert_eq!(gateway.pending(), 0, "the given-up command's entry is gone");
+    }
+
+    /// Requests sending the same command id at once (a client retrying before its first
+    /// attempt was answered) each get the reply; one that ends first takes only its own
+    /// place, and the others still get the reply.
+    #[test]
+    fn requests_for_the_same_command_each_get_its_reply() {
+        let gateway = gateway();
+        let (first, mut first_reply) = gateway.wait_for("cmd-1");
+        let (_second, mut second_reply) = gateway.wait_for("cmd-1");
+        let (_third, mut third_reply) = gateway.wait_for("cmd-1");
+        assert_eq!((gateway.pending(), gateway.is_pending("cmd-1")), (3, true));
+        drop(first);
+        assert!(first_reply.try_recv().is_err(), "the first request ended without a reply");
+        assert_eq!(gateway.pending(), 2, "only the first request's place went");
+        gateway.answered(reply("cmd-1", 4));
+        for rx in [&mut second_reply, &mut third_reply] {
+            assert_eq!(rx.try_recv().map(|r| r.version).ok(), Some(4), "each waiting request has the reply");
+        }
+        assert_eq!((gateway.pending(), gateway.is_pending("cmd-1")), (0, false));
+        assert_eq!(gateway.status("cmd-1").map(|r| r.version), Some(4));
+    }
+
+    /// The last request for a command to end removes its entry.
+    #[test]
+    fn the_last_request_to_end_removes_the_entry() {
+        let gateway = gateway();
+        let (first, _) = gateway.wait_for("cmd-1");
+        let (second, _) = gateway.wait_for("cmd-1");
+        drop(second);
+        assert!(gateway.is_pending("cmd-1"));
+        drop(first);
+        assert_eq!((gateway.pending(), gateway.is_pending("cmd-1")), (0, false));
     }
 }
