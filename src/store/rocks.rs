@@ -87,6 +87,9 @@ pub struct RocksStore {
     /// copied itself over and over and held up to twice its size (the copies were a fifth
     /// of the processing thread's page faults in `deploy/bench`).
     batch_bytes: std::sync::atomic::AtomicUsize,
+    /// A bulk load ended with compactions still off (`finish_bulk_load`): they resume at
+    /// `resume_compactions`, or at the next transaction's write at the latest.
+    compactions_waiting: std::sync::atomic::AtomicBool,
 }
 
 impl RocksStore {
@@ -138,7 +141,7 @@ impl RocksStore {
             path: path.clone(),
             reason: e.into_string(),
         })?;
-        let store = Self { name: name.into(), partition, path, db, indexer, history_ms: None, batch_bytes: Default::default() };
+        let store = Self { name: name.into(), partition, path, db, indexer, history_ms: None, batch_bytes: Default::default(), compactions_waiting: Default::default() };
         store.rebuild_index_if_changed()?;
         Ok(store)
     }
@@ -495,6 +498,11 @@ impl RocksStore {
     }
 
     fn commit_batch(&self, mut batch: WriteBatch, checkpoint: Option<i64>) -> Result<(), StoreError> {
+        // A store never takes transactions with compactions off: level 0 would grow until
+        // RocksDB stopped its writes (36 files).
+        if self.compactions_waiting.load(std::sync::atomic::Ordering::Relaxed) {
+            self.resume_compactions()?;
+        }
         if let Some(offset) = checkpoint {
             let cf = self.db.cf_handle(META_CF).expect("meta column family is created at open");
             batch.put_cf(&cf, CHECKPOINT_KEY, offset.to_be_bytes());

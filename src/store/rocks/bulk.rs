@@ -49,9 +49,12 @@ impl RocksStore {
     /// `INDEX_AS_LOADED_MAX`; a scan of every value after the load, decoding each again,
     /// was more than half of a full restore's processing time (deploy/bench restore).
     ///
-    /// Compactions wait until the load ends: compacting level 0 while the load still
-    /// writes it redoes work the next flush undoes, and on a machine with few cores it
-    /// takes them from the load (see `commit_bulk` for the bound).
+    /// Compactions, of the values and of the index, wait until the load has ended and
+    /// `resume_compactions` is called: compacting level 0 while the load still writes it
+    /// redoes work the next flush undoes, and on a machine with few cores it takes them
+    /// from the load (see `commit_bulk` for the bound). The opener resumes them once every
+    /// store of the assignment is loaded, as the other partitions' loads would share the
+    /// cores with them too.
     pub fn begin_bulk_load(&self, records: u64) -> Result<BulkLoad, StoreError> {
         let meta = self.db.cf_handle(META_CF).expect("meta column family is created at open");
         let idx = self.db.cf_handle(INDEX_CF).expect("index column family is created at open");
@@ -74,10 +77,23 @@ impl RocksStore {
         Ok(BulkLoad { batch: WriteBatch::default(), index })
     }
 
+    /// Turns automatic compactions of the values and of the index on or off.
     fn auto_compactions(&self, on: bool) -> Result<(), StoreError> {
-        let data = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).expect("default column family exists");
         let value = if on { "false" } else { "true" };
-        self.db.set_options_cf(&data, &[("disable_auto_compactions", value)]).map_err(self.io("set compactions"))
+        for cf in [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, INDEX_CF] {
+            let cf = self.db.cf_handle(cf).expect("column families are created at open");
+            self.db.set_options_cf(&cf, &[("disable_auto_compactions", value)]).map_err(self.io("set compactions"))?;
+        }
+        Ok(())
+    }
+
+    /// Lets the compactions a finished bulk load left off run again; nothing to do for any
+    /// other store. The store's next transaction write does it too, at the latest.
+    pub fn resume_compactions(&self) -> Result<(), StoreError> {
+        if self.compactions_waiting.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.auto_compactions(true)?;
+        }
+        Ok(())
     }
 
     /// Adds a record of the load to its batch; `value` None is a delete (a tombstone in
@@ -146,8 +162,10 @@ impl RocksStore {
     /// Ends a bulk load whose batches are all written: builds the index unless it was
     /// written as the load went, and flushes every column family, so what the load wrote
     /// without the WAL is on disk before any write with the WAL follows it (WAL replay
-    /// after a crash must never put a later checkpoint over lost values).
+    /// after a crash must never put a later checkpoint over lost values). Compactions stay
+    /// off until `resume_compactions` or the next transaction's write.
     pub fn finish_bulk_load(&self, load: BulkLoad) -> Result<(), StoreError> {
+        self.compactions_waiting.store(true, std::sync::atomic::Ordering::Relaxed);
         match load.index {
             LoadIndex::AtEnd => {
                 let entries = self.rebuild_index()?;
@@ -155,7 +173,7 @@ impl RocksStore {
             }
             LoadIndex::None | LoadIndex::AsLoaded { .. } => self.write_index_definition(rocksdb::WriteBatch::default())?,
         }
-        self.auto_compactions(true)
+        Ok(())
     }
 }
 
@@ -214,9 +232,8 @@ mod tests {
         s.commit_bulk(l, Some(checkpoint)).unwrap();
     }
 
-    /// A full restore's bulk load: later values of a key win across batches, deletes
-    /// apply, and the index built at the end describes only what the store holds.
-    /// Flushes one small bulk batch per round: one level-0 file each.
+    /// Flushes one small bulk batch per round: one level-0 file each, in the values and
+    /// (when the store has an index) in the index.
     fn bulk_rounds(s: &RocksStore, l: &mut BulkLoad, rounds: u64) {
         for round in 0..rounds {
             let key = format!("k{round}");
@@ -225,14 +242,24 @@ mod tests {
         }
     }
 
-    fn level0_files(s: &RocksStore) -> u64 {
-        s.db.property_int_value("rocksdb.num-files-at-level0").unwrap().unwrap()
+    /// Level-0 files of the values and of the index.
+    fn level0(s: &RocksStore) -> (u64, u64) {
+        let files = |cf: &str| {
+            let cf = s.db.cf_handle(cf).unwrap();
+            s.db.property_int_value_cf(&cf, "rocksdb.num-files-at-level0").unwrap().unwrap()
+        };
+        (files(rocksdb::DEFAULT_COLUMN_FAMILY_NAME), files(INDEX_CF))
     }
 
-    /// Waits up to 10 s for compactions to bring level 0 under `files`.
+    fn level0_files(s: &RocksStore) -> u64 {
+        level0(s).0
+    }
+
+    /// Waits up to 10 s for compactions to bring level 0 of the values and of the index
+    /// under `files`.
     fn level0_drops_under(s: &RocksStore, files: u64) -> bool {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while level0_files(s) >= files {
+        while level0(s).0 >= files || level0(s).1 >= files {
             if std::time::Instant::now() > until {
                 return false;
             }
@@ -241,20 +268,45 @@ mod tests {
         true
     }
 
-    /// A bulk load defers compactions (level 0 keeps every flush's file, where RocksDB
-    /// would compact at 4), and its end lets them run.
-    #[test]
-    fn a_bulk_load_compacts_when_it_ends() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store with an index, loaded in 8 flushed rounds and finished.
+    fn loaded_in_rounds(dir: &std::path::Path) -> RocksStore {
         let res = StoreResources::new(&StoreTuning::default());
-        let s = RocksStore::open(dir.path(), "s", 0, &res, None).unwrap();
+        let s = RocksStore::open(dir, "s", 0, &res, Some(by_first_byte())).unwrap();
         let mut l = s.begin_bulk_load(8).unwrap();
         bulk_rounds(&s, &mut l, 8);
         std::thread::sleep(std::time::Duration::from_millis(300));
-        assert_eq!(level0_files(&s), 8, "no compaction during the load");
+        // The index has one more: its rebuild at the open (a new definition) flushed.
+        let (values, index) = level0(&s);
+        assert!(values == 8 && index >= 8, "no compaction of the values or the index during the load: {values} and {index} files");
         s.finish_bulk_load(l).unwrap();
-        assert!(level0_drops_under(&s, 4), "compacted after the load: {} files in level 0", level0_files(&s));
+        s
+    }
+
+    /// A bulk load defers compactions of the values and of the index (level 0 keeps every
+    /// flush's file, where RocksDB would compact at 4) past its end, until they are
+    /// resumed (the opener does, once the whole assignment is loaded).
+    #[test]
+    fn a_bulk_load_compacts_once_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = loaded_in_rounds(dir.path());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (values, index) = level0(&s);
+        assert!(values == 8 && index >= 8, "no compaction until resumed: {values} and {index} files");
+        s.resume_compactions().unwrap();
+        assert!(level0_drops_under(&s, 4), "compacted once resumed: {:?} files in level 0", level0(&s));
         assert_eq!(s.get(b"k7").unwrap().as_deref(), Some(&b"value"[..]));
+        assert_eq!(keys(&s, "v").len(), 8);
+    }
+
+    /// A store never takes a transaction with compactions still off: its write resumes
+    /// them (level 0 would otherwise grow until RocksDB stopped writes).
+    #[test]
+    fn a_transaction_write_resumes_a_bulk_loads_compactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = loaded_in_rounds(dir.path());
+        s.write([(&b"k8"[..], Some(&b"value"[..]))], Some(8)).unwrap();
+        assert!(level0_drops_under(&s, 4), "compacted after the write: {:?} files in level 0", level0(&s));
+        assert_eq!(keys(&s, "v").len(), 9);
     }
 
     /// A load larger than the write buffers many times over never reaches RocksDB's write
