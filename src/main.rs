@@ -241,7 +241,7 @@ struct HttpArgs {
     /// Requests handled at once (503 with Retry-After beyond).
     #[arg(long, default_value_t = 256)]
     http_max_concurrent: usize,
-    /// Gateway commands waiting for their replies (429 with Retry-After beyond).
+    /// Requests waiting for their gateway commands' replies (429 with Retry-After beyond).
     #[arg(long, default_value_t = 10_000)]
     http_max_pending_commands: usize,
 }

@@ -24,7 +24,8 @@ pub struct Limits {
     /// Longest a request may take. Above the longest wait a caller can ask for (a command's
     /// `timeout_ms` up to 60 s), so it only ends requests that hang.
     pub request_timeout: Duration,
-    /// Commands sent through the gateway and still waiting for their replies: 429 beyond.
+    /// Requests waiting for their gateway commands' replies (two sending the same command
+    /// id count twice): 429 beyond.
     pub max_pending_commands: usize,
 }
 

@@ -96,22 +96,32 @@ struct PendingEntry<'a> {
 impl Drop for PendingEntry<'_> {
     fn drop(&mut self) {
         if let Ok(mut pending) = self.gateway.pending.lock() {
-            if let Some(waiters) = pending.get_mut(self.command_id) {
+            let Pending { by_command, requests } = &mut *pending;
+            if let Some(waiters) = by_command.get_mut(self.command_id) {
+                let before = waiters.len();
                 waiters.retain(|w| w.ticket != self.ticket);
+                *requests -= before - waiters.len();
                 if waiters.is_empty() {
-                    pending.remove(self.command_id);
+                    by_command.remove(self.command_id);
                 }
             }
         }
     }
 }
 
+/// The requests waiting for replies, by command id, and how many there are in all (what
+/// `max_pending_commands` bounds, read for every command sent).
+#[derive(Default)]
+struct Pending {
+    by_command: HashMap<String, Vec<Waiter>>,
+    requests: usize,
+}
+
 pub struct Gateway {
     /// By aggregate name and by node name.
     targets: BTreeMap<String, GatewayTarget>,
     producer: PolledProducer<Delivery>,
-    /// Requests waiting for a reply, by command id.
-    pending: Mutex<HashMap<String, Vec<Waiter>>>,
+    pending: Mutex<Pending>,
     recent: Mutex<(HashMap<String, Reply>, VecDeque<String>)>,
     instance: String,
     counter: AtomicU64,
@@ -130,7 +140,7 @@ impl Gateway {
         Ok(Self {
             targets,
             producer,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             recent: Mutex::new((HashMap::new(), VecDeque::new())),
             instance: instance.to_string(),
             counter: AtomicU64::new(0),
@@ -212,7 +222,10 @@ impl Gateway {
     fn wait_for<'a>(&'a self, command_id: &'a str) -> (PendingEntry<'a>, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().expect("gateway lock").entry(command_id.to_string()).or_default().push(Waiter { ticket, reply: tx });
+        let mut pending = self.pending.lock().expect("gateway lock");
+        pending.by_command.entry(command_id.to_string()).or_default().push(Waiter { ticket, reply: tx });
+        pending.requests += 1;
+        drop(pending);
         (PendingEntry { gateway: self, command_id, ticket }, rx)
     }
 
@@ -223,13 +236,12 @@ impl Gateway {
 
     /// Requests waiting for their commands' replies.
     pub fn pending(&self) -> usize {
-        self.pending.lock().expect("gateway lock").values().map(Vec::len).sum()
+        self.pending.lock().expect("gateway lock").requests
     }
 
     /// Whether a command of this instance is still waiting for its reply.
-
     pub fn is_pending(&self, command_id: &str) -> bool {
-        self.pending.lock().expect("gateway lock").contains_key(command_id)
+        self.pending.lock().expect("gateway lock").by_command.contains_key(command_id)
     }
 
     fn answered(&self, reply: Reply) {
@@ -245,7 +257,12 @@ impl Gateway {
                 }
             }
         }
-        let waiters = self.pending.lock().expect("gateway lock").remove(&reply.command_id).unwrap_or_default();
+        let waiters = {
+            let mut pending = self.pending.lock().expect("gateway lock");
+            let waiters = pending.by_command.remove(&reply.command_id).unwrap_or_default();
+            pending.requests -= waiters.len();
+            waiters
+        };
         for w in waiters {
             let _ = w.reply.send(reply.clone());
         }
@@ -379,9 +396,9 @@ mod tests {
         let (_third, mut third_reply) = gateway.wait_for("cmd-1");
         assert_eq!((gateway.pending(), gateway.is_pending("cmd-1")), (3, true));
         drop(first);
-        assert!(first_reply.try_recv().is_err(), "the first request ended without a reply");
         assert_eq!(gateway.pending(), 2, "only the first request's place went");
         gateway.answered(reply("cmd-1", 4));
+        assert!(first_reply.try_recv().is_err(), "the request that ended is not answered");
         for rx in [&mut second_reply, &mut third_reply] {
             assert_eq!(rx.try_recv().map(|r| r.version).ok(), Some(4), "each waiting request has the reply");
         }

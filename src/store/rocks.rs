@@ -87,7 +87,7 @@ pub struct RocksStore {
     /// copied itself over and over and held up to twice its size (the copies were a fifth
     /// of the processing thread's page faults in `deploy/bench`).
     batch_bytes: std::sync::atomic::AtomicUsize,
-    /// A bulk load ended with compactions still off (`finish_bulk_load`): they resume at
+    /// A bulk load turned compactions off (`begin_bulk_load`): they resume at
     /// `resume_compactions`, or at the next transaction's write at the latest.
     compactions_waiting: std::sync::atomic::AtomicBool,
 }
@@ -265,7 +265,7 @@ impl RocksStore {
         entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
         checkpoint: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut batch = self.transaction_batch();
+        let mut batch = self.transaction_batch()?;
         self.put_latest(&mut batch, entries)?;
         self.commit_batch(batch, checkpoint)
     }
@@ -281,7 +281,7 @@ impl RocksStore {
         checkpoint: Option<i64>,
         events_offsets: &[(i32, i64)],
     ) -> Result<(), StoreError> {
-        let mut batch = self.transaction_batch();
+        let mut batch = self.transaction_batch()?;
         self.put_latest(&mut batch, entries)?;
         let cf = self.db.cf_handle(EVENTS_CF).expect("events column family is created at open");
         for (id, version, json) in events {
@@ -370,7 +370,7 @@ impl RocksStore {
         checkpoint: Option<i64>,
     ) -> Result<(), StoreError> {
         let entries: Vec<(&[u8], Option<&[u8]>, i64)> = entries.into_iter().collect();
-        let mut batch = self.transaction_batch();
+        let mut batch = self.transaction_batch()?;
         self.put_latest(&mut batch, entries.iter().map(|(k, v, _)| (*k, *v)))?;
         let cf = self.db.cf_handle(HISTORY_CF).expect("history column family is created at open");
         if let Some(keep) = self.history_ms {
@@ -489,20 +489,19 @@ impl RocksStore {
         Ok(())
     }
 
-    /// An empty batch with room for as much as the last transaction wrote.
-    fn transaction_batch(&self) -> WriteBatch {
-        match self.batch_bytes.load(std::sync::atomic::Ordering::Relaxed) {
+    /// An empty batch for a transaction's write, with room for as much as the last one
+    /// wrote. Compactions a bulk load left off resume first: with them off, level 0 would
+    /// grow with every flush, every read would look through all of it, and once they
+    /// resumed RocksDB would stop writes until they caught up (36 files).
+    fn transaction_batch(&self) -> Result<WriteBatch, StoreError> {
+        self.resume_compactions()?;
+        Ok(match self.batch_bytes.load(std::sync::atomic::Ordering::Relaxed) {
             0 => WriteBatch::default(),
             last => WriteBatch::with_capacity_bytes(last + last / 8),
-        }
+        })
     }
 
     fn commit_batch(&self, mut batch: WriteBatch, checkpoint: Option<i64>) -> Result<(), StoreError> {
-        // A store never takes transactions with compactions off: level 0 would grow until
-        // RocksDB stopped its writes (36 files).
-        if self.compactions_waiting.load(std::sync::atomic::Ordering::Relaxed) {
-            self.resume_compactions()?;
-        }
         if let Some(offset) = checkpoint {
             let cf = self.db.cf_handle(META_CF).expect("meta column family is created at open");
             batch.put_cf(&cf, CHECKPOINT_KEY, offset.to_be_bytes());

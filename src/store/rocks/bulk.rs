@@ -1,6 +1,7 @@
 //! A bulk load into a store: a full restore writing values without the WAL, without
-//! reading what they replace, with compactions deferred until it ends, and with their
-//! index entries written as they load when the load can tell which values replace others.
+//! reading what they replace, with compactions deferred until the caller resumes them, and
+//! with their index entries written as they load when the load can tell which values
+//! replace others.
 //! The store's own writes are in `rocks.rs`.
 
 use super::loaded_keys::LoadedKeys;
@@ -65,6 +66,8 @@ impl RocksStore {
         begin.delete_range_cf(&idx, &[][..], &[0xff; 64][..]);
         self.db.write(begin).map_err(self.io("begin bulk load"))?;
         self.auto_compactions(false)?;
+        // Set here, not when the load ends: a load that fails half-way leaves them off too.
+        self.compactions_waiting.store(true, std::sync::atomic::Ordering::Relaxed);
         let index = match &self.indexer {
             None => LoadIndex::None,
             Some(_) if records <= INDEX_AS_LOADED_MAX => LoadIndex::AsLoaded {
@@ -90,8 +93,10 @@ impl RocksStore {
     /// Lets the compactions a finished bulk load left off run again; nothing to do for any
     /// other store. The store's next transaction write does it too, at the latest.
     pub fn resume_compactions(&self) -> Result<(), StoreError> {
-        if self.compactions_waiting.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if self.compactions_waiting.load(std::sync::atomic::Ordering::Relaxed) {
+            // Cleared once they are on: after a failure, the next write tries again.
             self.auto_compactions(true)?;
+            self.compactions_waiting.store(false, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
@@ -149,11 +154,12 @@ impl RocksStore {
         // back, rather than growing by doubling: each doubling copied the batch into
         // memory faulted in afresh (page faults under `realloc` in `perf` of a restore).
         load.batch = WriteBatch::with_capacity_bytes(bytes.min(BULK_BATCH_RESERVE_MAX));
-        // A store far larger than the write buffers piles files up in level 0; well before
-        // RocksDB would stall writes on them (20 files), compactions resume for the rest
-        // of the load, so a load of any size finishes.
-        let level0 = self.db.property_int_value("rocksdb.num-files-at-level0").ok().flatten().unwrap_or(0);
-        if level0 >= BULK_LEVEL0_FILES {
+        // A store far larger than the write buffers piles files up in level 0 (of the
+        // values or of the index). RocksDB does not slow writes for level 0 while
+        // compactions are off, but turned on with 20 files it would (36: stop them) until
+        // they caught up, and every read looks through all of them: well before that,
+        // compactions resume for the rest of the load.
+        if self.level0_files() >= BULK_LEVEL0_FILES {
             self.auto_compactions(true)?;
         }
         Ok(())
@@ -165,15 +171,28 @@ impl RocksStore {
     /// after a crash must never put a later checkpoint over lost values). Compactions stay
     /// off until `resume_compactions` or the next transaction's write.
     pub fn finish_bulk_load(&self, load: BulkLoad) -> Result<(), StoreError> {
-        self.compactions_waiting.store(true, std::sync::atomic::Ordering::Relaxed);
         match load.index {
             LoadIndex::AtEnd => {
+                // The whole index is written now, in one go: it compacts as it grows
+                // (`commit_bulk`'s bound never sees these writes).
+                self.resume_compactions()?;
                 let entries = self.rebuild_index()?;
                 tracing::debug!(store = %self.name, partition = self.partition, entries, "built secondary indexes after a bulk load");
             }
             LoadIndex::None | LoadIndex::AsLoaded { .. } => self.write_index_definition(rocksdb::WriteBatch::default())?,
         }
         Ok(())
+    }
+}
+
+impl RocksStore {
+    /// Level-0 files of the values or of the index, whichever has more.
+    fn level0_files(&self) -> u64 {
+        [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, INDEX_CF]
+            .iter()
+            .filter_map(|cf| self.db.property_int_value_cf(&self.db.cf_handle(cf)?, "rocksdb.num-files-at-level0").ok().flatten())
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -299,7 +318,7 @@ mod tests {
     }
 
     /// A store never takes a transaction with compactions still off: its write resumes
-    /// them (level 0 would otherwise grow until RocksDB stopped writes).
+    /// them (level 0 would otherwise grow with every flush).
     #[test]
     fn a_transaction_write_resumes_a_bulk_loads_compactions() {
         let dir = tempfile::tempdir().unwrap();
