@@ -90,6 +90,15 @@ impl RocksStore {
         Ok(())
     }
 
+    /// Level-0 files of the values or of the index, whichever has more.
+    fn level0_files(&self) -> u64 {
+        [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, INDEX_CF]
+            .iter()
+            .filter_map(|cf| self.db.property_int_value_cf(&self.db.cf_handle(cf)?, "rocksdb.num-files-at-level0").ok().flatten())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Lets the compactions a finished bulk load left off run again; nothing to do for any
     /// other store. The store's next transaction write does it too, at the latest.
     pub fn resume_compactions(&self) -> Result<(), StoreError> {
@@ -185,17 +194,6 @@ impl RocksStore {
     }
 }
 
-impl RocksStore {
-    /// Level-0 files of the values or of the index, whichever has more.
-    fn level0_files(&self) -> u64 {
-        [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, INDEX_CF]
-            .iter()
-            .filter_map(|cf| self.db.property_int_value_cf(&self.db.cf_handle(cf)?, "rocksdb.num-files-at-level0").ok().flatten())
-            .max()
-            .unwrap_or(0)
-    }
-}
-
 impl BulkLoad {
     /// Records in the batch not yet written.
     pub fn len(&self) -> usize {
@@ -270,10 +268,6 @@ mod tests {
         (files(rocksdb::DEFAULT_COLUMN_FAMILY_NAME), files(INDEX_CF))
     }
 
-    fn level0_files(s: &RocksStore) -> u64 {
-        level0(s).0
-    }
-
     /// Waits up to 10 s for compactions to bring level 0 of the values and of the index
     /// under `files`.
     fn level0_drops_under(s: &RocksStore, files: u64) -> bool {
@@ -338,7 +332,7 @@ mod tests {
         let mut l = s.begin_bulk_load(24).unwrap();
         bulk_rounds(&s, &mut l, 24);
         // RocksDB's level0_slowdown_writes_trigger.
-        assert!(level0_drops_under(&s, 20), "{} files in level 0 mid-load", level0_files(&s));
+        assert!(level0_drops_under(&s, 20), "{:?} files in level 0 mid-load", level0(&s));
         s.finish_bulk_load(l).unwrap();
         assert_eq!(s.get(b"k23").unwrap().as_deref(), Some(&b"value"[..]));
     }
